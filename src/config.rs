@@ -1,0 +1,514 @@
+//! The configuration: plain serde data with documented defaults, loaded from one YAML file plus
+//! `OPENIM_GATEWAY_*` environment overrides, and validated with errors that name the key.
+//! No sockets here; `upstream::Upstreams` and `server::Gateway` are the live handles built from it.
+
+use crate::catalog::{self, Phase};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The prefix of environment overrides: `OPENIM_GATEWAY_LISTEN`, `OPENIM_GATEWAY_DEFAULTS__TIMEOUT`.
+pub const ENV_PREFIX: &str = "OPENIM_GATEWAY_";
+
+/// The name of the upstream every command uses unless it names another.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// OpenIM's own default webhook timeout: an answer slower than this fails a before-operation.
+pub const OPENIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A duration written as `250ms`, `3s`, `5m` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dur(#[serde(with = "humantime_serde")] pub Duration);
+
+impl From<Duration> for Dur {
+    fn from(d: Duration) -> Self {
+        Self(d)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the HTTP front end OpenIM's `url` points at.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get the failure-policy envelope.
+    pub max_body_bytes: usize,
+    /// Logging.
+    pub log: LogConfig,
+    /// gRPC upstreams by name. With none configured (and no `--upstream`), the gateway starts its
+    /// built-in example upstream in-process as `default`.
+    pub upstreams: HashMap<String, UpstreamConfig>,
+    /// Settings of every command, unless `commands` overrides them.
+    pub defaults: CommandSettings,
+    /// Per-command overrides, keyed by the OpenIM command (`callbackBeforeCreateGroupCommand`).
+    pub commands: BTreeMap<String, CommandOverride>,
+    /// The durable spool of after-events.
+    pub spool: crate::spool::SpoolSettings,
+    /// The built-in example upstream.
+    pub example: ExampleConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10006)),
+            max_body_bytes: 1024 * 1024,
+            log: LogConfig::default(),
+            upstreams: HashMap::new(),
+            defaults: CommandSettings::default(),
+            commands: BTreeMap::new(),
+            spool: crate::spool::SpoolSettings::default(),
+            example: ExampleConfig::default(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `openim_callback_gateway=debug`. `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One gRPC upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// One or more `http://host:port` URIs (h2c, e.g. a mesh sidecar); several are balanced.
+    pub endpoints: Vec<String>,
+    /// How long to wait for a connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+impl UpstreamConfig {
+    /// An upstream with one endpoint.
+    pub fn single(uri: impl Into<String>) -> Self {
+        Self {
+            endpoints: vec![uri.into()],
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// What a command does when its upstream fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Let the operation go on (fail open).
+    Continue,
+    /// Reject it with `reject_code` (fail closed).
+    Reject,
+}
+
+/// How an after-event reaches its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Written to the durable spool, acknowledged at once, delivered with retries.
+    Spool,
+    /// Delivered while OpenIM waits; OpenIM gets the answer after the upstream's.
+    Sync,
+}
+
+/// The settings of one command, after defaults and overrides are merged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandSettings {
+    /// When false the gateway answers "continue" without calling the upstream.
+    pub enabled: bool,
+    /// The upstream to call.
+    pub upstream: String,
+    /// Deadline of one upstream call, sent as `grpc-timeout`; keep it under OpenIM's 5 s.
+    pub timeout: Dur,
+    /// What to do when the upstream fails or is too slow.
+    pub on_failure: OnFailure,
+    /// errCode of a fail-closed rejection, and of service rejections with a code <= 0.
+    pub reject_code: i32,
+    /// errMsg of a fail-closed rejection.
+    pub reject_message: String,
+    /// After callbacks: `spool` (durable, acknowledged at once) or `sync`.
+    pub delivery: Delivery,
+    /// After callbacks: deliver events of the same group/conversation/user one after another.
+    pub ordered: bool,
+    /// MsgModify: let a reply override `offlinePushInfo`. OpenIM crashes on it when the message
+    /// has none, which its request does not tell, so it is off by default.
+    pub allow_offline_push_info: bool,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstream: DEFAULT_UPSTREAM.into(),
+            timeout: Dur(Duration::from_secs(3)),
+            on_failure: OnFailure::Continue,
+            reject_code: 20001,
+            reject_message: "callback service unavailable".into(),
+            delivery: Delivery::Spool,
+            ordered: false,
+            allow_offline_push_info: false,
+        }
+    }
+}
+
+/// Per-command overrides; every field left out keeps the value from `defaults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandOverride {
+    /// See [`CommandSettings::enabled`].
+    pub enabled: Option<bool>,
+    /// See [`CommandSettings::upstream`].
+    pub upstream: Option<String>,
+    /// See [`CommandSettings::timeout`].
+    pub timeout: Option<Dur>,
+    /// See [`CommandSettings::on_failure`].
+    pub on_failure: Option<OnFailure>,
+    /// See [`CommandSettings::reject_code`].
+    pub reject_code: Option<i32>,
+    /// See [`CommandSettings::reject_message`].
+    pub reject_message: Option<String>,
+    /// See [`CommandSettings::delivery`].
+    pub delivery: Option<Delivery>,
+    /// See [`CommandSettings::ordered`].
+    pub ordered: Option<bool>,
+    /// See [`CommandSettings::allow_offline_push_info`].
+    pub allow_offline_push_info: Option<bool>,
+}
+
+/// Settings of the built-in example upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExampleConfig {
+    /// Words that make the example reject group names, messages, remarks and nicknames.
+    pub blocked_words: Vec<String>,
+    /// The code the example rejects with (OpenIM's business range is 20001–29999).
+    pub reject_code: i32,
+    /// The avatar the example gives users who register without one.
+    pub default_face_url: String,
+}
+
+impl Default for ExampleConfig {
+    fn default() -> Self {
+        Self {
+            blocked_words: vec!["forbidden".into(), "spam".into()],
+            reject_code: 20001,
+            default_face_url: "https://example.com/avatar/default.png".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable could not be read or has a wrong value.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value is readable but not usable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `--config` names a file that does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the YAML file if given, then `OPENIM_GATEWAY_*` variables, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Yaml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.normalize()?;
+        Ok(config)
+    }
+
+    /// Parses a YAML document (for tests and `--check`), with validation.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Yaml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.normalize()?;
+        Ok(config)
+    }
+
+    /// Canonicalises command keys (environment variables arrive lower-cased) and validates.
+    fn normalize(&mut self) -> Result<(), ConfigError> {
+        let mut commands = BTreeMap::new();
+        for (key, value) in std::mem::take(&mut self.commands) {
+            let row = catalog::ROWS
+                .iter()
+                .find(|r| r.command.eq_ignore_ascii_case(&key))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("commands.{key}"),
+                        "not an OpenIM callback command (see the README's command table)",
+                    )
+                })?;
+            commands.insert(row.command.to_owned(), value);
+        }
+        self.commands = commands;
+        self.validate()
+    }
+
+    /// Checks every value that serde cannot: references, ranges, combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        for (name, up) in &self.upstreams {
+            if up.endpoints.is_empty() {
+                return Err(invalid(
+                    format!("upstreams.{name}.endpoints"),
+                    "needs at least one URI",
+                ));
+            }
+            for uri in &up.endpoints {
+                let parsed: Result<http::Uri, _> = uri.parse();
+                let ok = parsed.as_ref().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+                if !ok {
+                    return Err(invalid(
+                        format!("upstreams.{name}.endpoints"),
+                        format!("`{uri}` is not an http:// or https:// URI with a host"),
+                    ));
+                }
+            }
+        }
+        self.check_settings("defaults", &self.defaults, None)?;
+        for row in catalog::ROWS {
+            if let Some(o) = self.commands.get(row.command) {
+                let phase = if row.rpc.starts_with("Before") {
+                    Phase::Before
+                } else {
+                    Phase::After
+                };
+                let key = format!("commands.{}", row.command);
+                if phase == Phase::Before && o.delivery.is_some() {
+                    return Err(invalid(
+                        format!("{key}.delivery"),
+                        "only after callbacks have a delivery mode; before callbacks are always synchronous",
+                    ));
+                }
+                if phase == Phase::Before && o.ordered.is_some() {
+                    return Err(invalid(
+                        format!("{key}.ordered"),
+                        "only after callbacks can be ordered",
+                    ));
+                }
+                self.check_settings(&key, &self.settings(row.command), Some(o))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_settings(
+        &self,
+        key: &str,
+        s: &CommandSettings,
+        o: Option<&CommandOverride>,
+    ) -> Result<(), ConfigError> {
+        let set = |f: fn(&CommandOverride) -> bool| o.is_none_or(f);
+        if set(|o| o.upstream.is_some())
+            && !self.upstreams.is_empty()
+            && !self.upstreams.contains_key(&s.upstream)
+        {
+            return Err(invalid(
+                format!("{key}.upstream"),
+                format!("upstream `{}` is not defined under `upstreams`", s.upstream),
+            ));
+        }
+        if set(|o| o.timeout.is_some()) {
+            if s.timeout.0.is_zero() {
+                return Err(invalid(format!("{key}.timeout"), "must be greater than 0"));
+            }
+            if s.timeout.0 >= OPENIM_TIMEOUT {
+                tracing::warn!(
+                    key = %format!("{key}.timeout"),
+                    timeout = ?s.timeout.0,
+                    "timeout is not below OpenIM's default webhook timeout of 5s: OpenIM may give up first and fail the operation"
+                );
+            }
+        }
+        if set(|o| o.reject_code.is_some()) && s.reject_code <= 0 {
+            return Err(invalid(
+                format!("{key}.reject_code"),
+                "must be greater than 0 (OpenIM shows codes <= 0 as error 500); use 20001-29999",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The merged settings of a command.
+    pub fn settings(&self, command: &str) -> CommandSettings {
+        let mut s = self.defaults.clone();
+        if let Some(o) = self.commands.get(command) {
+            if let Some(v) = o.enabled {
+                s.enabled = v;
+            }
+            if let Some(v) = &o.upstream {
+                s.upstream.clone_from(v);
+            }
+            if let Some(v) = o.timeout {
+                s.timeout = v;
+            }
+            if let Some(v) = o.on_failure {
+                s.on_failure = v;
+            }
+            if let Some(v) = o.reject_code {
+                s.reject_code = v;
+            }
+            if let Some(v) = &o.reject_message {
+                s.reject_message.clone_from(v);
+            }
+            if let Some(v) = o.delivery {
+                s.delivery = v;
+            }
+            if let Some(v) = o.ordered {
+                s.ordered = v;
+            }
+            if let Some(v) = o.allow_offline_push_info {
+                s.allow_offline_push_info = v;
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:10006");
+        let s = c.settings("callbackBeforeCreateGroupCommand");
+        assert_eq!(s.timeout.0, Duration::from_secs(3));
+        assert_eq!(s.on_failure, OnFailure::Continue);
+        assert_eq!(s.delivery, Delivery::Spool);
+    }
+
+    #[test]
+    fn per_command_overrides_merge_over_defaults() {
+        let c = Config::from_yaml(
+            "upstreams: {groups: {endpoints: ['http://127.0.0.1:1']}, default: {endpoints: ['http://127.0.0.1:2']}}\n\
+             defaults: {timeout: 2s}\n\
+             commands:\n  callbackBeforeCreateGroupCommand: {upstream: groups, on_failure: reject, reject_code: 20042}\n",
+        )
+        .expect("valid");
+        let s = c.settings("callbackBeforeCreateGroupCommand");
+        assert_eq!(
+            (s.upstream.as_str(), s.on_failure, s.reject_code),
+            ("groups", OnFailure::Reject, 20042)
+        );
+        assert_eq!(s.timeout.0, Duration::from_secs(2));
+        assert_eq!(
+            c.settings("callbackAfterQuitGroupCommand").upstream,
+            "default"
+        );
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let c = Config::from_yaml(include_str!("../config/gateway.example.yaml"))
+            .expect("example config is valid");
+        let s = c.settings("callbackBeforeCreateGroupCommand");
+        assert_eq!(
+            (s.upstream.as_str(), s.on_failure, s.reject_code),
+            ("groups", OnFailure::Reject, 20010)
+        );
+        assert!(!c.settings("callbackAfterUserOnlineCommand").enabled);
+        assert!(c.settings("callbackAfterSendGroupMsgCommand").ordered);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            (
+                "commands: {callbackNopeCommand: {}}",
+                "commands.callbackNopeCommand",
+            ),
+            (
+                "upstreams: {default: {endpoints: ['http://h:1']}}\ncommands: {callbackAfterQuitGroupCommand: {upstream: nope}}",
+                "commands.callbackAfterQuitGroupCommand.upstream",
+            ),
+            (
+                "commands: {callbackBeforeCreateGroupCommand: {delivery: sync}}",
+                "commands.callbackBeforeCreateGroupCommand.delivery",
+            ),
+            ("defaults: {reject_code: 0}", "defaults.reject_code"),
+            ("defaults: {timeout: 0s}", "defaults.timeout"),
+            (
+                "upstreams: {a: {endpoints: ['not a uri']}}",
+                "upstreams.a.endpoints",
+            ),
+            ("upstreams: {a: {endpoints: []}}", "upstreams.a.endpoints"),
+        ];
+        for (yaml, key) in cases {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        let err = Config::from_yaml("defaults: {timeout: soon}")
+            .expect_err("bad duration")
+            .to_string();
+        assert!(err.contains("defaults.timeout"), "{err}");
+        let err = Config::from_yaml("listn: 1")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+}

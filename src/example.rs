@@ -1,0 +1,1256 @@
+//! The built-in example upstream: a plain tonic server implementing all six callback services.
+//!
+//! With no upstream configured, [`crate::run`] starts it in-process on a loopback port, so the
+//! gateway shows allow / reject / modify out of the box. It is also the Rust example to copy from:
+//! every RPC is ordinary tonic service code on the generated types of `openim.callback.v1`.
+//!
+//! The policy, driven by [`ExampleConfig`]:
+//!
+//! - **Reject** a message, friend request, join request, invitation reason, nickname or group name
+//!   that contains a blocked word (case-insensitive). A rejection is a normal response with
+//!   `rejection` set; the gateway turns it into OpenIM's `nextCode 1` envelope.
+//! - **Modify**: mask blocked words in edited messages and friend remarks with `***`, give new
+//!   users without an avatar the default one, tidy or invent the name of a new group and stamp
+//!   its `ex`, drop the owner from their own friend import, and give untitled offline pushes a
+//!   generic title.
+//! - **Allow** everything else with an empty response: every unset field means "keep OpenIM's
+//!   value".
+//! - **After** callbacks are logged with a few key fields and acknowledged.
+
+use crate::config::ExampleConfig;
+use crate::forward::meta;
+use crate::proto::v1 as pb;
+use pb::conversation_callback_service_server::{
+    ConversationCallbackService, ConversationCallbackServiceServer,
+};
+use pb::friend_callback_service_server::{FriendCallbackService, FriendCallbackServiceServer};
+use pb::group_callback_service_server::{GroupCallbackService, GroupCallbackServiceServer};
+use pb::message_callback_service_server::{MessageCallbackService, MessageCallbackServiceServer};
+use pb::push_callback_service_server::{PushCallbackService, PushCallbackServiceServer};
+use pb::user_callback_service_server::{UserCallbackService, UserCallbackServiceServer};
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::metadata::MetadataMap;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+/// What every RPC returns.
+type Reply<T> = Result<Response<T>, Status>;
+
+/// What a blocked word is replaced with.
+const MASK: &str = "***";
+/// The `ex` a new group gets when it has none.
+const CREATED_VIA: &str = r#"{"createdVia":"openim-callback-gateway"}"#;
+/// Title of an offline push that has none.
+const PUSH_TITLE: &str = "New message";
+/// Text of an offline push that has no title.
+const PUSH_DESC: &str = "You have a new message";
+
+/// Starts the example upstream on a loopback port and returns its address and serving task.
+///
+/// Serving errors are logged; aborting the task stops the server.
+pub async fn spawn(cfg: ExampleConfig) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let routes = routes(cfg);
+    let task = tokio::spawn(async move {
+        let served = Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "built-in example upstream stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+/// The six callback services of the example, ready to mount on any tonic server.
+pub fn routes(cfg: ExampleConfig) -> Routes {
+    let upstream = ExampleUpstream::new(cfg);
+    Routes::new(MessageCallbackServiceServer::new(upstream.clone()))
+        .add_service(PushCallbackServiceServer::new(upstream.clone()))
+        .add_service(UserCallbackServiceServer::new(upstream.clone()))
+        .add_service(FriendCallbackServiceServer::new(upstream.clone()))
+        .add_service(GroupCallbackServiceServer::new(upstream.clone()))
+        .add_service(ConversationCallbackServiceServer::new(upstream))
+}
+
+/// The example policy; implements all six callback services.
+#[derive(Debug, Clone)]
+pub struct ExampleUpstream {
+    cfg: ExampleConfig,
+}
+
+impl ExampleUpstream {
+    /// An example upstream with this configuration.
+    pub fn new(cfg: ExampleConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// The configured blocked words, empty entries skipped.
+    fn words(&self) -> impl Iterator<Item = &str> {
+        self.cfg
+            .blocked_words
+            .iter()
+            .map(String::as_str)
+            .filter(|word| !word.is_empty())
+    }
+
+    /// The first blocked word `text` contains, ignoring case.
+    fn blocked_word<'a>(&'a self, text: &str) -> Option<&'a str> {
+        let text = text.to_lowercase();
+        self.words()
+            .find(|word| text.contains(&word.to_lowercase()))
+    }
+
+    /// `text` with every blocked word replaced by `***`, or `None` when it contains none.
+    fn mask(&self, text: &str) -> Option<String> {
+        let mut masked = String::with_capacity(text.len());
+        let mut rest = text;
+        let mut changed = false;
+        while let Some(c) = rest.chars().next() {
+            let blocked = self
+                .words()
+                .filter_map(|word| prefix_len_ignore_case(rest, word))
+                .max();
+            if let Some(len) = blocked {
+                masked.push_str(MASK);
+                rest = &rest[len..];
+                changed = true;
+            } else {
+                masked.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        changed.then_some(masked)
+    }
+
+    /// Masks the string values of a message element such as `{"content":"hello"}` and returns
+    /// it as a JSON object string again (OpenIM requires one), or `None` when nothing changed or
+    /// the content is not a JSON object.
+    fn mask_content_json(&self, content: &str) -> Option<String> {
+        let mut element: Value = serde_json::from_str(content).ok()?;
+        if !element.is_object() || !self.mask_strings(&mut element) {
+            return None;
+        }
+        serde_json::to_string(&element).ok()
+    }
+
+    /// Masks every string inside `value` in place; whether anything changed.
+    fn mask_strings(&self, value: &mut Value) -> bool {
+        match value {
+            Value::String(text) => match self.mask(text) {
+                Some(masked) => {
+                    *text = masked;
+                    true
+                }
+                None => false,
+            },
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| self.mask_strings(item) | changed),
+            Value::Object(fields) => fields
+                .values_mut()
+                .fold(false, |changed, field| self.mask_strings(field) | changed),
+            _ => false,
+        }
+    }
+
+    /// `users` with the default avatar given to everyone who has none, or `None` when nobody
+    /// lacks one (or no default is configured).
+    fn with_default_faces(&self, mut users: Vec<pb::UserInfo>) -> Option<Vec<pb::UserInfo>> {
+        let default = &self.cfg.default_face_url;
+        if default.is_empty() {
+            return None;
+        }
+        let mut changed = false;
+        for user in users.iter_mut().filter(|user| user.face_url.is_empty()) {
+            user.face_url.clone_from(default);
+            changed = true;
+        }
+        changed.then_some(users)
+    }
+
+    /// A response rejecting the operation with `message`; `detail` says what was wrong (the
+    /// blocked word). Logged as the decision.
+    fn reject<T: Rejectable>(&self, command: &str, message: &str, detail: &str) -> Reply<T> {
+        tracing::info!(
+            command,
+            decision = "reject",
+            reason = message,
+            detail,
+            "before-callback decision"
+        );
+        Ok(Response::new(T::rejected(pb::Rejection {
+            code: self.cfg.reject_code,
+            message: message.to_owned(),
+            detail: detail.to_owned(),
+        })))
+    }
+}
+
+/// The byte length of the prefix of `text` that equals `word` ignoring case, if there is one.
+fn prefix_len_ignore_case(text: &str, word: &str) -> Option<usize> {
+    let mut chars = text.chars();
+    for expected in word.chars() {
+        let actual = chars.next()?;
+        if !actual.to_lowercase().eq(expected.to_lowercase()) {
+            return None;
+        }
+    }
+    Some(text.len() - chars.as_str().len())
+}
+
+/// `name` with surrounding whitespace trimmed and inner runs of whitespace collapsed to one space.
+fn tidy_group_name(name: &str) -> String {
+    name.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The name a new group gets instead of the requested one, if any: `Group of <owner>` for an
+/// unnamed group, else the tidied name when tidying changes it.
+fn group_name_on_create(req: &pb::BeforeCreateGroupRequest) -> Option<String> {
+    let tidy = tidy_group_name(&req.group_name);
+    if !tidy.is_empty() {
+        return (tidy != req.group_name).then_some(tidy);
+    }
+    let owner = if req.owner_user_id.is_empty() {
+        &req.init_member_list.first()?.user_id
+    } else {
+        &req.owner_user_id
+    };
+    (!owner.is_empty()).then(|| format!("Group of {owner}"))
+}
+
+/// `friends` without `owner`, or `None` when the owner is not among them.
+fn without_owner(owner: &str, friends: &[String]) -> Option<Vec<String>> {
+    friends.iter().any(|friend| friend == owner).then(|| {
+        friends
+            .iter()
+            .filter(|friend| *friend != owner)
+            .cloned()
+            .collect()
+    })
+}
+
+/// A generic title and text for an offline push that has no title, keeping its other settings;
+/// `None` when it has a title. The reply replaces the push info as a whole.
+fn untitled_push_info(req: &pb::BeforeOfflinePushRequest) -> Option<pb::OfflinePushInfo> {
+    if req.title.as_deref().is_some_and(|title| !title.is_empty()) {
+        return None;
+    }
+    Some(pb::OfflinePushInfo {
+        title: PUSH_TITLE.to_owned(),
+        desc: PUSH_DESC.to_owned(),
+        ex: req.ex.clone().unwrap_or_default(),
+        ios_push_sound: req.ios_push_sound.clone().unwrap_or_default(),
+        ios_badge_count: req.ios_badge_count.unwrap_or_default(),
+        signal_info: req.signal_info.clone().unwrap_or_default(),
+    })
+}
+
+/// Lets the operation go on unchanged (an empty response: every field unset), and logs why.
+fn allow<T: Default>(command: &str, reason: &str) -> Reply<T> {
+    tracing::info!(
+        command,
+        decision = "allow",
+        reason,
+        "before-callback decision"
+    );
+    Ok(Response::new(T::default()))
+}
+
+/// Lets the operation go on with the fields set in `response`, and logs why.
+fn modify<T>(command: &str, reason: &str, response: T) -> Reply<T> {
+    tracing::info!(
+        command,
+        decision = "modify",
+        reason,
+        "before-callback decision"
+    );
+    Ok(Response::new(response))
+}
+
+/// The delivery id and attempt number the gateway adds to spooled after-events, when present.
+fn delivery(metadata: &MetadataMap) -> (Option<&str>, Option<u32>) {
+    let get = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
+    let attempt = get(meta::DELIVERY_ATTEMPT).and_then(|attempt| attempt.parse().ok());
+    (get(meta::DELIVERY_ID), attempt)
+}
+
+/// Logs an after-event (its command, delivery id and attempt, and the named request fields) and
+/// acknowledges it with the empty response. An error status instead would make the gateway retry
+/// the delivery.
+macro_rules! after_event {
+    ($request:ident, $command:literal $(, $field:ident)* $(,)?) => {{
+        let (delivery_id, attempt) = delivery($request.metadata());
+        let event = $request.get_ref();
+        tracing::info!(
+            command = $command,
+            delivery_id,
+            attempt,
+            $($field = ?event.$field,)*
+            "after-event received"
+        );
+        Ok(Response::new(Default::default()))
+    }};
+}
+
+/// A before-callback response, which can carry a rejection.
+trait Rejectable: Default {
+    /// The response that rejects the operation.
+    fn rejected(rejection: pb::Rejection) -> Self;
+}
+
+macro_rules! impl_rejectable {
+    ($($response:ident),* $(,)?) => {$(
+        impl Rejectable for pb::$response {
+            #[allow(clippy::needless_update)] // some responses carry nothing but the rejection
+            fn rejected(rejection: pb::Rejection) -> Self {
+                Self { rejection: Some(rejection), ..Self::default() }
+            }
+        }
+    )*};
+}
+
+impl_rejectable!(
+    BeforeSendSingleMsgResponse,
+    BeforeSendGroupMsgResponse,
+    BeforeMsgModifyResponse,
+    BeforeOfflinePushResponse,
+    BeforeOnlinePushResponse,
+    BeforeGroupOnlinePushResponse,
+    BeforeUpdateUserInfoResponse,
+    BeforeUpdateUserInfoExResponse,
+    BeforeUserRegisterResponse,
+    BeforeAddFriendResponse,
+    BeforeAddFriendAgreeResponse,
+    BeforeImportFriendsResponse,
+    BeforeAddBlackResponse,
+    BeforeSetFriendRemarkResponse,
+    BeforeCreateGroupResponse,
+    BeforeMembersJoinGroupResponse,
+    BeforeSetGroupMemberInfoResponse,
+    BeforeJoinGroupResponse,
+    BeforeInviteJoinGroupResponse,
+    BeforeSetGroupInfoResponse,
+    BeforeSetGroupInfoExResponse,
+    BeforeCreateSingleChatConversationsResponse,
+    BeforeCreateGroupChatConversationsResponse,
+);
+
+#[tonic::async_trait]
+impl MessageCallbackService for ExampleUpstream {
+    async fn before_send_single_msg(
+        &self,
+        request: Request<pb::BeforeSendSingleMsgRequest>,
+    ) -> Reply<pb::BeforeSendSingleMsgResponse> {
+        const COMMAND: &str = "callbackBeforeSendSingleMsgCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().content) {
+            return self.reject(COMMAND, "message contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_send_single_msg(
+        &self,
+        request: Request<pb::AfterSendSingleMsgRequest>,
+    ) -> Reply<pb::AfterSendSingleMsgResponse> {
+        after_event!(
+            request,
+            "callbackAfterSendSingleMsgCommand",
+            send_id,
+            recv_id,
+            client_msg_id
+        )
+    }
+
+    async fn before_send_group_msg(
+        &self,
+        request: Request<pb::BeforeSendGroupMsgRequest>,
+    ) -> Reply<pb::BeforeSendGroupMsgResponse> {
+        const COMMAND: &str = "callbackBeforeSendGroupMsgCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().content) {
+            return self.reject(COMMAND, "message contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_send_group_msg(
+        &self,
+        request: Request<pb::AfterSendGroupMsgRequest>,
+    ) -> Reply<pb::AfterSendGroupMsgResponse> {
+        after_event!(
+            request,
+            "callbackAfterSendGroupMsgCommand",
+            send_id,
+            group_id,
+            client_msg_id
+        )
+    }
+
+    async fn before_msg_modify(
+        &self,
+        request: Request<pb::BeforeMsgModifyRequest>,
+    ) -> Reply<pb::BeforeMsgModifyResponse> {
+        const COMMAND: &str = "callbackBeforeMsgModifyCommand";
+        match self.mask_content_json(&request.get_ref().content) {
+            Some(content) => modify(
+                COMMAND,
+                "blocked words masked",
+                pb::BeforeMsgModifyResponse {
+                    content: Some(content),
+                    ..Default::default()
+                },
+            ),
+            None => allow(COMMAND, "nothing to mask"),
+        }
+    }
+
+    async fn after_msg_save_db(
+        &self,
+        request: Request<pb::AfterMsgSaveDbRequest>,
+    ) -> Reply<pb::AfterMsgSaveDbResponse> {
+        after_event!(
+            request,
+            "callbackAfterMsgSaveDBCommand",
+            send_id,
+            recv_id,
+            group_id,
+            seq
+        )
+    }
+
+    async fn after_group_msg_read(
+        &self,
+        request: Request<pb::AfterGroupMsgReadRequest>,
+    ) -> Reply<pb::AfterGroupMsgReadResponse> {
+        after_event!(
+            request,
+            "callbackAfterGroupMsgReadCommand",
+            send_id,
+            unread_msg_num
+        )
+    }
+
+    async fn after_single_msg_read(
+        &self,
+        request: Request<pb::AfterSingleMsgReadRequest>,
+    ) -> Reply<pb::AfterSingleMsgReadResponse> {
+        after_event!(
+            request,
+            "callbackAfterSingleMsgReadCommand",
+            conversation_id,
+            user_id,
+            seqs
+        )
+    }
+
+    async fn after_revoke_msg(
+        &self,
+        request: Request<pb::AfterRevokeMsgRequest>,
+    ) -> Reply<pb::AfterRevokeMsgResponse> {
+        after_event!(
+            request,
+            "callbackBeforeAfterMsgCommand",
+            conversation_id,
+            seq,
+            user_id
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl PushCallbackService for ExampleUpstream {
+    async fn before_offline_push(
+        &self,
+        request: Request<pb::BeforeOfflinePushRequest>,
+    ) -> Reply<pb::BeforeOfflinePushResponse> {
+        const COMMAND: &str = "callbackBeforeOfflinePushCommand";
+        match untitled_push_info(request.get_ref()) {
+            Some(info) => modify(
+                COMMAND,
+                "untitled push given a generic title",
+                pb::BeforeOfflinePushResponse {
+                    offline_push_info: Some(info),
+                    ..Default::default()
+                },
+            ),
+            None => allow(COMMAND, "push already has a title"),
+        }
+    }
+
+    async fn before_online_push(
+        &self,
+        _request: Request<pb::BeforeOnlinePushRequest>,
+    ) -> Reply<pb::BeforeOnlinePushResponse> {
+        allow(
+            "callbackBeforeOnlinePushCommand",
+            "online pushes always allowed",
+        )
+    }
+
+    async fn before_group_online_push(
+        &self,
+        _request: Request<pb::BeforeGroupOnlinePushRequest>,
+    ) -> Reply<pb::BeforeGroupOnlinePushResponse> {
+        allow(
+            "callbackBeforeGroupOnlinePushCommand",
+            "online pushes always allowed",
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl UserCallbackService for ExampleUpstream {
+    async fn before_update_user_info(
+        &self,
+        request: Request<pb::BeforeUpdateUserInfoRequest>,
+    ) -> Reply<pb::BeforeUpdateUserInfoResponse> {
+        const COMMAND: &str = "callbackBeforeUpdateUserInfoCommand";
+        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
+        if let Some(word) = self.blocked_word(nickname) {
+            return self.reject(COMMAND, "nickname contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_update_user_info(
+        &self,
+        request: Request<pb::AfterUpdateUserInfoRequest>,
+    ) -> Reply<pb::AfterUpdateUserInfoResponse> {
+        after_event!(
+            request,
+            "callbackAfterUpdateUserInfoCommand",
+            user_id,
+            nickname
+        )
+    }
+
+    async fn before_update_user_info_ex(
+        &self,
+        request: Request<pb::BeforeUpdateUserInfoExRequest>,
+    ) -> Reply<pb::BeforeUpdateUserInfoExResponse> {
+        // Only reject or allow: a reply field whose request field is unset would crash OpenIM
+        // (the gateway drops it), so an Ex reply should only ever set fields the request has.
+        const COMMAND: &str = "callbackBeforeUpdateUserInfoExCommand";
+        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
+        if let Some(word) = self.blocked_word(nickname) {
+            return self.reject(COMMAND, "nickname contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_update_user_info_ex(
+        &self,
+        request: Request<pb::AfterUpdateUserInfoExRequest>,
+    ) -> Reply<pb::AfterUpdateUserInfoExResponse> {
+        after_event!(
+            request,
+            "callbackAfterUpdateUserInfoExCommand",
+            user_id,
+            nickname
+        )
+    }
+
+    async fn before_user_register(
+        &self,
+        request: Request<pb::BeforeUserRegisterRequest>,
+    ) -> Reply<pb::BeforeUserRegisterResponse> {
+        const COMMAND: &str = "callbackBeforeUserRegisterCommand";
+        let users = request.into_inner().users;
+        if let Some(word) = users
+            .iter()
+            .find_map(|user| self.blocked_word(&user.nickname))
+        {
+            return self.reject(COMMAND, "nickname contains a blocked word", word);
+        }
+        // OpenIM replaces the whole list with a non-empty reply list, so return every user.
+        match self.with_default_faces(users) {
+            Some(users) => modify(
+                COMMAND,
+                "default avatar given",
+                pb::BeforeUserRegisterResponse {
+                    users,
+                    ..Default::default()
+                },
+            ),
+            None => allow(COMMAND, "every user has an avatar"),
+        }
+    }
+
+    async fn after_user_register(
+        &self,
+        request: Request<pb::AfterUserRegisterRequest>,
+    ) -> Reply<pb::AfterUserRegisterResponse> {
+        // Written out rather than `after_event!`, to log only the IDs of the registered users.
+        let user_ids: Vec<&str> = request
+            .get_ref()
+            .users
+            .iter()
+            .map(|user| user.user_id.as_str())
+            .collect();
+        let (delivery_id, attempt) = delivery(request.metadata());
+        tracing::info!(
+            command = "callbackAfterUserRegisterCommand",
+            delivery_id,
+            attempt,
+            ?user_ids,
+            "after-event received"
+        );
+        Ok(Response::new(pb::AfterUserRegisterResponse {}))
+    }
+
+    async fn after_user_online(
+        &self,
+        request: Request<pb::AfterUserOnlineRequest>,
+    ) -> Reply<pb::AfterUserOnlineResponse> {
+        after_event!(request, "callbackAfterUserOnlineCommand", user_id, platform)
+    }
+
+    async fn after_user_offline(
+        &self,
+        request: Request<pb::AfterUserOfflineRequest>,
+    ) -> Reply<pb::AfterUserOfflineResponse> {
+        after_event!(
+            request,
+            "callbackAfterUserOfflineCommand",
+            user_id,
+            platform
+        )
+    }
+
+    async fn after_user_kick_off(
+        &self,
+        request: Request<pb::AfterUserKickOffRequest>,
+    ) -> Reply<pb::AfterUserKickOffResponse> {
+        after_event!(
+            request,
+            "callbackAfterUserKickOffCommand",
+            user_id,
+            platform
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl FriendCallbackService for ExampleUpstream {
+    async fn before_add_friend(
+        &self,
+        request: Request<pb::BeforeAddFriendRequest>,
+    ) -> Reply<pb::BeforeAddFriendResponse> {
+        const COMMAND: &str = "callbackBeforeAddFriendCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().req_msg) {
+            return self.reject(
+                COMMAND,
+                "friend request message contains a blocked word",
+                word,
+            );
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_add_friend(
+        &self,
+        request: Request<pb::AfterAddFriendRequest>,
+    ) -> Reply<pb::AfterAddFriendResponse> {
+        after_event!(
+            request,
+            "callbackAfterAddFriendCommand",
+            from_user_id,
+            to_user_id
+        )
+    }
+
+    async fn before_add_friend_agree(
+        &self,
+        _request: Request<pb::BeforeAddFriendAgreeRequest>,
+    ) -> Reply<pb::BeforeAddFriendAgreeResponse> {
+        allow(
+            "callbackBeforeAddFriendAgreeCommand",
+            "answers always allowed",
+        )
+    }
+
+    async fn after_add_friend_agree(
+        &self,
+        request: Request<pb::AfterAddFriendAgreeRequest>,
+    ) -> Reply<pb::AfterAddFriendAgreeResponse> {
+        after_event!(
+            request,
+            "callbackAfterAddFriendAgreeCommand",
+            from_user_id,
+            to_user_id,
+            handle_result
+        )
+    }
+
+    async fn after_delete_friend(
+        &self,
+        request: Request<pb::AfterDeleteFriendRequest>,
+    ) -> Reply<pb::AfterDeleteFriendResponse> {
+        after_event!(
+            request,
+            "callbackAfterDeleteFriendCommand",
+            owner_user_id,
+            friend_user_id
+        )
+    }
+
+    async fn before_import_friends(
+        &self,
+        request: Request<pb::BeforeImportFriendsRequest>,
+    ) -> Reply<pb::BeforeImportFriendsResponse> {
+        const COMMAND: &str = "callbackBeforeImportFriendsCommand";
+        let req = request.get_ref();
+        match without_owner(&req.owner_user_id, &req.friend_user_ids) {
+            // An empty reply list means "keep the list", so an import of only the owner is refused.
+            Some(friends) if friends.is_empty() => self.reject(
+                COMMAND,
+                "cannot import yourself as a friend",
+                &req.owner_user_id,
+            ),
+            Some(friend_user_ids) => modify(
+                COMMAND,
+                "owner removed from own friend import",
+                pb::BeforeImportFriendsResponse {
+                    friend_user_ids,
+                    ..Default::default()
+                },
+            ),
+            None => allow(COMMAND, "owner not in the list"),
+        }
+    }
+
+    async fn after_import_friends(
+        &self,
+        request: Request<pb::AfterImportFriendsRequest>,
+    ) -> Reply<pb::AfterImportFriendsResponse> {
+        after_event!(
+            request,
+            "callbackAfterImportFriendsCommand",
+            owner_user_id,
+            friend_user_ids
+        )
+    }
+
+    async fn before_add_black(
+        &self,
+        _request: Request<pb::BeforeAddBlackRequest>,
+    ) -> Reply<pb::BeforeAddBlackResponse> {
+        allow(
+            "callbackBeforeAddBlackCommand",
+            "blocking users always allowed",
+        )
+    }
+
+    async fn after_remove_black(
+        &self,
+        request: Request<pb::AfterRemoveBlackRequest>,
+    ) -> Reply<pb::AfterRemoveBlackResponse> {
+        after_event!(
+            request,
+            "callbackAfterRemoveBlackCommand",
+            owner_user_id,
+            black_user_id
+        )
+    }
+
+    async fn before_set_friend_remark(
+        &self,
+        request: Request<pb::BeforeSetFriendRemarkRequest>,
+    ) -> Reply<pb::BeforeSetFriendRemarkResponse> {
+        const COMMAND: &str = "callbackBeforeSetFriendRemarkCommand";
+        match self.mask(&request.get_ref().remark) {
+            Some(remark) => modify(
+                COMMAND,
+                "blocked words masked",
+                pb::BeforeSetFriendRemarkResponse {
+                    remark: Some(remark),
+                    ..Default::default()
+                },
+            ),
+            None => allow(COMMAND, "nothing to mask"),
+        }
+    }
+
+    async fn after_set_friend_remark(
+        &self,
+        request: Request<pb::AfterSetFriendRemarkRequest>,
+    ) -> Reply<pb::AfterSetFriendRemarkResponse> {
+        after_event!(
+            request,
+            "callbackAfterSetFriendRemarkCommand",
+            owner_user_id,
+            friend_user_id
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl GroupCallbackService for ExampleUpstream {
+    async fn before_create_group(
+        &self,
+        request: Request<pb::BeforeCreateGroupRequest>,
+    ) -> Reply<pb::BeforeCreateGroupResponse> {
+        const COMMAND: &str = "callbackBeforeCreateGroupCommand";
+        let req = request.get_ref();
+        if let Some(word) = self.blocked_word(&req.group_name) {
+            return self.reject(COMMAND, "group name contains a blocked word", word);
+        }
+        let response = pb::BeforeCreateGroupResponse {
+            group_name: group_name_on_create(req),
+            ex: req.ex.is_empty().then(|| CREATED_VIA.to_owned()),
+            ..Default::default()
+        };
+        if response.group_name.is_none() && response.ex.is_none() {
+            return allow(COMMAND, "name already tidy and ex already set");
+        }
+        modify(COMMAND, "group name tidied or ex stamped", response)
+    }
+
+    async fn after_create_group(
+        &self,
+        request: Request<pb::AfterCreateGroupRequest>,
+    ) -> Reply<pb::AfterCreateGroupResponse> {
+        after_event!(
+            request,
+            "callbackAfterCreateGroupCommand",
+            group_id,
+            group_name,
+            owner_user_id
+        )
+    }
+
+    async fn before_members_join_group(
+        &self,
+        _request: Request<pb::BeforeMembersJoinGroupRequest>,
+    ) -> Reply<pb::BeforeMembersJoinGroupResponse> {
+        allow(
+            "callbackBeforeMembersJoinGroupCommand",
+            "joining members always allowed",
+        )
+    }
+
+    async fn before_set_group_member_info(
+        &self,
+        request: Request<pb::BeforeSetGroupMemberInfoRequest>,
+    ) -> Reply<pb::BeforeSetGroupMemberInfoResponse> {
+        const COMMAND: &str = "callbackBeforeSetGroupMemberInfoCommand";
+        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
+        if let Some(word) = self.blocked_word(nickname) {
+            return self.reject(COMMAND, "group nickname contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_set_group_member_info(
+        &self,
+        request: Request<pb::AfterSetGroupMemberInfoRequest>,
+    ) -> Reply<pb::AfterSetGroupMemberInfoResponse> {
+        after_event!(
+            request,
+            "callbackAfterSetGroupMemberInfoCommand",
+            group_id,
+            user_id,
+            role_level
+        )
+    }
+
+    async fn after_quit_group(
+        &self,
+        request: Request<pb::AfterQuitGroupRequest>,
+    ) -> Reply<pb::AfterQuitGroupResponse> {
+        after_event!(request, "callbackAfterQuitGroupCommand", group_id, user_id)
+    }
+
+    async fn after_kick_group(
+        &self,
+        request: Request<pb::AfterKickGroupRequest>,
+    ) -> Reply<pb::AfterKickGroupResponse> {
+        after_event!(
+            request,
+            "callbackAfterKickGroupCommand",
+            group_id,
+            kicked_user_ids
+        )
+    }
+
+    async fn after_dismiss_group(
+        &self,
+        request: Request<pb::AfterDismissGroupRequest>,
+    ) -> Reply<pb::AfterDismissGroupResponse> {
+        after_event!(
+            request,
+            "callbackAfterDisMissGroupCommand",
+            group_id,
+            owner_id
+        )
+    }
+
+    async fn before_join_group(
+        &self,
+        request: Request<pb::BeforeJoinGroupRequest>,
+    ) -> Reply<pb::BeforeJoinGroupResponse> {
+        const COMMAND: &str = "callbackBeforeJoinGroupCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().req_message) {
+            return self.reject(
+                COMMAND,
+                "join request message contains a blocked word",
+                word,
+            );
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_transfer_group_owner(
+        &self,
+        request: Request<pb::AfterTransferGroupOwnerRequest>,
+    ) -> Reply<pb::AfterTransferGroupOwnerResponse> {
+        after_event!(
+            request,
+            "callbackAfterTransferGroupOwnerCommand",
+            group_id,
+            old_owner_user_id,
+            new_owner_user_id
+        )
+    }
+
+    async fn before_invite_join_group(
+        &self,
+        request: Request<pb::BeforeInviteJoinGroupRequest>,
+    ) -> Reply<pb::BeforeInviteJoinGroupResponse> {
+        const COMMAND: &str = "callbackBeforeInviteJoinGroupCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().reason) {
+            return self.reject(COMMAND, "invitation reason contains a blocked word", word);
+        }
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_join_group(
+        &self,
+        request: Request<pb::AfterJoinGroupRequest>,
+    ) -> Reply<pb::AfterJoinGroupResponse> {
+        after_event!(
+            request,
+            "callbackAfterJoinGroupCommand",
+            group_id,
+            join_source,
+            inviter_user_id
+        )
+    }
+
+    async fn before_set_group_info(
+        &self,
+        request: Request<pb::BeforeSetGroupInfoRequest>,
+    ) -> Reply<pb::BeforeSetGroupInfoResponse> {
+        const COMMAND: &str = "callbackBeforeSetGroupInfoCommand";
+        if let Some(word) = self.blocked_word(&request.get_ref().group_name) {
+            return self.reject(COMMAND, "group name contains a blocked word", word);
+        }
+        // OpenIM copies groupID and the group fields from the reply unconditionally; the gateway
+        // fills the ones left unset from the request, so an empty response is a safe "allow".
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_set_group_info(
+        &self,
+        request: Request<pb::AfterSetGroupInfoRequest>,
+    ) -> Reply<pb::AfterSetGroupInfoResponse> {
+        after_event!(
+            request,
+            "callbackAfterSetGroupInfoCommand",
+            group_id,
+            group_name
+        )
+    }
+
+    async fn before_set_group_info_ex(
+        &self,
+        request: Request<pb::BeforeSetGroupInfoExRequest>,
+    ) -> Reply<pb::BeforeSetGroupInfoExResponse> {
+        const COMMAND: &str = "callbackBeforeSetGroupInfoExCommand";
+        let group_name = request.get_ref().group_name.as_deref().unwrap_or_default();
+        if let Some(word) = self.blocked_word(group_name) {
+            return self.reject(COMMAND, "group name contains a blocked word", word);
+        }
+        // As for BeforeSetGroupInfo, the gateway echoes the fields OpenIM copies back.
+        allow(COMMAND, "no blocked word")
+    }
+
+    async fn after_set_group_info_ex(
+        &self,
+        request: Request<pb::AfterSetGroupInfoExRequest>,
+    ) -> Reply<pb::AfterSetGroupInfoExResponse> {
+        after_event!(
+            request,
+            "callbackAfterSetGroupInfoExCommand",
+            group_id,
+            group_name
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl ConversationCallbackService for ExampleUpstream {
+    async fn before_create_single_chat_conversations(
+        &self,
+        _request: Request<pb::BeforeCreateSingleChatConversationsRequest>,
+    ) -> Reply<pb::BeforeCreateSingleChatConversationsResponse> {
+        allow(
+            "callbackBeforeCreateSingleChatConversationsCommand",
+            "default conversation settings",
+        )
+    }
+
+    async fn after_create_single_chat_conversations(
+        &self,
+        request: Request<pb::AfterCreateSingleChatConversationsRequest>,
+    ) -> Reply<pb::AfterCreateSingleChatConversationsResponse> {
+        after_event!(
+            request,
+            "callbackAfterCreateSingleChatConversationsCommand",
+            owner_user_id,
+            conversation_id
+        )
+    }
+
+    async fn before_create_group_chat_conversations(
+        &self,
+        _request: Request<pb::BeforeCreateGroupChatConversationsRequest>,
+    ) -> Reply<pb::BeforeCreateGroupChatConversationsResponse> {
+        allow(
+            "callbackBeforeCreateGroupChatConversationsCommand",
+            "default conversation settings",
+        )
+    }
+
+    async fn after_create_group_chat_conversations(
+        &self,
+        request: Request<pb::AfterCreateGroupChatConversationsRequest>,
+    ) -> Reply<pb::AfterCreateGroupChatConversationsResponse> {
+        after_event!(
+            request,
+            "callbackAfterCreateGroupChatConversationsCommand",
+            group_id,
+            conversation_id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::group_callback_service_client::GroupCallbackServiceClient;
+
+    fn example() -> ExampleUpstream {
+        ExampleUpstream::new(ExampleConfig {
+            blocked_words: vec!["spam".into(), String::new(), "Forbidden".into()],
+            reject_code: 20042,
+            default_face_url: "https://example.com/face.png".into(),
+        })
+    }
+
+    #[test]
+    fn finds_blocked_words_ignoring_case() {
+        let ex = example();
+        assert_eq!(ex.blocked_word("this is SPAM"), Some("spam"));
+        assert_eq!(ex.blocked_word("a forbidden fruit"), Some("Forbidden"));
+        assert_eq!(
+            ex.blocked_word("hello"),
+            None,
+            "an empty blocked word matches nothing"
+        );
+        assert_eq!(ex.blocked_word(""), None);
+    }
+
+    #[test]
+    fn masks_every_blocked_word() {
+        let ex = example();
+        assert_eq!(
+            ex.mask("Spam, spam and FORBIDDEN eggs").as_deref(),
+            Some("***, *** and *** eggs")
+        );
+        assert_eq!(ex.mask("ünïcode spam ✓").as_deref(), Some("ünïcode *** ✓"));
+        assert_eq!(ex.mask("spa"), None);
+        assert_eq!(ex.mask("clean"), None);
+    }
+
+    #[test]
+    fn masks_message_content_as_a_json_object() {
+        let ex = example();
+        assert_eq!(
+            ex.mask_content_json(r#"{"content":"buy SPAM now","z":1,"a":["spam",true]}"#)
+                .as_deref(),
+            Some(r#"{"content":"buy *** now","z":1,"a":["***",true]}"#),
+            "string values masked, key order and other values kept"
+        );
+        assert_eq!(ex.mask_content_json(r#"{"content":"hello"}"#), None);
+        assert_eq!(ex.mask_content_json(r#""spam""#), None, "not an object");
+        assert_eq!(ex.mask_content_json("spam"), None, "not JSON");
+    }
+
+    #[test]
+    fn tidies_group_names() {
+        assert_eq!(tidy_group_name("  Rust   fans \t club "), "Rust fans club");
+        assert_eq!(tidy_group_name("   "), "");
+
+        let mut req = pb::BeforeCreateGroupRequest {
+            group_name: " Rust  fans".into(),
+            owner_user_id: "u1".into(),
+            ..Default::default()
+        };
+        assert_eq!(group_name_on_create(&req).as_deref(), Some("Rust fans"));
+        req.group_name = "Rust fans".into();
+        assert_eq!(group_name_on_create(&req), None);
+        req.group_name = " ".into();
+        assert_eq!(group_name_on_create(&req).as_deref(), Some("Group of u1"));
+        req.owner_user_id.clear();
+        req.init_member_list = vec![pb::GroupAddMemberInfo {
+            user_id: "u2".into(),
+            role_level: 100,
+        }];
+        assert_eq!(group_name_on_create(&req).as_deref(), Some("Group of u2"));
+        req.init_member_list.clear();
+        assert_eq!(group_name_on_create(&req), None);
+    }
+
+    #[test]
+    fn gives_default_faces_and_drops_the_owner() {
+        let ex = example();
+        let user = |id: &str, face: &str| pb::UserInfo {
+            user_id: id.into(),
+            face_url: face.into(),
+            ..Default::default()
+        };
+        let users = ex
+            .with_default_faces(vec![user("a", ""), user("b", "https://b.png")])
+            .unwrap();
+        assert_eq!(users[0].face_url, "https://example.com/face.png");
+        assert_eq!(users[1].face_url, "https://b.png");
+        assert_eq!(
+            ex.with_default_faces(vec![user("b", "https://b.png")]),
+            None
+        );
+
+        let ids = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            without_owner("o", &ids(&["a", "o", "b"])),
+            Some(ids(&["a", "b"]))
+        );
+        assert_eq!(without_owner("o", &ids(&["a", "b"])), None);
+    }
+
+    #[test]
+    fn titles_untitled_offline_pushes() {
+        let mut req = pb::BeforeOfflinePushRequest {
+            ios_push_sound: Some("ding".into()),
+            ..Default::default()
+        };
+        let info = untitled_push_info(&req).unwrap();
+        assert_eq!(
+            (info.title.as_str(), info.desc.as_str()),
+            (PUSH_TITLE, PUSH_DESC)
+        );
+        assert_eq!(info.ios_push_sound, "ding");
+        req.title = Some("Alice".into());
+        assert_eq!(untitled_push_info(&req), None);
+    }
+
+    #[tokio::test]
+    async fn rpcs_allow_reject_and_modify() {
+        let ex = example();
+
+        let rejected = ex
+            .before_send_single_msg(Request::new(pb::BeforeSendSingleMsgRequest {
+                content: r#"{"content":"cheap Spam"}"#.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            rejected.rejection,
+            Some(pb::Rejection {
+                code: 20042,
+                message: "message contains a blocked word".into(),
+                detail: "spam".into(),
+            })
+        );
+
+        let created = ex
+            .before_create_group(Request::new(pb::BeforeCreateGroupRequest {
+                owner_user_id: "u1".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.rejection, None);
+        assert_eq!(created.group_name.as_deref(), Some("Group of u1"));
+        assert_eq!(created.ex.as_deref(), Some(CREATED_VIA));
+
+        let modified = ex
+            .before_msg_modify(Request::new(pb::BeforeMsgModifyRequest {
+                content: r#"{"content":"no spam here"}"#.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            modified.content.as_deref(),
+            Some(r#"{"content":"no *** here"}"#)
+        );
+
+        let set_info = ex
+            .before_set_group_info(Request::new(pb::BeforeSetGroupInfoRequest {
+                group_id: "g1".into(),
+                group_name: "Rustaceans".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            set_info,
+            pb::BeforeSetGroupInfoResponse::default(),
+            "the gateway echoes"
+        );
+
+        let mut after = Request::new(pb::AfterQuitGroupRequest::default());
+        after
+            .metadata_mut()
+            .insert(meta::DELIVERY_ID, "d1".parse().unwrap());
+        after
+            .metadata_mut()
+            .insert(meta::DELIVERY_ATTEMPT, "2".parse().unwrap());
+        assert_eq!(delivery(after.metadata()), (Some("d1"), Some(2)));
+        ex.after_quit_group(after).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn serves_over_grpc() {
+        let (addr, task) = spawn(example().cfg).await.unwrap();
+        let mut client = GroupCallbackServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let reply = client
+            .before_join_group(pb::BeforeJoinGroupRequest {
+                req_message: "FORBIDDEN words".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.rejection.map(|r| r.detail).as_deref(),
+            Some("Forbidden")
+        );
+        task.abort();
+    }
+}

@@ -1,0 +1,150 @@
+//! The `openim-callback-gateway` binary: flags, config, logging, then `run`.
+
+use clap::{Parser, Subcommand};
+use openim_callback_gateway::config::{Config, DEFAULT_UPSTREAM, UpstreamConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// OpenIM webhook callbacks in, typed gRPC calls out.
+///
+/// With no arguments it listens on 127.0.0.1:10006 and serves the built-in example upstream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// YAML config file (see config/gateway.example.yaml). OPENIM_GATEWAY_* variables override it.
+    #[arg(long, env = "OPENIM_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:10006 (overrides `listen`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// gRPC URI of the default upstream every command uses unless configured otherwise
+    /// (overrides `upstreams.default`), e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    upstream: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and manage the after-event spool (pending events and dead letters).
+    Spool {
+        /// Talk to a running gateway's admin API at this base URL instead of opening the spool
+        /// file (which a running gateway holds locked), e.g. http://127.0.0.1:10006.
+        #[arg(long, global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        command: openim_callback_gateway::spool::cli::SpoolCommand,
+    },
+    /// Load and validate the configuration, print the effective settings, and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("openim-callback-gateway: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(uri) = cli.upstream {
+        config
+            .upstreams
+            .insert(DEFAULT_UPSTREAM.into(), UpstreamConfig::single(uri));
+        if let Err(e) = config.validate() {
+            eprintln!("openim-callback-gateway: invalid --upstream: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    openim_callback_gateway::telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("openim-callback-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Some(Command::CheckConfig) => match serde_json::to_string_pretty(&config) {
+                Ok(text) => {
+                    println!("{text}");
+                    eprintln!("configuration is valid (effective settings above)");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("openim-callback-gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Some(Command::Spool { admin, command }) => {
+                match openim_callback_gateway::spool::cli::run(
+                    command,
+                    &config.spool,
+                    admin.as_deref(),
+                )
+                .await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("openim-callback-gateway spool: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            None => serve(config).await,
+        }
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "openim-callback-gateway: cannot listen on {}: {e}",
+                config.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match openim_callback_gateway::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway stopped");
+            eprintln!("openim-callback-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C: stop accepting, finish in-flight requests, flush the spool.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight callbacks");
+}

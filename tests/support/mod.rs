@@ -1,0 +1,376 @@
+//! Shared test support: a real tonic upstream on 127.0.0.1:0 that records every call and answers
+//! as each test scripts it, the gateway as a router (no socket), and the real payloads.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use openim_callback_gateway::config::Config;
+use openim_callback_gateway::forward::RawCodec;
+use openim_callback_gateway::server::Gateway;
+use prost_reflect::DynamicMessage;
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::metadata::MetadataMap;
+use tower::ServiceExt as _;
+
+/// What the upstream does for one RPC.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// Answer OK with this encoded message (empty bytes = the empty message).
+    Reply(Bytes),
+    /// Answer with a status, optionally with details.
+    Status(tonic::Code, String, Bytes),
+    /// Wait, then behave.
+    Delay(Duration, Box<Behavior>),
+    /// Answer OK with bytes that are not a valid message of the reply type.
+    Garbage,
+}
+
+/// One call the upstream received.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The RPC name (`BeforeCreateGroup`).
+    pub rpc: String,
+    /// The gRPC path.
+    pub path: String,
+    /// Request metadata.
+    pub metadata: MetadataMap,
+    /// The encoded request.
+    pub body: Bytes,
+}
+
+impl Call {
+    /// Decodes the request as a generated type.
+    pub fn decode<T: prost::Message + Default>(&self) -> T {
+        T::decode(self.body.clone()).expect("request decodes as the generated type")
+    }
+
+    /// Decodes the request by descriptor.
+    pub fn dynamic(&self) -> DynamicMessage {
+        let pool = openim_callback_gateway::proto::pool().expect("pool");
+        let (service, rpc) = self
+            .path
+            .trim_start_matches('/')
+            .split_once('/')
+            .expect("path");
+        let method = pool
+            .get_service_by_name(service)
+            .and_then(|s| s.methods().find(|m| m.name() == rpc))
+            .expect("method in contract");
+        DynamicMessage::decode(method.input(), self.body.clone()).expect("request decodes")
+    }
+
+    /// A metadata value as text.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        self.metadata
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    behaviors: HashMap<String, Behavior>,
+}
+
+/// A real gRPC server implementing every RPC of the contract generically.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+struct Handler {
+    state: Arc<Mutex<State>>,
+    path: String,
+}
+
+impl tonic::server::UnaryService<Bytes> for Handler {
+    type Response = Bytes;
+    type Future =
+        futures_util::future::BoxFuture<'static, Result<tonic::Response<Bytes>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let state = self.state.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
+            let (metadata, _, body) = request.into_parts();
+            let behavior = {
+                let mut s = state.lock().unwrap();
+                s.calls.push(Call {
+                    rpc: rpc.clone(),
+                    path: path.clone(),
+                    metadata,
+                    body,
+                });
+                s.behaviors.get(&rpc).cloned()
+            };
+            let mut behavior = behavior.unwrap_or(Behavior::Reply(Bytes::new()));
+            loop {
+                match behavior {
+                    Behavior::Reply(bytes) => return Ok(tonic::Response::new(bytes)),
+                    Behavior::Garbage => {
+                        return Ok(tonic::Response::new(Bytes::from_static(&[
+                            0xff, 0xff, 0xff,
+                        ])));
+                    }
+                    Behavior::Status(code, message, details) => {
+                        return Err(tonic::Status::with_details(code, message, details));
+                    }
+                    Behavior::Delay(d, next) => {
+                        tokio::time::sleep(d).await;
+                        behavior = *next;
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Upstream {
+    /// Starts on a fresh loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Self::start_on(listener).await
+    }
+
+    /// Starts on a given listener (to restart on the same address).
+    pub async fn start_on(listener: tokio::net::TcpListener) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State::default()));
+        let s = state.clone();
+        let svc = tower::service_fn(move |req: http::Request<Body>| {
+            let state = s.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut grpc = tonic::server::Grpc::new(RawCodec);
+                let resp = grpc.unary(Handler { state, path }, req).await;
+                Ok::<_, Infallible>(resp.map(Body::new))
+            }
+        });
+        let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(svc));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            addr,
+            state,
+            task: Arc::new(task),
+        }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Scripts one RPC.
+    pub fn on(&self, rpc: &str, behavior: Behavior) {
+        self.state
+            .lock()
+            .unwrap()
+            .behaviors
+            .insert(rpc.to_owned(), behavior);
+    }
+
+    /// Scripts one RPC to answer with a generated message.
+    pub fn reply<M: prost::Message>(&self, rpc: &str, message: M) {
+        self.on(rpc, Behavior::Reply(message.encode_to_vec().into()));
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// The only call so far; fails when there is not exactly one.
+    pub fn only_call(&self) -> Call {
+        let calls = self.calls();
+        assert_eq!(
+            calls.len(),
+            1,
+            "expected exactly one upstream call, got {}",
+            calls.len()
+        );
+        calls.into_iter().next().unwrap()
+    }
+
+    /// Waits (bounded) until at least `n` calls arrived.
+    pub async fn wait_calls(&self, n: usize, within: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + within;
+        loop {
+            let calls = self.calls();
+            if calls.len() >= n || Instant::now() > deadline {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway config for tests: everything goes to `upstream_uri`, after-events synchronously.
+pub fn config(upstream_uri: &str, extra_yaml: &str) -> Config {
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{upstream_uri}'], connect_timeout: 500ms}}}}\n\
+         defaults: {{delivery: sync, timeout: 2s}}\n{extra_yaml}"
+    );
+    Config::from_yaml(&yaml).expect("test config is valid")
+}
+
+/// A gateway on a config, with no spool.
+pub fn gateway(config: &Config) -> Gateway {
+    Gateway::new(config, None).expect("gateway builds")
+}
+
+/// What the gateway answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub content_type: String,
+    pub raw: Bytes,
+    pub json: Json,
+}
+
+/// POSTs a body through the router (no socket).
+pub async fn post(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut req = http::Request::post(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from(body.into()))
+        .expect("request");
+    let resp = gw.router().oneshot(req).await.expect("router never fails");
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let raw = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&raw).unwrap_or(Json::Null);
+    Answer {
+        status,
+        content_type,
+        raw,
+        json,
+    }
+}
+
+/// POSTs a command's body to `/callbackExample/<command>` with the `operationID` header.
+pub async fn post_command(gw: &Gateway, command: &str, body: impl Into<Bytes>) -> Answer {
+    post(
+        gw,
+        &format!("/callbackExample/{command}"),
+        &[("operationID", "1719800000123453781")],
+        body,
+    )
+    .await
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// A real request body as OpenIM sends it: compact, with Go's trailing newline.
+pub fn payload(command: &str) -> Vec<u8> {
+    wire(&read_json(&format!("payloads/{command}.json")))
+}
+
+/// A real reply of a before command (`payloads/<command>.response.json`), if there is one.
+pub fn sample_reply(command: &str) -> Option<Json> {
+    let path = data_dir().join(format!("payloads/{command}.response.json"));
+    path.exists()
+        .then(|| read_json(&format!("payloads/{command}.response.json")))
+}
+
+/// The request example of a seed page.
+pub fn seed(command: &str) -> Vec<u8> {
+    wire(&read_json(&format!("seeds/{command}.json")))
+}
+
+/// A file of `tests/data` as JSON.
+pub fn read_json(rel: &str) -> Json {
+    let text = std::fs::read(data_dir().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every command that has a payload file.
+pub fn payload_commands() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(data_dir().join("payloads"))
+        .expect("payloads dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.ends_with(".response.json"))
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Go's `json.Encoder` output: compact plus a newline.
+pub fn wire(json: &Json) -> Vec<u8> {
+    let mut v = serde_json::to_vec(json).expect("json");
+    v.push(b'\n');
+    v
+}
+
+/// The allow envelope with nothing overridden.
+pub fn allow() -> Json {
+    serde_json::json!({"actionCode": 0, "errCode": 0, "errMsg": "", "errDlt": "", "nextCode": 0})
+}
+
+/// A rejection envelope.
+pub fn rejection(code: i32, msg: &str, detail: &str) -> Json {
+    serde_json::json!({"actionCode": 0, "errCode": code, "errMsg": msg, "errDlt": detail, "nextCode": 1})
+}
+
+/// Asserts the answer is what OpenIM needs on every path: 200, JSON, five envelope keys with
+/// numbers as numbers.
+pub fn assert_envelope(a: &Answer) {
+    assert_eq!(a.status, http::StatusCode::OK, "always 200: {a:?}");
+    assert!(a.content_type.starts_with("application/json"), "{a:?}");
+    let obj = a
+        .json
+        .as_object()
+        .unwrap_or_else(|| panic!("body is a JSON object: {a:?}"));
+    for k in ["actionCode", "errCode", "nextCode"] {
+        assert!(
+            obj.get(k).is_some_and(Json::is_i64),
+            "{k} is a JSON integer: {a:?}"
+        );
+    }
+    for k in ["errMsg", "errDlt"] {
+        assert!(
+            obj.get(k).is_some_and(Json::is_string),
+            "{k} is a string: {a:?}"
+        );
+    }
+}
