@@ -237,6 +237,9 @@ async fn callback(
         )
             .into_response();
     }
+    // Read the body on every path, also when the answer does not need it: an unread body makes
+    // hyper close the keep-alive connection, and OpenIM would reconnect for every callback.
+    let body = axum::body::to_bytes(body, gw.inner.max_body_bytes).await;
     let Some(entry) = gw.inner.catalog.get(&command) else {
         metrics::counter!("gateway_unknown_commands_total").increment(1);
         tracing::warn!(
@@ -265,7 +268,7 @@ async fn handle(
     settings: &Settings,
     query: Option<&str>,
     header_op: &str,
-    body: Body,
+    body: Result<Bytes, axum::Error>,
 ) -> (Envelope, &'static str) {
     let command = entry.row.command;
     let policy = &settings.policy;
@@ -277,7 +280,7 @@ async fn handle(
         (envelope::respond(entry, &decision, request, policy), label)
     };
 
-    let bytes = match axum::body::to_bytes(body, gw.inner.max_body_bytes).await {
+    let bytes = match body {
         Ok(b) => b,
         Err(e) => {
             let problem = format!(
@@ -417,11 +420,13 @@ async fn spool_event(
         Ok(_) => (Envelope::allow(), "spooled"),
         Err(e) => {
             tracing::error!(command = entry.row.command, operation_id, error = %e, "after-event NOT accepted by the spool");
-            let env = Envelope::reject(
-                settings.raw.reject_code,
-                "gateway spool is full: event not accepted",
-                &e.to_string(),
-            );
+            let message = match e {
+                spool::AppendError::Full { .. } => "gateway spool is full: event not accepted",
+                spool::AppendError::Closed => "gateway is shutting down: event not accepted",
+                spool::AppendError::Storage(_) => "gateway spool cannot write: event not accepted",
+            };
+            // OpenIM ignores after replies; the rejection envelope tells a person reading traffic.
+            let env = Envelope::reject(settings.raw.reject_code, message, &e.to_string());
             (env, "spool_rejected")
         }
     }

@@ -110,8 +110,9 @@ async fn listen_and_upstream_flags_serve_real_openim_requests() {
     );
     let dir = tempfile::tempdir().unwrap();
     let uri = up.uri();
-    let gw = tokio::task::spawn_blocking(move || {
-        spawn(&["--listen", "127.0.0.1:0", "--upstream", &uri], dir.path())
+    let (gw, _dir) = tokio::task::spawn_blocking(move || {
+        let g = spawn(&["--listen", "127.0.0.1:0", "--upstream", &uri], dir.path());
+        (g, dir)
     })
     .await
     .unwrap();

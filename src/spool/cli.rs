@@ -1,12 +1,567 @@
-#![allow(missing_docs)]
-#[derive(Debug, clap::Subcommand)]
+//! The `spool` operator commands: count, list, replay and purge, on the spool file or, with
+//! `--admin URL`, through the admin API of the running gateway (which holds the file's lock).
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+
+use super::admin::{CountView, EventView};
+use super::{Chunk, Spool, SpoolError, SpoolSettings, SpoolStats, Which};
+
+/// Events per step of a replay or purge, and so per progress line.
+pub const PROGRESS_EVERY: usize = 10_000;
+
+/// Longest wait for one admin API request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Largest admin API answer read.
+const ADMIN_MAX_RESPONSE: usize = 256 << 20;
+
+/// Operator commands on the spool.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum SpoolCommand {
+    /// Count pending events and dead letters.
     Count,
+    /// List pending events (or dead letters), oldest first.
+    List {
+        /// List dead letters instead of pending events.
+        #[arg(long)]
+        dead: bool,
+        /// Show at most this many events.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back to pending, attempts reset; the gateway delivers them again
+    /// with their original delivery ids.
+    Replay {
+        /// Only dead letters of this callback command.
+        #[arg(long)]
+        command: Option<String>,
+    },
+    /// Delete events for good. Without --yes only shows how many would go.
+    Purge {
+        /// Delete dead letters.
+        #[arg(long)]
+        dead: bool,
+        /// Delete pending (undelivered) events.
+        #[arg(long)]
+        pending: bool,
+        /// Only events of this callback command.
+        #[arg(long)]
+        command: Option<String>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
 }
+
+/// Runs an operator command, printing to stdout. With `admin` (a base URL such as
+/// `http://127.0.0.1:10006`) it calls the running gateway; otherwise it opens the spool file,
+/// which fails with [`SpoolError::AlreadyOpen`] (naming `--admin`) while the gateway runs.
 pub async fn run(
-    _c: SpoolCommand,
-    _s: &super::SpoolSettings,
-    _a: Option<&str>,
-) -> Result<(), super::SpoolError> {
+    cmd: SpoolCommand,
+    settings: &SpoolSettings,
+    admin: Option<&str>,
+) -> Result<(), SpoolError> {
+    let mut out = std::io::stdout();
+    run_to(cmd, settings, admin, &mut out, PROGRESS_EVERY).await
+}
+
+/// [`run`], writing to `out`, with a progress line every `progress_every` events.
+pub(crate) async fn run_to<W: Write + Send>(
+    cmd: SpoolCommand,
+    settings: &SpoolSettings,
+    admin: Option<&str>,
+    out: &mut W,
+    progress_every: usize,
+) -> Result<(), SpoolError> {
+    let backend = match admin {
+        Some(url) => Backend::Admin(AdminClient::parse(url)?),
+        None => {
+            let path = settings.path();
+            match path.try_exists() {
+                Ok(true) => {}
+                Ok(false) => return Err(SpoolError::NotFound { path }),
+                Err(source) => return Err(SpoolError::Io { path, source }),
+            }
+            Backend::Local(Spool::open(settings)?)
+        }
+    };
+    let result = execute(&backend, cmd, out, progress_every.max(1)).await;
+    if let Backend::Local(spool) = &backend {
+        spool.shutdown().await;
+    }
+    result
+}
+
+async fn execute<W: Write + Send>(
+    backend: &Backend,
+    cmd: SpoolCommand,
+    out: &mut W,
+    step: usize,
+) -> Result<(), SpoolError> {
+    match cmd {
+        SpoolCommand::Count => {
+            let s = backend.stats().await?;
+            writeln!(out, "pending: {}", s.pending)?;
+            writeln!(out, "dead: {}", s.dead)?;
+            writeln!(out, "bytes: {}", s.bytes)?;
+            if matches!(backend, Backend::Admin(_)) {
+                writeln!(out, "in_flight: {}", s.in_flight)?;
+            }
+        }
+        SpoolCommand::List { dead, limit, json } => {
+            let which = if dead { Which::Dead } else { Which::Pending };
+            let events = backend.list(which, limit).await?;
+            if events.is_empty() && !json {
+                writeln!(out, "no {which} events")?;
+            }
+            for e in &events {
+                if json {
+                    let line = serde_json::to_string(e)
+                        .map_err(|e| SpoolError::Output(std::io::Error::other(e)))?;
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{}", human(e))?;
+                }
+            }
+            if !json {
+                let s = backend.stats().await?;
+                let total = if dead { s.dead } else { s.pending };
+                let shown = events.len() as u64;
+                if total > shown {
+                    writeln!(out, "(the first {shown} of {total}; see --limit)")?;
+                }
+            }
+        }
+        SpoolCommand::Replay { command } => {
+            let filter = filter_text(command.as_deref());
+            let mut total = 0;
+            let mut after = None;
+            // Each step moves past at least one id, so the loop ends.
+            loop {
+                let chunk = backend
+                    .replay_chunk(command.as_deref(), after, step)
+                    .await?;
+                total += chunk.count;
+                match chunk.next_after {
+                    Some(next) => {
+                        after = Some(next);
+                        writeln!(out, "replayed {total} dead letters so far…")?;
+                    }
+                    None => break,
+                }
+            }
+            let when = match backend {
+                Backend::Local(_) => "the gateway delivers them when it starts",
+                Backend::Admin(_) => "the gateway is delivering them",
+            };
+            writeln!(
+                out,
+                "replayed {total} dead letters{filter} to pending; {when}"
+            )?;
+        }
+        SpoolCommand::Purge {
+            dead,
+            pending,
+            command,
+            yes,
+        } => {
+            let mut targets = Vec::new();
+            if pending {
+                targets.push(Which::Pending);
+            }
+            if dead {
+                targets.push(Which::Dead);
+            }
+            if targets.is_empty() {
+                return Err(SpoolError::Usage(
+                    "purge needs --dead, --pending or both".to_owned(),
+                ));
+            }
+            let filter = filter_text(command.as_deref());
+            for which in targets {
+                if !yes {
+                    let n = backend.count(which, command.as_deref()).await?;
+                    writeln!(out, "would purge {n} {which} events{filter}")?;
+                    continue;
+                }
+                let mut total = 0;
+                let mut after = None;
+                loop {
+                    let chunk = backend
+                        .purge_chunk(which, command.as_deref(), after, step)
+                        .await?;
+                    total += chunk.count;
+                    match chunk.next_after {
+                        Some(next) => {
+                            after = Some(next);
+                            writeln!(out, "purged {total} {which} events so far…")?;
+                        }
+                        None => break,
+                    }
+                }
+                writeln!(out, "purged {total} {which} events{filter}")?;
+            }
+            if !yes {
+                writeln!(out, "nothing was deleted; run again with --yes to delete")?;
+            }
+        }
+    }
     Ok(())
+}
+
+fn filter_text(command: Option<&str>) -> String {
+    command.map(|c| format!(" of {c}")).unwrap_or_default()
+}
+
+fn human(e: &EventView) -> String {
+    let mut line = format!(
+        "{:>8}  {}  {}  attempts={}  first_seen={}",
+        e.id,
+        e.delivery_id,
+        e.command,
+        e.attempts,
+        utc(e.first_seen_ms)
+    );
+    if let Some(k) = &e.order_key {
+        line.push_str(&format!("  order_key={k:?}"));
+    }
+    if !e.operation_id.is_empty() {
+        line.push_str(&format!("  operation_id={:?}", e.operation_id));
+    }
+    if let Some(err) = &e.last_error {
+        line.push_str(&format!("  last_error={err:?}"));
+    }
+    line
+}
+
+/// `2024-05-01T12:34:56Z` from milliseconds since the Unix epoch.
+pub(crate) fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Where the commands act: the file, or a running gateway.
+enum Backend {
+    Local(Spool),
+    Admin(AdminClient),
+}
+
+impl Backend {
+    async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        match self {
+            Backend::Local(s) => Ok(s.stats()),
+            Backend::Admin(a) => a.call("GET", "/admin/spool", &[]).await,
+        }
+    }
+
+    async fn list(&self, which: Which, limit: usize) -> Result<Vec<EventView>, SpoolError> {
+        match self {
+            Backend::Local(s) => Ok(s.list(which, limit)?.iter().map(EventView::from).collect()),
+            Backend::Admin(a) => {
+                let limit = limit.to_string();
+                let which = which.to_string();
+                a.call(
+                    "GET",
+                    "/admin/spool/events",
+                    &[("which", Some(&which)), ("limit", Some(&limit))],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
+        match self {
+            Backend::Local(s) => s.count(which, command),
+            Backend::Admin(a) => {
+                let which = which.to_string();
+                let v: CountView = a
+                    .call(
+                        "GET",
+                        "/admin/spool/count",
+                        &[("which", Some(&which)), ("command", command)],
+                    )
+                    .await?;
+                Ok(v.count)
+            }
+        }
+    }
+
+    async fn replay_chunk(
+        &self,
+        command: Option<&str>,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Chunk, SpoolError> {
+        match self {
+            Backend::Local(s) => s.replay_dead_chunk(command, after, max),
+            Backend::Admin(a) => {
+                let after = after.map(|a| a.to_string());
+                let max = max.to_string();
+                a.call(
+                    "POST",
+                    "/admin/spool/replay",
+                    &[
+                        ("command", command),
+                        ("after", after.as_deref()),
+                        ("max", Some(&max)),
+                    ],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn purge_chunk(
+        &self,
+        which: Which,
+        command: Option<&str>,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Chunk, SpoolError> {
+        match self {
+            Backend::Local(s) => s.purge_chunk(which, command, after, max),
+            Backend::Admin(a) => {
+                let which = which.to_string();
+                let after = after.map(|a| a.to_string());
+                let max = max.to_string();
+                a.call(
+                    "POST",
+                    "/admin/spool/purge",
+                    &[
+                        ("which", Some(&which)),
+                        ("command", command),
+                        ("after", after.as_deref()),
+                        ("max", Some(&max)),
+                    ],
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client for the admin API: one request per connection, plain HTTP.
+struct AdminClient {
+    url: String,
+    /// `host:port` to connect to, also sent as `Host`.
+    authority: String,
+    /// Path prefix of the base URL, without a trailing slash.
+    prefix: String,
+}
+
+impl AdminClient {
+    fn parse(url: &str) -> Result<AdminClient, SpoolError> {
+        let bad = |detail: &str| SpoolError::Admin {
+            url: url.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(bad(&format!(
+                    "scheme {scheme:?} is not supported; give the admin listener's plain http:// URL"
+                )));
+            }
+            None => url,
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if host.is_empty() {
+            return Err(bad("no host; expected e.g. http://127.0.0.1:10006"));
+        }
+        let has_port = match host.rfind(']') {
+            Some(close) => host[close..].contains(':'),
+            None => host.contains(':'),
+        };
+        let authority = if has_port {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        Ok(AdminClient {
+            url: url.trim_end_matches('/').to_owned(),
+            authority,
+            prefix: path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, Option<&str>)],
+    ) -> Result<T, SpoolError> {
+        let mut target = format!("{}{path}", self.prefix);
+        let mut sep = '?';
+        for (k, v) in query {
+            if let Some(v) = v {
+                target.push(sep);
+                target.push_str(k);
+                target.push('=');
+                target.push_str(&percent_encode(v));
+                sep = '&';
+            }
+        }
+        let url = format!("{}{path}", self.url);
+        let err = |detail: String| SpoolError::Admin {
+            url: url.clone(),
+            detail,
+        };
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.authority
+        );
+        let exchange = async {
+            let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+                err(format!(
+                    "cannot connect: {e}; is the gateway running, and is this its admin address?"
+                ))
+            })?;
+            write_all(&stream, request.as_bytes())
+                .await
+                .map_err(|e| err(format!("sending the request: {e}")))?;
+            read_to_end(&stream, ADMIN_MAX_RESPONSE)
+                .await
+                .map_err(|e| err(format!("reading the answer: {e}")))
+        };
+        let raw = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+            .await
+            .map_err(|_| err(format!("no answer within {ADMIN_TIMEOUT:?}")))??;
+        let (status, body) = parse_response(&raw).map_err(err)?;
+        if !(200..300).contains(&status) {
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+            return Err(err(format!("HTTP {status}: {detail}")));
+        }
+        serde_json::from_slice(&body).map_err(|e| err(format!("unexpected answer: {e}")))
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    // Bounded by the caller's timeout.
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read_to_end(stream: &TcpStream, cap: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bounded by the caller's timeout and by `cap`.
+    loop {
+        stream.readable().await?;
+        match stream.try_read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > cap {
+                    return Err(std::io::Error::other(format!(
+                        "answer larger than {cap} bytes"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Status code and body of an HTTP/1.1 response read to the end of the connection.
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer is not an HTTP response (no end of headers)")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or("the answer has no HTTP status line")?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    // Each round consumes at least the size line, so this ends.
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunked body")?;
+        let line = String::from_utf8_lossy(&data[..eol]);
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err("truncated chunked body".to_owned());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
 }

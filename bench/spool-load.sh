@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# After-event spool load: 10 000 after callbacks with the upstream stopped (ack latency), then
+# kill -9, restart, upstream up, and every event delivered with its delivery id. Prints a table.
+#   bash bench/spool-load.sh [--events N] [--connections C]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin openim-callback-gateway --example spool_load
+exec target/release/examples/spool_load target/release/openim-callback-gateway "$@"

@@ -1,0 +1,251 @@
+//! Load script for the after-event spool (issue: "answer OpenIM in milliseconds, lose nothing").
+//!
+//! Runs the real gateway binary against a stopped upstream, sends N after-events over keep-alive
+//! connections as OpenIM would, measures the acknowledgement latency, kills the gateway with
+//! SIGKILL, restarts it, starts the upstream, and waits until every event arrived with its delivery
+//! id. Prints a table. Run it with `bash bench/spool-load.sh` (it builds the release binary first).
+//!
+//! Usage: spool_load <gateway-binary> [--events N] [--connections C]
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    missing_docs
+)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Args {
+    binary: String,
+    events: usize,
+    connections: usize,
+}
+
+fn args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        binary: String::new(),
+        events: 10_000,
+        connections: 16,
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--events" => a.events = it.next().and_then(|v| v.parse().ok()).expect("--events N"),
+            "--connections" => {
+                a.connections = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--connections C")
+            }
+            other => a.binary = other.to_owned(),
+        }
+    }
+    assert!(
+        !a.binary.is_empty(),
+        "usage: spool_load <gateway-binary> [--events N] [--connections C]"
+    );
+    a
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_gateway(binary: &str, port: u16, upstream: &str, spool: &std::path::Path) -> Child {
+    Command::new(binary)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            upstream,
+        ])
+        .env("OPENIM_GATEWAY_SPOOL__DIR", spool)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("gateway starts")
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not listen within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One POST on a keep-alive connection; returns the body.
+async fn post(conn: &mut BufReader<TcpStream>, path: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\nContent-Type: application/json; charset=utf-8\r\nOperationid: load\r\n\r\n",
+        body.len()
+    );
+    let stream = conn.get_mut();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut out = vec![0; len];
+    conn.read_exact(&mut out).await.unwrap();
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = free_port();
+    let upstream_uri = format!("http://127.0.0.1:{upstream_port}");
+    let port = free_port();
+
+    // 1. Upstream stopped; the gateway acknowledges every event from its spool.
+    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path());
+    wait_listening(port).await;
+    let template = support::read_json("payloads/callbackAfterQuitGroupCommand.json");
+    let per_conn = a.events.div_ceil(a.connections);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..a.connections {
+        let template = template.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut conn = BufReader::new(stream);
+            let mut latencies = Vec::with_capacity(per_conn);
+            for i in (c * per_conn)..((c + 1) * per_conn).min(a.events) {
+                let mut body = template.clone();
+                body["userID"] = format!("user-{i}").into();
+                let t = Instant::now();
+                let reply = post(
+                    &mut conn,
+                    "/callbackExample/callbackAfterQuitGroupCommand",
+                    &support::wire(&body),
+                )
+                .await;
+                latencies.push(t.elapsed());
+                let json: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+                assert_eq!(json["nextCode"], 0, "event {i} not accepted: {json}");
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(a.events);
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let ack_wall = started.elapsed();
+    latencies.sort();
+
+    // 2. kill -9, restart; the upstream comes up; everything arrives.
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path());
+    wait_listening(port).await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", upstream_port))
+        .await
+        .unwrap();
+    let up_started = Instant::now();
+    let up = support::Upstream::start_on(listener).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut by_user: HashMap<String, Vec<String>>;
+    loop {
+        let calls = up.calls();
+        by_user = HashMap::new();
+        for call in &calls {
+            let user = call
+                .dynamic()
+                .get_field_by_name("user_id")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            by_user
+                .entry(user)
+                .or_default()
+                .push(call.meta("openim-delivery-id").unwrap_or_default());
+        }
+        if by_user.len() >= a.events || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deliver_wall = up_started.elapsed();
+    let calls = up.calls().len();
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+
+    let missing_id = by_user
+        .values()
+        .flatten()
+        .filter(|id| id.is_empty())
+        .count();
+    let duplicates = calls - by_user.len();
+    let dup_same_id = by_user
+        .values()
+        .filter(|ids| ids.len() > 1)
+        .all(|ids| ids.iter().all(|id| *id == ids[0]));
+
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!(
+        "| events sent (after callbacks, upstream stopped) | {} |",
+        a.events
+    );
+    println!("| connections | {} |", a.connections);
+    println!("| ack latency p50 | {} |", ms(percentile(&latencies, 0.50)));
+    println!("| ack latency p90 | {} |", ms(percentile(&latencies, 0.90)));
+    println!("| ack latency p99 | {} |", ms(percentile(&latencies, 0.99)));
+    println!("| ack latency max | {} |", ms(*latencies.last().unwrap()));
+    println!(
+        "| acks per second | {:.0} |",
+        a.events as f64 / ack_wall.as_secs_f64()
+    );
+    println!(
+        "| after kill -9 + restart: distinct events delivered | {} of {} |",
+        by_user.len(),
+        a.events
+    );
+    println!(
+        "| delivered per second (upstream up → all arrived) | {:.0} |",
+        by_user.len() as f64 / deliver_wall.as_secs_f64()
+    );
+    println!("| deliveries without openim-delivery-id | {missing_id} |");
+    println!("| duplicate deliveries (allowed; same delivery id: {dup_same_id}) | {duplicates} |");
+    if by_user.len() != a.events || missing_id > 0 || !dup_same_id {
+        eprintln!("FAILED: events were lost or lacked a stable delivery id");
+        std::process::exit(1);
+    }
+}

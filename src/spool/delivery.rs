@@ -1,0 +1,379 @@
+//! The scheduler (ordering keys, retry timers) and the delivery workers.
+//!
+//! The scheduler holds ids only; a worker reads the event from the store when its attempt
+//! starts, so a long backlog costs little memory. Events without an ordering key are ready as
+//! soon as they are stored. Of the events sharing a key only the oldest (the head) is ever ready,
+//! waiting for a retry or in flight; the next one becomes ready when the head was delivered or
+//! dead-lettered. Ids removed meanwhile (purged, dropped) are skipped when they come up.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+
+use super::store::{self, Loaded};
+use super::writer::Cmd;
+use super::{DEFAULT_TIMEOUT_MS, Deliver, Inner, Outcome, Shared, now_ms};
+use humantime::format_duration;
+
+/// A schedulable event: its id and ordering key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) id: u64,
+    pub(crate) key: Option<Arc<str>>,
+    /// Attempts made, once this process made one: the stored count is updated asynchronously,
+    /// so a retry must not read it back.
+    pub(crate) attempts: Option<u32>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Timer {
+    due: Instant,
+    entry: Entry,
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.entry.id).cmp(&(other.due, other.entry.id))
+    }
+}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Entry>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    /// Per ordering key, the ids waiting in append order; the front one is the head.
+    keys: HashMap<Arc<str>, VecDeque<u64>>,
+}
+
+/// The delivery queue, shared by the writer (which enqueues committed events) and the workers.
+#[derive(Default)]
+pub(crate) struct Sched {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl Sched {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a stored event behind the others of its key.
+    pub(crate) fn enqueue(&self, id: u64, key: Option<String>) {
+        let mut st = self.lock();
+        match key {
+            None => st.ready.push_back(Entry {
+                id,
+                key: None,
+                attempts: None,
+            }),
+            Some(k) => {
+                let k: Arc<str> = match st.keys.get_key_value(k.as_str()) {
+                    Some((existing, _)) => existing.clone(),
+                    None => Arc::from(k),
+                };
+                let queue = st.keys.entry(k.clone()).or_default();
+                queue.push_back(id);
+                if queue.len() == 1 {
+                    st.ready.push_back(Entry {
+                        id,
+                        key: Some(k),
+                        attempts: None,
+                    });
+                }
+            }
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// The entry is done (delivered, dead, or gone): its key's next event becomes ready.
+    pub(crate) fn finish(&self, entry: &Entry) {
+        let Some(k) = &entry.key else { return };
+        let mut st = self.lock();
+        let mut next = None;
+        let mut empty = false;
+        if let Some(queue) = st.keys.get_mut(k) {
+            if queue.front() == Some(&entry.id) {
+                queue.pop_front();
+            } else {
+                queue.retain(|id| *id != entry.id);
+            }
+            next = queue.front().copied();
+            empty = queue.is_empty();
+        }
+        if empty {
+            st.keys.remove(k);
+        }
+        if let Some(id) = next {
+            st.ready.push_back(Entry {
+                id,
+                key: Some(k.clone()),
+                attempts: None,
+            });
+            drop(st);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Tries the entry again at `due`; its key stays blocked until then.
+    pub(crate) fn retry(&self, entry: Entry, due: Instant) {
+        self.lock().timers.push(Reverse(Timer { due, entry }));
+        self.notify.notify_one();
+    }
+
+    /// The next ready entry, or when the next timer is due.
+    fn take(&self, now: Instant) -> (Option<Entry>, Option<Instant>) {
+        let mut st = self.lock();
+        while st.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
+            if let Some(Reverse(t)) = st.timers.pop() {
+                st.ready.push_back(t.entry);
+            }
+        }
+        let entry = st.ready.pop_front();
+        (entry, st.timers.peek().map(|Reverse(t)| t.due))
+    }
+}
+
+/// The dispatcher: takes ready entries and runs each attempt on its own task, at most `workers`
+/// at a time. Holds the spool weakly so that dropping the last [`super::Spool`] ends it.
+pub(crate) async fn dispatch(
+    weak: Weak<Inner>,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    deliverer: Arc<dyn Deliver>,
+) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let entry = loop {
+            let (entry, next_due) = shared.sched.take(Instant::now());
+            if let Some(entry) = entry {
+                break entry;
+            }
+            // A notification sent after `take` is kept by `Notify`, so none is lost.
+            let notified = shared.sched.notify.notified();
+            let timer = async {
+                match next_due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = notified => {}
+                () = timer => {}
+                _ = stop.changed() => return,
+            }
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight(shared.clone());
+        tokio::spawn(attempt(
+            inner,
+            deliverer.clone(),
+            entry,
+            (permit, in_flight),
+        ));
+    }
+}
+
+/// Decrements `in_flight` however the attempt ends.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The spool's own guard on top of the deliverer's deadline, so that the deliverer's more
+/// precise error is normally the one recorded.
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
+async fn attempt(
+    inner: Arc<Inner>,
+    deliverer: Arc<dyn Deliver>,
+    entry: Entry,
+    // Released however the attempt ends.
+    _slot: (OwnedSemaphorePermit, InFlight),
+) {
+    let id = entry.id;
+    let db = inner.db.clone();
+    let loaded = tokio::task::spawn_blocking(move || store::load(&db, id)).await;
+    let rec = match loaded {
+        Ok(Ok(Loaded::Found(rec))) => rec,
+        Ok(Ok(Loaded::Missing)) => {
+            inner.shared.sched.finish(&entry);
+            return;
+        }
+        Ok(Ok(Loaded::Undecodable(error))) => {
+            tracing::error!(
+                id,
+                error,
+                "pending spool record does not decode; moving it to the dead letters"
+            );
+            metrics::counter!("gateway_spool_dead_total", "command" => "<undecodable>", "reason" => "undecodable")
+                .increment(1);
+            send(&inner, Cmd::Quarantine { id, error });
+            inner.shared.sched.finish(&entry);
+            return;
+        }
+        Ok(Err(e)) => return read_failed(&inner, entry, &e),
+        Err(e) => return read_failed(&inner, entry, &e),
+    };
+    let number = entry
+        .attempts
+        .unwrap_or(0)
+        .max(rec.attempts)
+        .saturating_add(1);
+    let since_ms = rec.since_ms;
+    let timeout_ms = match rec.timeout_ms {
+        0 => DEFAULT_TIMEOUT_MS,
+        ms => ms,
+    };
+    let mut ev = rec.into_stored(id);
+    ev.attempts = number - 1;
+    let command = ev.event.command.clone();
+    let delivery_id = ev.delivery_id.clone();
+    let operation_id = ev.event.operation_id.clone();
+    let deadline = Duration::from_millis(timeout_ms) + DEADLINE_SLACK;
+
+    // Its own task, so that a panicking deliverer costs one attempt, not the event's key.
+    let d = deliverer.clone();
+    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
+    let outcome = match tokio::time::timeout(deadline, &mut call).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Outcome::Retry(format!("the delivery task failed: {e}")),
+        Err(_) => {
+            call.abort();
+            Outcome::Retry(format!("no answer within the deadline of {timeout_ms}ms"))
+        }
+    };
+
+    let s = &inner.settings;
+    let dead = |reason: String, label: &'static str| {
+        tracing::error!(
+            delivery_id,
+            command,
+            operation_id,
+            attempts = number,
+            reason,
+            "after-callback moved to the dead letters; replay it with `spool replay`"
+        );
+        metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
+            .increment(1);
+        send(
+            &inner,
+            Cmd::Dead {
+                id,
+                attempts: number,
+                reason,
+            },
+        );
+    };
+    match outcome {
+        Outcome::Delivered => {
+            metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
+                .increment(1);
+            tracing::debug!(
+                delivery_id,
+                command,
+                attempt = number,
+                "after-callback delivered"
+            );
+            send(&inner, Cmd::Delivered { id });
+            inner.shared.sched.finish(&entry);
+        }
+        Outcome::Permanent(error) => {
+            dead(
+                format!("permanent error on attempt {number}: {error}"),
+                "permanent",
+            );
+            inner.shared.sched.finish(&entry);
+        }
+        Outcome::Retry(error) => {
+            metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
+                .increment(1);
+            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
+            if number >= s.max_attempts {
+                dead(
+                    format!("gave up after {number} attempts: {error}"),
+                    "attempts",
+                );
+                inner.shared.sched.finish(&entry);
+            } else if age >= s.max_age {
+                dead(
+                    format!(
+                        "gave up after {number} attempts, older than max_age {}: {error}",
+                        format_duration(s.max_age)
+                    ),
+                    "age",
+                );
+                inner.shared.sched.finish(&entry);
+            } else {
+                let wait = backoff(s.backoff_initial, s.backoff_max, number);
+                // Every failure is counted; the log shows the first and then every power of two.
+                if number.is_power_of_two() {
+                    tracing::warn!(
+                        delivery_id, command, operation_id, attempt = number, error,
+                        retry_in = %format_duration(wait),
+                        "after-callback delivery failed; will retry"
+                    );
+                }
+                send(
+                    &inner,
+                    Cmd::Attempted {
+                        id,
+                        attempts: number,
+                        error,
+                    },
+                );
+                let entry = Entry {
+                    attempts: Some(number),
+                    ..entry
+                };
+                inner.shared.sched.retry(entry, Instant::now() + wait);
+            }
+        }
+    }
+}
+
+fn read_failed(inner: &Inner, entry: Entry, e: &dyn std::fmt::Display) {
+    tracing::error!(id = entry.id, error = %e, "reading a spooled event failed; trying again later");
+    let due = Instant::now() + inner.settings.backoff_max;
+    inner.shared.sched.retry(entry, due);
+}
+
+fn send(inner: &Inner, cmd: Cmd) {
+    if inner.tx.send(cmd).is_err() {
+        // Only after shutdown: the event stays pending and is delivered again after a restart.
+        tracing::debug!("spool writer stopped; a delivery result was not recorded");
+    }
+}
+
+/// Wait before attempt `failed + 1`: up to `min(max, initial * 2^(failed-1))`, full jitter.
+pub(crate) fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
+    let exp = failed.saturating_sub(1).min(31);
+    let cap = initial.saturating_mul(1 << exp).min(max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}

@@ -1,0 +1,575 @@
+//! The one thread that owns the spool's write transactions: group commit, the full-spool policy,
+//! attempt counts, deletes, dead letters, replays and purges.
+//!
+//! It takes every command queued at the moment (up to `batch_max`) into one transaction. A batch
+//! with an append, a flush or a close commits with `Durability::Immediate` (one disk sync for all
+//! of it); a batch of deletes and attempt counts alone commits without a sync, and is synced by
+//! the next durable commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters
+//! published and new events queued for delivery only after the commit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use prost::Message;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::store::{self, DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
+use super::{
+    AppendError, Chunk as ChunkResult, FLUSH_EVERY, FullPolicy, NewEvent, Shared, SpoolError,
+    SpoolSettings, StoredEventRef, Which, now_ms,
+};
+
+/// A replay or purge step.
+pub(crate) struct Chunk {
+    /// `true`: move dead letters to pending; `false`: delete from `which`.
+    pub(crate) replay: bool,
+    pub(crate) which: Which,
+    pub(crate) command: Option<String>,
+    pub(crate) after: Option<u64>,
+    pub(crate) max: usize,
+}
+
+/// A request to the writer thread.
+pub(crate) enum Cmd {
+    Append {
+        rec: Record,
+        reply: oneshot::Sender<Result<StoredEventRef, AppendError>>,
+    },
+    /// Delivered: delete it.
+    Delivered { id: u64 },
+    /// A retryable failure: persist the attempt count and the error.
+    Attempted {
+        id: u64,
+        attempts: u32,
+        error: String,
+    },
+    /// Give up: move to the dead letters with the attempts made and why.
+    Dead {
+        id: u64,
+        attempts: u32,
+        reason: String,
+    },
+    /// A pending record that does not decode: move its bytes to the dead letters as they are.
+    Quarantine { id: u64, error: String },
+    Chunk {
+        op: Chunk,
+        reply: Sender<Result<ChunkResult, SpoolError>>,
+    },
+    /// Sync everything, answer, and stop the thread.
+    Close { reply: Option<oneshot::Sender<()>> },
+}
+
+/// Counters as of the last commit, and what the current transaction changes.
+#[derive(Clone, Copy)]
+struct Counts {
+    pending: u64,
+    dead: u64,
+    bytes: u64,
+    next_id: u64,
+}
+
+enum Reply {
+    Append(
+        oneshot::Sender<Result<StoredEventRef, AppendError>>,
+        Result<StoredEventRef, AppendError>,
+        String,
+    ),
+    Chunk(
+        Sender<Result<ChunkResult, SpoolError>>,
+        Result<ChunkResult, SpoolError>,
+    ),
+    Close(oneshot::Sender<()>),
+}
+
+/// What a transaction did, acted on only once it is committed.
+#[derive(Default)]
+struct Effects {
+    replies: Vec<Reply>,
+    enqueue: Vec<(u64, Option<String>)>,
+    /// (delivery id, command, operation id) of events deleted by `drop_oldest`.
+    dropped: Vec<(String, String, String)>,
+    durable: bool,
+    close: bool,
+    changed: bool,
+}
+
+pub(crate) struct Writer {
+    db: Arc<Database>,
+    rx: Receiver<Cmd>,
+    shared: Arc<Shared>,
+    max_events: u64,
+    max_bytes: u64,
+    when_full: FullPolicy,
+    batch_max: usize,
+    instance: String,
+    counts: Counts,
+    /// Set while committed changes wait for a disk sync.
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        rx: Receiver<Cmd>,
+        shared: Arc<Shared>,
+        settings: &SpoolSettings,
+        instance: String,
+        next_id: u64,
+    ) -> Writer {
+        let counts = Counts {
+            pending: shared.pending.load(Ordering::Relaxed),
+            dead: shared.dead.load(Ordering::Relaxed),
+            bytes: shared.bytes.load(Ordering::Relaxed),
+            next_id,
+        };
+        Writer {
+            db,
+            rx,
+            shared,
+            max_events: settings.max_events,
+            max_bytes: settings.max_bytes,
+            when_full: settings.when_full,
+            batch_max: settings.batch_max,
+            instance,
+            counts,
+            unsynced_since: None,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let first = match self.unsynced_since {
+                Some(since) => match self
+                    .rx
+                    .recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed()))
+                {
+                    Ok(cmd) => cmd,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.commit_batch(Vec::new(), true);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.commit_batch(batch, false) {
+                return;
+            }
+        }
+        if self.unsynced_since.is_some() {
+            self.commit_batch(Vec::new(), true);
+        }
+    }
+
+    /// Applies `batch` in one transaction and commits it; returns whether to stop.
+    fn commit_batch(&mut self, batch: Vec<Cmd>, force_sync: bool) -> bool {
+        let mut fx = Effects {
+            durable: force_sync
+                || self
+                    .unsynced_since
+                    .is_some_and(|since| since.elapsed() >= FLUSH_EVERY),
+            ..Effects::default()
+        };
+        let mut counts = self.counts;
+        let result = self
+            .db
+            .begin_write()
+            .map_err(redb::Error::from)
+            .and_then(|mut txn| {
+                self.apply(&txn, batch, &mut counts, &mut fx)?;
+                if !fx.durable && txn.set_durability(Durability::None).is_err() {
+                    fx.durable = true;
+                }
+                txn.commit()?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => {
+                self.counts = counts;
+                if fx.durable {
+                    self.unsynced_since = None;
+                } else if fx.changed && self.unsynced_since.is_none() {
+                    self.unsynced_since = Some(Instant::now());
+                }
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("gateway_spool_commits_total").increment(1);
+                self.shared.pending.store(counts.pending, Ordering::Relaxed);
+                self.shared.dead.store(counts.dead, Ordering::Relaxed);
+                self.shared.bytes.store(counts.bytes, Ordering::Relaxed);
+                publish_gauges(&self.shared);
+                for (delivery_id, command, operation_id) in &fx.dropped {
+                    tracing::error!(
+                        path = %self.shared.path.display(),
+                        delivery_id, command, operation_id,
+                        "spool full (when_full: drop_oldest): deleted the oldest pending event undelivered"
+                    );
+                    metrics::counter!("gateway_spool_dropped_total", "command" => command.clone())
+                        .increment(1);
+                }
+                for (id, key) in fx.enqueue {
+                    self.shared.sched.enqueue(id, key);
+                }
+                for reply in fx.replies {
+                    match reply {
+                        Reply::Append(tx, result, command) => {
+                            if result.is_ok() {
+                                metrics::counter!("gateway_spool_appended_total", "command" => command)
+                                    .increment(1);
+                            }
+                            let _ = tx.send(result);
+                        }
+                        Reply::Chunk(tx, result) => {
+                            let _ = tx.send(result);
+                        }
+                        Reply::Close(tx) => {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    path = %self.shared.path.display(),
+                    error = %e,
+                    "spool write transaction failed; its events were not stored"
+                );
+                metrics::counter!("gateway_spool_write_errors_total").increment(1);
+                for reply in fx.replies {
+                    match reply {
+                        Reply::Append(tx, result, _) => {
+                            // A rejection stands; an accepted event was not stored after all.
+                            let _ = tx.send(result.and(Err(AppendError::Storage(e.to_string()))));
+                        }
+                        Reply::Chunk(tx, _) => {
+                            let _ = tx.send(Err(SpoolError::Storage {
+                                path: self.shared.path.clone(),
+                                detail: e.to_string(),
+                            }));
+                        }
+                        Reply::Close(tx) => {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+        }
+        fx.close
+    }
+
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        batch: Vec<Cmd>,
+        c: &mut Counts,
+        fx: &mut Effects,
+    ) -> Result<(), redb::Error> {
+        let mut pending = txn.open_table(PENDING)?;
+        let mut dead = txn.open_table(DEAD)?;
+        let next_id_before = c.next_id;
+        for cmd in batch {
+            match cmd {
+                Cmd::Append { rec, reply } => {
+                    fx.durable = true;
+                    let command = rec.command.clone();
+                    let result = self.append(&mut pending, rec, c, fx);
+                    fx.replies.push(Reply::Append(reply, result?, command));
+                }
+                Cmd::Delivered { id } => {
+                    if let Some(old) = pending.remove(id)? {
+                        c.pending -= 1;
+                        c.bytes = c.bytes.saturating_sub(entry_bytes(old.value().len()));
+                        fx.changed = true;
+                    }
+                }
+                Cmd::Attempted {
+                    id,
+                    attempts,
+                    error,
+                } => {
+                    let Some(mut rec) = decode_at(&pending, id)? else {
+                        continue;
+                    };
+                    rec.attempts = attempts;
+                    rec.last_error = Some(error);
+                    let (old, new) = put(&mut pending, id, &rec)?;
+                    c.bytes = c.bytes.saturating_sub(old).saturating_add(new);
+                    fx.changed = true;
+                }
+                Cmd::Dead {
+                    id,
+                    attempts,
+                    reason,
+                } => {
+                    let raw = match pending.remove(id)? {
+                        Some(v) => v.value().to_vec(),
+                        None => continue,
+                    };
+                    let bytes = match Record::decode(raw.as_slice()) {
+                        Ok(mut rec) => {
+                            rec.attempts = attempts;
+                            rec.last_error = Some(reason);
+                            rec.encode_to_vec()
+                        }
+                        Err(_) => raw.clone(),
+                    };
+                    dead.insert(id, bytes.as_slice())?;
+                    c.pending -= 1;
+                    c.dead += 1;
+                    c.bytes = c
+                        .bytes
+                        .saturating_sub(entry_bytes(raw.len()))
+                        .saturating_add(entry_bytes(bytes.len()));
+                    fx.changed = true;
+                }
+                Cmd::Quarantine { id, error } => {
+                    let raw = match pending.remove(id)? {
+                        Some(v) => v.value().to_vec(),
+                        None => continue,
+                    };
+                    dead.insert(id, raw.as_slice())?;
+                    tracing::error!(
+                        id,
+                        error,
+                        "moved an undecodable pending record to the dead letters as it was"
+                    );
+                    c.pending -= 1;
+                    c.dead += 1;
+                    fx.changed = true;
+                }
+                Cmd::Chunk { op, reply } => {
+                    fx.durable = true;
+                    fx.changed = true;
+                    let result = chunk(&mut pending, &mut dead, &op, c, fx)?;
+                    fx.replies.push(Reply::Chunk(reply, Ok(result)));
+                }
+                Cmd::Close { reply } => {
+                    fx.durable = true;
+                    fx.close = true;
+                    if let Some(reply) = reply {
+                        fx.replies.push(Reply::Close(reply));
+                    }
+                }
+            }
+        }
+        if c.next_id != next_id_before {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_NEXT_ID, c.next_id.to_le_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Stores one new event, applying the full-spool policy. The outer `Result` is a storage
+    /// error (fails the transaction), the inner one the answer to the caller.
+    #[allow(clippy::type_complexity)]
+    fn append(
+        &self,
+        pending: &mut Table<'_, u64, &'static [u8]>,
+        mut rec: Record,
+        c: &mut Counts,
+        fx: &mut Effects,
+    ) -> Result<Result<StoredEventRef, AppendError>, redb::Error> {
+        let full = |c: &Counts| c.pending >= self.max_events || c.bytes >= self.max_bytes;
+        if full(c) && self.when_full == FullPolicy::DropOldest {
+            while full(c) && c.pending > 0 {
+                let Some((k, v)) = pending.pop_first()? else {
+                    break;
+                };
+                c.pending -= 1;
+                c.bytes = c.bytes.saturating_sub(entry_bytes(v.value().len()));
+                let (delivery_id, command, operation_id) = match Record::decode(v.value()) {
+                    Ok(r) => (r.delivery_id, r.command, r.operation_id),
+                    Err(_) => (
+                        format!("id {}", k.value()),
+                        "<undecodable>".into(),
+                        String::new(),
+                    ),
+                };
+                fx.dropped.push((delivery_id, command, operation_id));
+            }
+        }
+        if full(c) {
+            let ev = NewEvent {
+                command: rec.command,
+                operation_id: rec.operation_id,
+                ..NewEvent::default()
+            };
+            note_rejected(&self.shared.path, &ev, c.pending, c.bytes, self.when_full);
+            return Ok(Err(AppendError::Full {
+                pending: c.pending,
+                bytes: c.bytes,
+            }));
+        }
+        let id = c.next_id;
+        c.next_id += 1;
+        rec.delivery_id = format!("{}-{id:016x}", self.instance);
+        let bytes = rec.encode_to_vec();
+        pending.insert(id, bytes.as_slice())?;
+        c.pending += 1;
+        c.bytes = c.bytes.saturating_add(entry_bytes(bytes.len()));
+        fx.changed = true;
+        fx.enqueue.push((id, rec.order_key));
+        Ok(Ok(StoredEventRef {
+            id,
+            delivery_id: rec.delivery_id,
+        }))
+    }
+}
+
+fn decode_at(
+    table: &Table<'_, u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<Record>, redb::Error> {
+    Ok(table.get(id)?.and_then(|v| Record::decode(v.value()).ok()))
+}
+
+/// Writes `rec` at `id`; returns the entry bytes before and after.
+fn put(
+    table: &mut Table<'_, u64, &'static [u8]>,
+    id: u64,
+    rec: &Record,
+) -> Result<(u64, u64), redb::Error> {
+    let bytes = rec.encode_to_vec();
+    let old = table
+        .insert(id, bytes.as_slice())?
+        .map_or(0, |v| entry_bytes(v.value().len()));
+    Ok((old, entry_bytes(bytes.len())))
+}
+
+/// How many records one step may look at, so that a filtered step stays short.
+const SCAN_PER_MATCH: usize = 8;
+
+fn chunk(
+    pending: &mut Table<'_, u64, &'static [u8]>,
+    dead: &mut Table<'_, u64, &'static [u8]>,
+    op: &Chunk,
+    c: &mut Counts,
+    fx: &mut Effects,
+) -> Result<ChunkResult, redb::Error> {
+    let Some(start) = op.after.map_or(Some(0), |a| a.checked_add(1)) else {
+        return Ok(ChunkResult::default());
+    };
+    let scan_limit = op.max.saturating_mul(SCAN_PER_MATCH);
+    let mut picked: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut last = None;
+    let mut exhausted = true;
+    {
+        let source: &Table<'_, u64, &'static [u8]> = match op.which {
+            Which::Pending => &*pending,
+            Which::Dead => &*dead,
+        };
+        for (scanned, item) in source.range(start..)?.enumerate() {
+            if picked.len() >= op.max || scanned >= scan_limit {
+                exhausted = false;
+                break;
+            }
+            let (k, v) = item?;
+            last = Some(k.value());
+            if store::matches(op.command.as_deref(), v.value()) {
+                picked.push((k.value(), v.value().to_vec()));
+            }
+        }
+    }
+    let now = now_ms();
+    for (id, raw) in &picked {
+        let len = entry_bytes(raw.len());
+        if op.replay {
+            dead.remove(*id)?;
+            c.dead -= 1;
+            let (bytes, key) = match Record::decode(raw.as_slice()) {
+                Ok(mut rec) => {
+                    rec.attempts = 0;
+                    rec.last_error = None;
+                    rec.since_ms = now;
+                    let key = rec.order_key.clone();
+                    (rec.encode_to_vec(), key)
+                }
+                // Replayed as it is: the worker moves it back with the decode error.
+                Err(_) => (raw.clone(), None),
+            };
+            pending.insert(*id, bytes.as_slice())?;
+            c.pending += 1;
+            c.bytes = c
+                .bytes
+                .saturating_sub(len)
+                .saturating_add(entry_bytes(bytes.len()));
+            fx.enqueue.push((*id, key));
+        } else {
+            match op.which {
+                Which::Pending => {
+                    pending.remove(*id)?;
+                    c.pending -= 1;
+                }
+                Which::Dead => {
+                    dead.remove(*id)?;
+                    c.dead -= 1;
+                }
+            }
+            c.bytes = c.bytes.saturating_sub(len);
+        }
+    }
+    let count = u64::try_from(picked.len()).unwrap_or(u64::MAX);
+    if count > 0 {
+        let action = if op.replay { "replayed" } else { "purged" };
+        tracing::warn!(
+            which = %op.which,
+            command = op.command.as_deref().unwrap_or("*"),
+            count,
+            "spool: operator {action} events"
+        );
+    }
+    Ok(ChunkResult {
+        count,
+        next_after: if exhausted { None } else { last },
+    })
+}
+
+/// Logs and counts an event refused because the spool is full: never silent.
+pub(crate) fn note_rejected(
+    path: &Path,
+    ev: &NewEvent,
+    pending: u64,
+    bytes: u64,
+    policy: FullPolicy,
+) {
+    match policy {
+        FullPolicy::Reject => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full (when_full: reject): the after-callback was NOT stored and will not be delivered"
+        ),
+        FullPolicy::DropOldest => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full and no pending event left to drop: dead letters fill the disk budget \
+             (max_bytes); the after-callback was NOT stored; replay or purge the dead letters"
+        ),
+    }
+    metrics::counter!("gateway_spool_rejected_total", "command" => ev.command.clone()).increment(1);
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn publish_gauges(shared: &Shared) {
+    metrics::gauge!("gateway_spool_pending").set(shared.pending.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_spool_dead").set(shared.dead.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_spool_bytes").set(shared.bytes.load(Ordering::Relaxed) as f64);
+}
