@@ -238,3 +238,123 @@ fn an_invalid_config_fails_at_start_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// Runs an operator command of the binary against a spool directory.
+fn spool_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("spool")
+        .args(args)
+        .env("OPENIM_GATEWAY_SPOOL__DIR", dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_pending_events_then_restart_delivers_every_acknowledged_event() {
+    const EVENTS: usize = 300;
+    let upstream_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let uri = format!("http://{upstream_addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().to_owned();
+
+    // 1. Upstream down: every after-event is acknowledged from the spool.
+    let (gw, spool_dir) = tokio::task::spawn_blocking(move || {
+        let gw = spawn(&["--listen", "127.0.0.1:0", "--upstream", &uri], &spool_dir);
+        let mut conn = connect(&gw.addr);
+        for i in 0..EVENTS {
+            let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
+            body["userID"] = format!("user-{i}").into();
+            let (code, json) = post(
+                &mut conn,
+                "/callbackExample/callbackAfterQuitGroupCommand",
+                &wire(&body),
+            );
+            assert_eq!((code, json), (200, allow()), "event {i}");
+        }
+        (gw, spool_dir)
+    })
+    .await
+    .unwrap();
+
+    // 2. The operator looks: the file is locked by the running gateway, the admin API answers.
+    let (code, _, err) = spool_cli(&spool_dir, &["count"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--admin"), "{err}");
+    let admin = format!("http://{}", gw.addr);
+    let (code, out, err) = spool_cli(&spool_dir, &["--admin", &admin, "count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("pending: {EVENTS}")), "{out}");
+
+    // 3. kill -9. The spool file still has every acknowledged event.
+    drop(gw);
+    let (code, out, err) = spool_cli(&spool_dir, &["count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("pending: {EVENTS}")), "{out}");
+    let (code, out, _) = spool_cli(&spool_dir, &["list", "--limit", "2"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("callbackAfterQuitGroupCommand"), "{out}");
+
+    // 4. The upstream starts, the gateway restarts, everything arrives with its delivery id.
+    let up = Upstream::start_on(tokio::net::TcpListener::bind(upstream_addr).await.unwrap()).await;
+    let uri = up.uri();
+    let sd = spool_dir.clone();
+    let gw = tokio::task::spawn_blocking(move || {
+        spawn(&["--listen", "127.0.0.1:0", "--upstream", &uri], &sd)
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = std::collections::HashMap::<String, Vec<String>>::new();
+    while Instant::now() < deadline {
+        ids.clear();
+        for c in up.calls() {
+            let user = c.decode::<pb::AfterQuitGroupRequest>().user_id;
+            ids.entry(user)
+                .or_default()
+                .push(c.meta("openim-delivery-id").unwrap_or_default());
+        }
+        if ids.len() == EVENTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ids.len(),
+        EVENTS,
+        "every acknowledged event was delivered after kill -9"
+    );
+    for (user, seen) in &ids {
+        assert!(!seen[0].is_empty(), "{user} has a delivery id");
+        assert!(
+            seen.iter().all(|id| id == &seen[0]),
+            "{user}: duplicates carry the same id"
+        );
+    }
+    // 5. A graceful stop (SIGTERM, as Kubernetes sends) flushes the deletions: nothing pending.
+    let mut gw = gw;
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway drains and exits on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, out, _) = spool_cli(&spool_dir, &["count"]);
+    assert!(out.contains("pending: 0"), "{out}");
+    drop(dir);
+}

@@ -1,0 +1,340 @@
+//! After callbacks through the durable spool: acknowledged at once, delivered when the upstream
+//! is up, dead letters, a full spool, ordering, and a broken spool file at start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use openim_callback_gateway::config::Config;
+use openim_callback_gateway::proto::v1 as pb;
+use openim_callback_gateway::server::Gateway;
+use openim_callback_gateway::spool::{Spool, Which};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+const QUIT: &str = "callbackAfterQuitGroupCommand";
+
+/// A gateway with a real spool in `dir`, delivering to `upstream_uri` with short backoffs.
+struct Spooled {
+    gw: Gateway,
+    spool: Spool,
+    _delivery: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        self._delivery.abort();
+    }
+}
+
+fn spooled(upstream_uri: &str, dir: &std::path::Path, extra: &str) -> Spooled {
+    spooled_with(
+        upstream_uri,
+        dir,
+        "backoff_initial: 20ms, backoff_max: 100ms",
+        extra,
+    )
+}
+
+/// Like [`spooled`], with the spool settings after `dir` given as YAML flow entries.
+fn spooled_with(upstream_uri: &str, dir: &std::path::Path, spool: &str, extra: &str) -> Spooled {
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{upstream_uri}'], connect_timeout: 200ms}}}}\n\
+         defaults: {{timeout: 1s}}\n\
+         spool: {{dir: '{}', {spool}}}\n{extra}",
+        dir.display()
+    );
+    let config = Config::from_yaml(&yaml).expect("valid config");
+    let spool = Spool::open(&config.spool).expect("spool opens");
+    let gw = Gateway::new(&config, Some(spool.clone())).expect("gateway");
+    let delivery = spool.start(Arc::new(gw.clone()));
+    Spooled {
+        gw,
+        spool,
+        _delivery: delivery,
+    }
+}
+
+fn quit_body(user: &str) -> Vec<u8> {
+    let mut body = read_json(&format!("payloads/{QUIT}.json"));
+    body["userID"] = user.into();
+    wire(&body)
+}
+
+fn dead_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_are_acked_while_the_upstream_is_down_and_delivered_when_it_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = dead_port();
+    let s = spooled(&format!("http://{addr}"), dir.path(), "");
+    for i in 0..50 {
+        let a = post_command(&s.gw, QUIT, quit_body(&format!("u{i}"))).await;
+        assert_eq!(
+            a.json,
+            allow(),
+            "acknowledged at once while the upstream is down"
+        );
+    }
+    assert_eq!(s.spool.stats().pending, 50);
+
+    let up = Upstream::start_on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
+    wait_for(|| s.spool.stats().pending == 0, "all 50 delivered").await;
+    let calls = up.calls();
+    let mut users: Vec<String> = calls
+        .iter()
+        .map(|c| c.decode::<pb::AfterQuitGroupRequest>().user_id)
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 50, "every event arrived");
+    for c in &calls {
+        assert!(
+            c.meta("openim-delivery-id")
+                .is_some_and(|id| !id.is_empty())
+        );
+        assert!(c.meta("openim-delivery-attempt").is_some());
+        assert_eq!(c.meta("openim-callback-command").as_deref(), Some(QUIT));
+        assert_eq!(
+            c.meta("openim-operation-id").as_deref(),
+            Some("1719800000123453781")
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_keep_the_delivery_id_and_count_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    up.on(
+        "AfterQuitGroup",
+        Behavior::Status(tonic::Code::Unavailable, "busy".into(), Default::default()),
+    );
+    let s = spooled(&up.uri(), dir.path(), "");
+    post_command(&s.gw, QUIT, quit_body("u1")).await;
+    up.wait_calls(3, Duration::from_secs(20)).await;
+    up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
+    wait_for(|| s.spool.stats().pending == 0, "delivered after retries").await;
+    let calls = up.calls();
+    assert!(calls.len() >= 4, "{}", calls.len());
+    let id = calls[0].meta("openim-delivery-id").unwrap();
+    for (n, c) in calls.iter().enumerate() {
+        assert_eq!(
+            c.meta("openim-delivery-id").as_deref(),
+            Some(id.as_str()),
+            "stable id"
+        );
+        assert_eq!(c.meta("openim-delivery-attempt"), Some((n + 1).to_string()));
+    }
+}
+
+#[tokio::test]
+async fn permanent_errors_become_dead_letters_an_operator_can_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    up.on(
+        "AfterQuitGroup",
+        Behavior::Status(
+            tonic::Code::InvalidArgument,
+            "bad".into(),
+            Default::default(),
+        ),
+    );
+    let s = spooled(&up.uri(), dir.path(), "");
+    post_command(&s.gw, QUIT, quit_body("u1")).await;
+    wait_for(|| s.spool.stats().dead == 1, "a dead letter").await;
+    assert_eq!(up.calls().len(), 1, "a permanent error is not retried");
+    let dead = s.spool.list(Which::Dead, 10).unwrap();
+    assert_eq!(dead[0].event.command, QUIT);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("bad")
+    );
+
+    // The operator fixes the service, then replays through the admin API of the running gateway.
+    up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
+    let a = post(&s.gw, "/admin/spool/replay", &[], Vec::new()).await;
+    assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
+    wait_for(
+        || s.spool.stats().dead == 0 && s.spool.stats().pending == 0,
+        "replayed",
+    )
+    .await;
+    let calls = up.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].meta("openim-delivery-id"),
+        calls[1].meta("openim-delivery-id")
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_rejects_loudly_or_drops_the_oldest_as_configured() {
+    let addr = dead_port();
+    let dir = tempfile::tempdir().unwrap();
+    let s = spooled_with(
+        &format!("http://{addr}"),
+        dir.path(),
+        "max_events: 3, backoff_initial: 1s",
+        "",
+    );
+    for i in 0..3 {
+        assert_eq!(
+            post_command(&s.gw, QUIT, quit_body(&format!("u{i}")))
+                .await
+                .json,
+            allow()
+        );
+    }
+    let a = post_command(&s.gw, QUIT, quit_body("u3")).await;
+    assert_envelope(&a);
+    assert_eq!(a.json["nextCode"], 1);
+    assert_eq!(
+        a.json["errMsg"],
+        "gateway spool is full: event not accepted"
+    );
+    assert_eq!(s.spool.stats().pending, 3);
+    drop(s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = spooled_with(
+        &format!("http://{addr}"),
+        dir.path(),
+        "max_events: 3, when_full: drop_oldest, backoff_initial: 1s",
+        "",
+    );
+    for i in 0..5 {
+        assert_eq!(
+            post_command(&s.gw, QUIT, quit_body(&format!("u{i}")))
+                .await
+                .json,
+            allow()
+        );
+    }
+    assert_eq!(s.spool.stats().pending, 3);
+    let kept: Vec<String> = s
+        .spool
+        .list(Which::Pending, 10)
+        .unwrap()
+        .iter()
+        .map(|e| pb::AfterQuitGroupRequest::decode_from(&e.event.payload).user_id)
+        .collect();
+    assert_eq!(kept, ["u2", "u3", "u4"], "the oldest were dropped");
+}
+
+trait DecodeFrom: prost::Message + Default {
+    fn decode_from(bytes: &[u8]) -> Self {
+        Self::decode(bytes).unwrap()
+    }
+}
+impl<T: prost::Message + Default> DecodeFrom for T {}
+
+#[tokio::test]
+async fn ordered_commands_deliver_one_group_in_order_even_across_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    // The first attempts fail, so without ordering later events would overtake.
+    up.on(
+        "AfterSendGroupMsg",
+        Behavior::Status(
+            tonic::Code::Unavailable,
+            "warming up".into(),
+            Default::default(),
+        ),
+    );
+    let s = spooled(
+        &up.uri(),
+        dir.path(),
+        "commands: {callbackAfterSendGroupMsgCommand: {ordered: true}}",
+    );
+    let cmd = "callbackAfterSendGroupMsgCommand";
+    for i in 0..20 {
+        let mut body = read_json(&format!("payloads/{cmd}.json"));
+        body["clientMsgID"] = format!("m{i:02}").into();
+        assert_eq!(post_command(&s.gw, cmd, wire(&body)).await.json, allow());
+    }
+    up.wait_calls(3, Duration::from_secs(20)).await;
+    up.on("AfterSendGroupMsg", Behavior::Reply(Default::default()));
+    wait_for(|| s.spool.stats().pending == 0, "all delivered").await;
+    let order: Vec<String> = up
+        .calls()
+        .iter()
+        .map(|c| c.decode::<pb::AfterSendGroupMsgRequest>().client_msg_id)
+        .collect();
+    let mut dedup = order.clone();
+    dedup.dedup();
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(
+        dedup, expected,
+        "one group's messages arrive in order (retries repeat in place)"
+    );
+}
+
+#[tokio::test]
+async fn delivery_sync_waits_for_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let s = spooled(
+        &up.uri(),
+        dir.path(),
+        &format!("commands: {{{QUIT}: {{delivery: sync}}}}"),
+    );
+    let a = post_command(&s.gw, QUIT, quit_body("u1")).await;
+    assert_eq!(a.json, allow());
+    let call = up.only_call();
+    assert_eq!(
+        call.meta("openim-delivery-id"),
+        None,
+        "sync calls are not spool deliveries"
+    );
+    assert_eq!(s.spool.stats().pending, 0);
+}
+
+#[tokio::test]
+async fn a_corrupted_spool_file_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::from_yaml(&format!(
+        "upstreams: {{default: {{endpoints: ['http://127.0.0.1:1']}}}}\nspool: {{dir: '{}'}}",
+        dir.path().display()
+    ))
+    .unwrap();
+    std::fs::write(
+        cfg.spool.path(),
+        b"this is not a redb database, it is garbage",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = openim_callback_gateway::run(cfg.clone(), listener, std::future::pending())
+        .await
+        .expect_err("the gateway must not start on a broken spool");
+    let text = err.to_string();
+    assert!(
+        text.contains(&cfg.spool.path().display().to_string()),
+        "names the file: {text}"
+    );
+    let garbage = std::fs::read(cfg.spool.path()).unwrap();
+    assert_eq!(
+        garbage, b"this is not a redb database, it is garbage",
+        "nothing was deleted"
+    );
+}
