@@ -381,7 +381,7 @@ async fn handle(
             tracing::warn!(command, operation_id, failure = %f, code, "upstream failed: rejecting (on_failure: reject)")
         }
         Decision::Reject { code, message, .. } => {
-            tracing::info!(command, operation_id, code, message = %message, "service rejected the operation")
+            tracing::info!(command, operation_id, code, err_msg = %message, "service rejected the operation")
         }
         Decision::Continue { .. } => tracing::debug!(command, operation_id, "service answered"),
     }
