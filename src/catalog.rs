@@ -64,13 +64,7 @@ const fn row(
     rpc: &'static str,
     order_by: OrderBy,
 ) -> Row {
-    Row {
-        command,
-        service,
-        rpc,
-        order_by,
-        rules: &[],
-    }
+    ruled(command, service, rpc, order_by, &[])
 }
 
 const fn ruled(

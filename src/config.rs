@@ -36,6 +36,10 @@ impl From<Duration> for Dur {
 pub struct Config {
     /// Address of the HTTP front end OpenIM's `url` points at.
     pub listen: SocketAddr,
+    /// Address of the operators' port: `/healthz`, `/readyz`, `/metrics` and the spool admin API.
+    /// When unset they are served on `listen` too; set it to keep the admin API (which can purge
+    /// dead letters) off the port OpenIM reaches.
+    pub admin_listen: Option<SocketAddr>,
     /// Largest request body accepted, in bytes; larger bodies get the failure-policy envelope.
     pub max_body_bytes: usize,
     /// Logging.
@@ -57,6 +61,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 10006)),
+            admin_listen: None,
             max_body_bytes: 1024 * 1024,
             log: LogConfig::default(),
             upstreams: HashMap::new(),
@@ -305,6 +310,12 @@ impl Config {
 
     /// Checks every value that serde cannot: references, ranges, combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_listen.is_some_and(|a| a == self.listen) {
+            return Err(invalid(
+                "admin_listen",
+                "must differ from `listen` (leave it unset to share the port)",
+            ));
+        }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }

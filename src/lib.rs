@@ -103,11 +103,40 @@ pub async fn run(
     let _delivery = spool
         .as_ref()
         .map(|s| AbortOnDrop(s.start(Arc::new(gateway.clone()))));
+    // One shutdown signal for both ports.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let _signal = AbortOnDrop(signal);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let main_router = match config.admin_listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr).await.map_err(RunError::Serve)?;
+            tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin port: /healthz /readyz /metrics /admin/spool");
+            let router = gateway.admin_router();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "admin port stopped");
+                }
+            });
+            gateway.callback_router()
+        }
+        None => gateway.router(),
+    };
+    // Announced only once every port is bound.
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at http://{addr}/callbackExample");
     }
-    axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(shutdown)
+    axum::serve(listener, main_router)
+        .with_graceful_shutdown(stopped(stop_rx))
         .await
         .map_err(RunError::Serve)?;
     if let Some(spool) = spool {

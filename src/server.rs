@@ -164,13 +164,23 @@ impl Gateway {
         }
     }
 
-    /// The router: callbacks on every POST path, plus health, metrics and the spool admin API.
+    /// Everything on one port: the callbacks plus [`Gateway::admin_router`]. Used when no
+    /// `admin_listen` is configured.
     pub fn router(&self) -> Router {
+        self.admin_router().merge(self.callback_router())
+    }
+
+    /// The callbacks only: every POST path is `<any prefix>/<command>`.
+    pub fn callback_router(&self) -> Router {
+        Router::new().fallback(callback).with_state(self.clone())
+    }
+
+    /// Health, metrics and the spool admin API, for the operators' port (`admin_listen`).
+    pub fn admin_router(&self) -> Router {
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
-            .fallback(callback)
             .with_state(self.clone());
         match &self.inner.spool {
             Some(spool) => router.merge(crate::spool::admin::router(spool.clone())),

@@ -358,3 +358,69 @@ async fn kill_9_with_pending_events_then_restart_delivers_every_acknowledged_eve
     assert!(out.contains("pending: 0"), "{out}");
     drop(dir);
 }
+
+/// One HTTP/1.1 request with no body on a fresh connection; returns the status and body text.
+fn request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut conn = connect(addr);
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn admin_listen_moves_health_metrics_and_the_spool_api_off_openims_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+        ])
+        .env("OPENIM_GATEWAY_SPOOL__DIR", dir.path())
+        .env("OPENIM_GATEWAY_ADMIN_LISTEN", &admin)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let main_addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.contains("openim-callback-gateway listening")
+                .then(|| l.split("addr=").nth(1).map(|s| s.trim().to_owned()))
+                .flatten()
+        })
+        .expect("main address logged");
+    let gw = Gateway {
+        child,
+        addr: main_addr,
+    };
+
+    assert_eq!(request(&admin, "GET", "/healthz"), (200, "ok".into()));
+    let (code, body) = request(&admin, "GET", "/admin/spool");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"pending\""), "{body}");
+    assert_eq!(request(&admin, "GET", "/metrics").0, 200);
+    // On OpenIM's port only callbacks: a POST to an admin path is just an unknown command.
+    assert_eq!(request(&gw.addr, "GET", "/admin/spool").0, 405);
+    let (code, body) = request(&gw.addr, "POST", "/admin/spool/purge?which=dead");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"nextCode\":0"), "{body}");
+}
