@@ -242,3 +242,23 @@ async fn sync_after_callbacks_wait_for_the_service_and_answer_with_a_valid_envel
     assert_eq!(a.json, allow());
     assert_eq!(up.only_call().rpc, "AfterQuitGroup");
 }
+
+#[tokio::test]
+async fn several_endpoints_of_one_upstream_share_the_calls() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}', '{}']}}}}\ndefaults: {{delivery: sync}}",
+        a.uri(),
+        b.uri()
+    );
+    let gw = gateway(&openim_callback_gateway::config::Config::from_yaml(&yaml).unwrap());
+    for _ in 0..40 {
+        assert_eq!(
+            post_command(&gw, CREATE, payload(CREATE)).await.json,
+            allow()
+        );
+    }
+    let (na, nb) = (a.calls().len(), b.calls().len());
+    assert_eq!(na + nb, 40);
+    assert!(na > 0 && nb > 0, "both endpoints get calls: {na} / {nb}");
+}

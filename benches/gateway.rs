@@ -1,0 +1,123 @@
+//! What the gateway costs: the codec per body, and one before-callback through the gateway
+//! compared with calling the same RPC of the same service directly over gRPC.
+//!
+//! `cargo bench --bench gateway`. Compare the two round-trip lines as a ratio from one run; the
+//! absolute figures depend on the machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use openim_callback_gateway::catalog::Catalog;
+use openim_callback_gateway::config::{Config, ExampleConfig};
+use openim_callback_gateway::proto::v1 as pb;
+use openim_callback_gateway::{envelope, json};
+use prost::Message as _;
+use std::hint::black_box;
+use tower::ServiceExt as _;
+
+const COMMANDS: [&str; 3] = [
+    "callbackBeforeCreateGroupCommand",
+    "callbackAfterSendGroupMsgCommand",
+    "callbackBeforeUserRegisterCommand",
+];
+
+fn codec(c: &mut Criterion) {
+    let catalog = Catalog::load(
+        openim_callback_gateway::proto::pool().unwrap(),
+        "openim.callback.v1",
+    )
+    .unwrap();
+    let mut group = c.benchmark_group("codec");
+    for cmd in COMMANDS {
+        let entry = catalog.get(cmd).unwrap();
+        let body = support::payload(cmd);
+        group.bench_function(format!("decode+encode/{cmd}"), |b| {
+            b.iter(|| {
+                let d = json::decode(&entry.request(), black_box(&body)).unwrap();
+                black_box(d.message.encode_to_vec())
+            })
+        });
+    }
+    let entry = catalog.get("callbackBeforeCreateGroupCommand").unwrap();
+    let sample = support::sample_reply("callbackBeforeCreateGroupCommand").unwrap();
+    let reply = envelope::read_reply(entry, sample.as_object().unwrap()).message;
+    let policy = envelope::Policy {
+        on_failure: envelope::FailurePolicy::Continue,
+        default_reject_code: 20001,
+        allow_offline_push_info: false,
+    };
+    group.bench_function("decide+envelope/callbackBeforeCreateGroupCommand", |b| {
+        b.iter(|| {
+            let d = envelope::decide(entry, envelope::Outcome::Reply(reply.clone()), &policy);
+            black_box(envelope::respond(entry, &d, None, &policy).to_bytes())
+        })
+    });
+    group.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Channels are built inside a runtime.
+    let _guard = rt.enter();
+    // The built-in example service (generated tonic code) on loopback, as the upstream of both.
+    let (addr, _task) = rt
+        .block_on(openim_callback_gateway::example::spawn(
+            ExampleConfig::default(),
+        ))
+        .unwrap();
+    let uri = format!("http://{addr}");
+    let config = Config::from_yaml(&format!(
+        "upstreams: {{default: {{endpoints: ['{uri}']}}}}\ndefaults: {{delivery: sync}}"
+    ))
+    .unwrap();
+    let gw = support::gateway(&config);
+    let router = gw.router();
+    let body = bytes::Bytes::from(support::payload("callbackBeforeCreateGroupCommand"));
+    let request: pb::BeforeCreateGroupRequest = {
+        let entry = gw
+            .catalog()
+            .get("callbackBeforeCreateGroupCommand")
+            .unwrap();
+        let m = json::decode(&entry.request(), &body).unwrap().message;
+        pb::BeforeCreateGroupRequest::decode(m.encode_to_vec().as_slice()).unwrap()
+    };
+    let client = rt.block_on(async {
+        pb::group_callback_service_client::GroupCallbackServiceClient::connect(uri.clone())
+            .await
+            .unwrap()
+    });
+
+    let mut group = c.benchmark_group("before_create_group_round_trip");
+    group.bench_function("direct gRPC (generated client)", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { black_box(client.before_create_group(request).await.unwrap()) }
+        })
+    });
+    group.bench_function("through the gateway (JSON in, envelope out)", |b| {
+        b.to_async(&rt).iter(|| {
+            let router = router.clone();
+            let body = body.clone();
+            async move {
+                let req = http::Request::post("/callbackExample/callbackBeforeCreateGroupCommand")
+                    .header("operationID", "bench")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                let resp = router.oneshot(req).await.unwrap();
+                black_box(
+                    axum::body::to_bytes(resp.into_body(), usize::MAX)
+                        .await
+                        .unwrap(),
+                )
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, round_trip);
+criterion_main!(benches);
