@@ -58,6 +58,18 @@ pub struct Row {
     pub rules: &'static [Rule],
 }
 
+impl Row {
+    /// Before or after, by the RPC's name; [`Catalog::load`] checks it against the descriptors
+    /// (a before reply has `rejection`, an after reply is empty).
+    pub fn phase(&self) -> Phase {
+        if self.rpc.starts_with("Before") {
+            Phase::Before
+        } else {
+            Phase::After
+        }
+    }
+}
+
 const fn row(
     command: &'static str,
     service: &'static str,
@@ -529,7 +541,7 @@ fn resolve(pool: &DescriptorPool, package: &str, row: &'static Row) -> Result<En
         return Err(fail(format!("{} must be unary", row.rpc)));
     }
     let rejection = method.output().get_field_by_name(REJECTION_FIELD);
-    let phase = match (row.rpc.starts_with("Before"), &rejection) {
+    let phase = match (row.phase() == Phase::Before, &rejection) {
         (true, Some(_)) => Phase::Before,
         (false, None) => Phase::After,
         (true, None) => {

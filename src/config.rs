@@ -342,11 +342,7 @@ impl Config {
         self.check_settings("defaults", &self.defaults, None)?;
         for row in catalog::ROWS {
             if let Some(o) = self.commands.get(row.command) {
-                let phase = if row.rpc.starts_with("Before") {
-                    Phase::Before
-                } else {
-                    Phase::After
-                };
+                let phase = row.phase();
                 let key = format!("commands.{}", row.command);
                 if phase == Phase::Before && o.delivery.is_some() {
                     return Err(invalid(

@@ -66,7 +66,7 @@ impl spool::Deliver for Gateway {
 pub fn uses_spool(config: &Config) -> bool {
     catalog::ROWS.iter().any(|row| {
         let s = config.settings(row.command);
-        !row.rpc.starts_with("Before") && s.enabled && s.delivery == Delivery::Spool
+        row.phase() == catalog::Phase::After && s.enabled && s.delivery == Delivery::Spool
     })
 }
 

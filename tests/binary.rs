@@ -29,8 +29,14 @@ impl Drop for Gateway {
 
 /// Starts the binary with `args` and waits (bounded) for its "listening" log line.
 fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
+    spawn_with_env(args, spool_dir, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("OPENIM_GATEWAY_SPOOL__DIR", spool_dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -385,33 +391,16 @@ fn admin_listen_moves_health_metrics_and_the_spool_api_off_openims_port() {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut child = Command::new(BIN)
-        .args([
+    let gw = spawn_with_env(
+        &[
             "--listen",
             "127.0.0.1:0",
             "--upstream",
             "http://127.0.0.1:1",
-        ])
-        .env("OPENIM_GATEWAY_SPOOL__DIR", dir.path())
-        .env("OPENIM_GATEWAY_ADMIN_LISTEN", &admin)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let main_addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.contains("openim-callback-gateway listening")
-                .then(|| l.split("addr=").nth(1).map(|s| s.trim().to_owned()))
-                .flatten()
-        })
-        .expect("main address logged");
-    let gw = Gateway {
-        child,
-        addr: main_addr,
-    };
+        ],
+        dir.path(),
+        &[("OPENIM_GATEWAY_ADMIN_LISTEN", &admin)],
+    );
 
     assert_eq!(request(&admin, "GET", "/healthz"), (200, "ok".into()));
     let (code, body) = request(&admin, "GET", "/admin/spool");
