@@ -10,10 +10,11 @@
 mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use openim_callback_example::ExampleConfig;
 use openim_callback_gateway::catalog::Catalog;
-use openim_callback_gateway::config::{Config, ExampleConfig};
+use openim_callback_gateway::config::Config;
 use openim_callback_gateway::proto::v1 as pb;
-use openim_callback_gateway::{envelope, json};
+use openim_callback_gateway::{decision, envelope, json};
 use prost::Message as _;
 use std::hint::black_box;
 use tower::ServiceExt as _;
@@ -44,15 +45,21 @@ fn codec(c: &mut Criterion) {
     let entry = catalog.get("callbackBeforeCreateGroupCommand").unwrap();
     let sample = support::sample_reply("callbackBeforeCreateGroupCommand").unwrap();
     let reply = envelope::read_reply(entry, sample.as_object().unwrap()).message;
-    let policy = envelope::Policy {
-        on_failure: envelope::FailurePolicy::Continue,
+    let policy = decision::Policy {
+        on_failure: decision::FailurePolicy::Continue,
         default_reject_code: 20001,
         allow_offline_push_info: false,
     };
+    let reply = bytes::Bytes::from(reply.encode_to_vec());
     group.bench_function("decide+envelope/callbackBeforeCreateGroupCommand", |b| {
         b.iter(|| {
-            let d = envelope::decide(entry, envelope::Outcome::Reply(reply.clone()), &policy);
-            black_box(envelope::respond(entry, &d, None, &policy).to_bytes())
+            let d = decision::decide(entry, Ok(reply.clone()), &policy);
+            let target = envelope::Target {
+                entry,
+                request: None,
+                policy: &policy,
+            };
+            black_box(envelope::render(&d, Some(target)).to_bytes())
         })
     });
     group.finish();
@@ -64,9 +71,7 @@ fn round_trip(c: &mut Criterion) {
     let _guard = rt.enter();
     // The built-in example service (generated tonic code) on loopback, as the upstream of both.
     let (addr, _task) = rt
-        .block_on(openim_callback_gateway::example::spawn(
-            ExampleConfig::default(),
-        ))
+        .block_on(openim_callback_example::spawn(ExampleConfig::default()))
         .unwrap();
     let uri = format!("http://{addr}");
     let config = Config::from_yaml(&format!(
@@ -74,7 +79,7 @@ fn round_trip(c: &mut Criterion) {
     ))
     .unwrap();
     let gw = support::gateway(&config);
-    let router = gw.router();
+    let router = openim_callback_gateway::http::app(&gw);
     let body = bytes::Bytes::from(support::payload("callbackBeforeCreateGroupCommand"));
     let request: pb::BeforeCreateGroupRequest = {
         let entry = gw

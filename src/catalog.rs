@@ -456,7 +456,7 @@ pub enum Phase {
 
 /// A row resolved against the descriptors: everything the generic path needs for one command.
 #[derive(Debug)]
-pub struct Entry {
+pub struct CommandEntry {
     /// The catalogue row.
     pub row: &'static Row,
     /// The RPC.
@@ -469,7 +469,7 @@ pub struct Entry {
     pub rejection: Option<FieldDescriptor>,
 }
 
-impl Entry {
+impl CommandEntry {
     /// The request message type.
     pub fn request(&self) -> MessageDescriptor {
         self.method.input()
@@ -494,10 +494,20 @@ pub struct CatalogError {
 /// All commands, by command string.
 #[derive(Debug)]
 pub struct Catalog {
-    entries: HashMap<&'static str, Entry>,
+    entries: HashMap<&'static str, CommandEntry>,
 }
 
+static CONTRACT: std::sync::LazyLock<Result<Catalog, String>> = std::sync::LazyLock::new(|| {
+    let pool = crate::proto::pool().map_err(|e| format!("compiled descriptors: {e}"))?;
+    Catalog::load(pool, crate::proto::PACKAGE).map_err(|e| e.to_string())
+});
+
 impl Catalog {
+    /// The catalogue of the compiled contract, resolved once for the life of the process.
+    pub fn contract() -> Result<&'static Catalog, &'static str> {
+        CONTRACT.as_ref().map_err(String::as_str)
+    }
+
     /// Resolves every row against the pool and checks its rules; any mismatch is an error.
     pub fn load(pool: &DescriptorPool, package: &str) -> Result<Self, CatalogError> {
         let mut entries = HashMap::with_capacity(ROWS.len());
@@ -514,17 +524,21 @@ impl Catalog {
     }
 
     /// The entry of a command.
-    pub fn get(&self, command: &str) -> Option<&Entry> {
+    pub fn get(&self, command: &str) -> Option<&CommandEntry> {
         self.entries.get(command)
     }
 
     /// Every entry, in catalogue order.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl Iterator<Item = &CommandEntry> {
         ROWS.iter().filter_map(|r| self.entries.get(r.command))
     }
 }
 
-fn resolve(pool: &DescriptorPool, package: &str, row: &'static Row) -> Result<Entry, CatalogError> {
+fn resolve(
+    pool: &DescriptorPool,
+    package: &str,
+    row: &'static Row,
+) -> Result<CommandEntry, CatalogError> {
     let fail = |problem: String| CatalogError {
         command: row.command,
         problem,
@@ -596,7 +610,7 @@ fn resolve(pool: &DescriptorPool, package: &str, row: &'static Row) -> Result<En
             }
         }
     }
-    Ok(Entry {
+    Ok(CommandEntry {
         row,
         method,
         path,

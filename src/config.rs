@@ -1,6 +1,9 @@
 //! The configuration: plain serde data with documented defaults, loaded from one YAML file plus
 //! `OPENIM_GATEWAY_*` environment overrides, and validated with errors that name the key.
-//! No sockets here; `upstream::Upstreams` and `server::Gateway` are the live handles built from it.
+//! No sockets here; [`crate::gateway::Snapshot`] is the live part built from it. [`Config::validate`]
+//! checks everything a start would reject except sockets (what `check-config` checks), and
+//! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
+//! logging is set up.
 
 use crate::catalog::{self, Phase};
 use figment::Figment;
@@ -53,8 +56,8 @@ pub struct Config {
     pub commands: BTreeMap<String, CommandOverride>,
     /// The durable spool of after-events.
     pub spool: crate::spool::SpoolSettings,
-    /// The built-in example upstream.
-    pub example: ExampleConfig,
+    /// The built-in example upstream (serves as `default` when no upstream is configured).
+    pub example: openim_callback_example::ExampleConfig,
 }
 
 impl Default for Config {
@@ -68,7 +71,7 @@ impl Default for Config {
             defaults: CommandSettings::default(),
             commands: BTreeMap::new(),
             spool: crate::spool::SpoolSettings::default(),
-            example: ExampleConfig::default(),
+            example: openim_callback_example::ExampleConfig::default(),
         }
     }
 }
@@ -188,49 +191,23 @@ impl Default for CommandSettings {
     }
 }
 
-/// Per-command overrides; every field left out keeps the value from `defaults`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CommandOverride {
-    /// See [`CommandSettings::enabled`].
-    pub enabled: Option<bool>,
-    /// See [`CommandSettings::upstream`].
-    pub upstream: Option<String>,
-    /// See [`CommandSettings::timeout`].
-    pub timeout: Option<Dur>,
-    /// See [`CommandSettings::on_failure`].
-    pub on_failure: Option<OnFailure>,
-    /// See [`CommandSettings::reject_code`].
-    pub reject_code: Option<i32>,
-    /// See [`CommandSettings::reject_message`].
-    pub reject_message: Option<String>,
-    /// See [`CommandSettings::delivery`].
-    pub delivery: Option<Delivery>,
-    /// See [`CommandSettings::ordered`].
-    pub ordered: Option<bool>,
-    /// See [`CommandSettings::allow_offline_push_info`].
-    pub allow_offline_push_info: Option<bool>,
+/// A command's overrides (`commands.<command>:`): any keys of [`CommandSettings`]; every key left
+/// out keeps its value from `defaults`. Kept as written, so that validation knows which keys were
+/// set; [`Config::settings`] resolves it against `defaults`.
+pub type CommandOverride = figment::value::Dict;
+
+/// A setting that is usable but probably a mistake; `main` logs these once logging is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The dotted key.
+    pub key: String,
+    /// What may go wrong.
+    pub message: String,
 }
 
-/// Settings of the built-in example upstream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExampleConfig {
-    /// Words that make the example reject group names, messages, remarks and nicknames.
-    pub blocked_words: Vec<String>,
-    /// The code the example rejects with (OpenIM's business range is 20001–29999).
-    pub reject_code: i32,
-    /// The avatar the example gives users who register without one.
-    pub default_face_url: String,
-}
-
-impl Default for ExampleConfig {
-    fn default() -> Self {
-        Self {
-            blocked_words: vec!["forbidden".into(), "spam".into()],
-            reject_code: 20001,
-            default_face_url: "https://example.com/avatar/default.png".into(),
-        }
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.message)
     }
 }
 
@@ -308,7 +285,8 @@ impl Config {
         self.validate()
     }
 
-    /// Checks every value that serde cannot: references, ranges, combinations.
+    /// Checks every value that serde cannot: references, ranges, combinations, and that every
+    /// command's settings resolve. Everything a start would reject except sockets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.admin_listen.is_some_and(|a| a == self.listen) {
             return Err(invalid(
@@ -339,27 +317,65 @@ impl Config {
                 }
             }
         }
+        self.spool
+            .validate()
+            .map_err(|e| invalid(format!("spool.{}", e.key), e.problem))?;
         self.check_settings("defaults", &self.defaults, None)?;
         for row in catalog::ROWS {
             if let Some(o) = self.commands.get(row.command) {
                 let phase = row.phase();
                 let key = format!("commands.{}", row.command);
-                if phase == Phase::Before && o.delivery.is_some() {
+                if phase == Phase::Before && o.contains_key("delivery") {
                     return Err(invalid(
                         format!("{key}.delivery"),
                         "only after callbacks have a delivery mode; before callbacks are always synchronous",
                     ));
                 }
-                if phase == Phase::Before && o.ordered.is_some() {
+                if phase == Phase::Before && o.contains_key("ordered") {
                     return Err(invalid(
                         format!("{key}.ordered"),
                         "only after callbacks can be ordered",
                     ));
                 }
-                self.check_settings(&key, &self.settings(row.command), Some(o))?;
+                self.check_settings(&key, &self.settings(row.command)?, Some(o))?;
             }
         }
         Ok(())
+    }
+
+    /// Settings that are usable but probably a mistake, one warning each.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        let mut timeout = |key: String, s: &CommandSettings| {
+            if s.timeout.0 >= OPENIM_TIMEOUT {
+                out.push(ConfigWarning {
+                    key: format!("{key}.timeout"),
+                    message: format!(
+                        "{} is not below OpenIM's default webhook timeout of 5s: OpenIM may give up first and fail the operation",
+                        humantime::format_duration(s.timeout.0)
+                    ),
+                });
+            }
+        };
+        timeout("defaults".into(), &self.defaults);
+        for (command, o) in &self.commands {
+            if o.contains_key("timeout")
+                && let Ok(s) = self.settings(command)
+            {
+                timeout(format!("commands.{command}"), &s);
+            }
+        }
+        out
+    }
+
+    /// The names of the upstreams a start will have: the configured ones, or `default` (the
+    /// built-in example) when none is configured.
+    fn upstream_exists(&self, name: &str) -> bool {
+        if self.upstreams.is_empty() {
+            name == DEFAULT_UPSTREAM
+        } else {
+            self.upstreams.contains_key(name)
+        }
     }
 
     fn check_settings(
@@ -368,29 +384,24 @@ impl Config {
         s: &CommandSettings,
         o: Option<&CommandOverride>,
     ) -> Result<(), ConfigError> {
-        let set = |f: fn(&CommandOverride) -> bool| o.is_none_or(f);
-        if set(|o| o.upstream.is_some())
-            && !self.upstreams.is_empty()
-            && !self.upstreams.contains_key(&s.upstream)
-        {
+        let set = |field: &str| o.is_none_or(|o| o.contains_key(field));
+        if set("upstream") && !self.upstream_exists(&s.upstream) {
             return Err(invalid(
                 format!("{key}.upstream"),
-                format!("upstream `{}` is not defined under `upstreams`", s.upstream),
+                if self.upstreams.is_empty() {
+                    format!(
+                        "upstream `{}` is not defined: with no `upstreams` only `{DEFAULT_UPSTREAM}` (the built-in example) exists",
+                        s.upstream
+                    )
+                } else {
+                    format!("upstream `{}` is not defined under `upstreams`", s.upstream)
+                },
             ));
         }
-        if set(|o| o.timeout.is_some()) {
-            if s.timeout.0.is_zero() {
-                return Err(invalid(format!("{key}.timeout"), "must be greater than 0"));
-            }
-            if s.timeout.0 >= OPENIM_TIMEOUT {
-                tracing::warn!(
-                    key = %format!("{key}.timeout"),
-                    timeout = ?s.timeout.0,
-                    "timeout is not below OpenIM's default webhook timeout of 5s: OpenIM may give up first and fail the operation"
-                );
-            }
+        if set("timeout") && s.timeout.0.is_zero() {
+            return Err(invalid(format!("{key}.timeout"), "must be greater than 0"));
         }
-        if set(|o| o.reject_code.is_some()) && s.reject_code <= 0 {
+        if set("reject_code") && s.reject_code <= 0 {
             return Err(invalid(
                 format!("{key}.reject_code"),
                 "must be greater than 0 (OpenIM shows codes <= 0 as error 500); use 20001-29999",
@@ -399,39 +410,25 @@ impl Config {
         Ok(())
     }
 
-    /// The merged settings of a command.
-    pub fn settings(&self, command: &str) -> CommandSettings {
-        let mut s = self.defaults.clone();
-        if let Some(o) = self.commands.get(command) {
-            if let Some(v) = o.enabled {
-                s.enabled = v;
-            }
-            if let Some(v) = &o.upstream {
-                s.upstream.clone_from(v);
-            }
-            if let Some(v) = o.timeout {
-                s.timeout = v;
-            }
-            if let Some(v) = o.on_failure {
-                s.on_failure = v;
-            }
-            if let Some(v) = o.reject_code {
-                s.reject_code = v;
-            }
-            if let Some(v) = &o.reject_message {
-                s.reject_message.clone_from(v);
-            }
-            if let Some(v) = o.delivery {
-                s.delivery = v;
-            }
-            if let Some(v) = o.ordered {
-                s.ordered = v;
-            }
-            if let Some(v) = o.allow_offline_push_info {
-                s.allow_offline_push_info = v;
-            }
-        }
-        s
+    /// The settings of a command: `defaults`, then the keys of `commands.<command>` over them.
+    /// Fails (naming the key) only on an override that does not fit [`CommandSettings`], which
+    /// [`Config::validate`] has already ruled out for a loaded config.
+    pub fn settings(&self, command: &str) -> Result<CommandSettings, ConfigError> {
+        let Some(o) = self.commands.get(command) else {
+            return Ok(self.defaults.clone());
+        };
+        Figment::from(Serialized::defaults(&self.defaults))
+            .merge(Serialized::defaults(o))
+            .extract()
+            .map_err(|e| {
+                let path = e.path.join(".");
+                let key = if path.is_empty() {
+                    format!("commands.{command}")
+                } else {
+                    format!("commands.{command}.{path}")
+                };
+                invalid(key, e.kind.to_string())
+            })
     }
 }
 
@@ -443,7 +440,9 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:10006");
-        let s = c.settings("callbackBeforeCreateGroupCommand");
+        let s = c
+            .settings("callbackBeforeCreateGroupCommand")
+            .expect("settings");
         assert_eq!(s.timeout.0, Duration::from_secs(3));
         assert_eq!(s.on_failure, OnFailure::Continue);
         assert_eq!(s.delivery, Delivery::Spool);
@@ -457,14 +456,18 @@ mod tests {
              commands:\n  callbackBeforeCreateGroupCommand: {upstream: groups, on_failure: reject, reject_code: 20042}\n",
         )
         .expect("valid");
-        let s = c.settings("callbackBeforeCreateGroupCommand");
+        let s = c
+            .settings("callbackBeforeCreateGroupCommand")
+            .expect("settings");
         assert_eq!(
             (s.upstream.as_str(), s.on_failure, s.reject_code),
             ("groups", OnFailure::Reject, 20042)
         );
         assert_eq!(s.timeout.0, Duration::from_secs(2));
         assert_eq!(
-            c.settings("callbackAfterQuitGroupCommand").upstream,
+            c.settings("callbackAfterQuitGroupCommand")
+                .expect("settings")
+                .upstream,
             "default"
         );
     }
@@ -473,13 +476,23 @@ mod tests {
     fn the_example_config_file_is_valid() {
         let c = Config::from_yaml(include_str!("../config/gateway.example.yaml"))
             .expect("example config is valid");
-        let s = c.settings("callbackBeforeCreateGroupCommand");
+        let s = c
+            .settings("callbackBeforeCreateGroupCommand")
+            .expect("settings");
         assert_eq!(
             (s.upstream.as_str(), s.on_failure, s.reject_code),
             ("groups", OnFailure::Reject, 20010)
         );
-        assert!(!c.settings("callbackAfterUserOnlineCommand").enabled);
-        assert!(c.settings("callbackAfterSendGroupMsgCommand").ordered);
+        assert!(
+            !c.settings("callbackAfterUserOnlineCommand")
+                .expect("settings")
+                .enabled
+        );
+        assert!(
+            c.settings("callbackAfterSendGroupMsgCommand")
+                .expect("settings")
+                .ordered
+        );
     }
 
     #[test]
@@ -504,6 +517,21 @@ mod tests {
                 "upstreams.a.endpoints",
             ),
             ("upstreams: {a: {endpoints: []}}", "upstreams.a.endpoints"),
+            // What `check-config` used to let through and a start then refused.
+            ("spool: {workers: 0}", "spool.workers"),
+            ("spool: {batch_max: 0}", "spool.batch_max"),
+            (
+                "spool: {backoff_initial: 2s, backoff_max: 1s}",
+                "spool.backoff_max",
+            ),
+            (
+                "commands: {callbackAfterQuitGroupCommand: {upstream: groups}}",
+                "commands.callbackAfterQuitGroupCommand.upstream",
+            ),
+            (
+                "commands: {callbackAfterQuitGroupCommand: {timeout: 0s}}",
+                "commands.callbackAfterQuitGroupCommand.timeout",
+            ),
         ];
         for (yaml, key) in cases {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
@@ -513,9 +541,54 @@ mod tests {
             .expect_err("bad duration")
             .to_string();
         assert!(err.contains("defaults.timeout"), "{err}");
+        let err = Config::from_yaml("commands: {callbackAfterQuitGroupCommand: {timout: 1s}}")
+            .expect_err("unknown key in an override")
+            .to_string();
+        assert!(
+            err.contains("commands.callbackAfterQuitGroupCommand") && err.contains("timout"),
+            "{err}"
+        );
         let err = Config::from_yaml("listn: 1")
             .expect_err("unknown key")
             .to_string();
         assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn warnings_are_values_naming_their_key() {
+        let c = Config::from_yaml(
+            "defaults: {timeout: 6s}\ncommands: {callbackBeforeCreateGroupCommand: {timeout: 5s}, callbackAfterQuitGroupCommand: {enabled: false}}",
+        )
+        .expect("usable");
+        let keys: Vec<String> = c.warnings().into_iter().map(|w| w.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "defaults.timeout",
+                "commands.callbackBeforeCreateGroupCommand.timeout"
+            ]
+        );
+        assert!(Config::default().warnings().is_empty());
+    }
+
+    #[test]
+    fn overrides_keep_unset_keys_from_defaults() {
+        let c = Config::from_yaml(
+            "defaults: {timeout: 2s, reject_code: 20100, on_failure: reject}\n\
+             commands: {callbackBeforeAddFriendCommand: {reject_message: no}}",
+        )
+        .expect("valid");
+        let s = c
+            .settings("callbackBeforeAddFriendCommand")
+            .expect("settings");
+        assert_eq!(
+            (
+                s.timeout.0,
+                s.reject_code,
+                s.on_failure,
+                s.reject_message.as_str()
+            ),
+            (Duration::from_secs(2), 20100, OnFailure::Reject, "no")
+        );
     }
 }

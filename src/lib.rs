@@ -2,35 +2,45 @@
 //!
 //! # Layout
 //!
-//! - [`proto`]: the compiled contract (`proto/openim/callback/v1`): descriptors and generated types.
+//! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
+//!   warnings as values.
+//! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
+//!   crate in `crates/contract`).
 //! - [`catalog`]: the command table, one row per OpenIM command, resolved against the descriptors.
 //! - [`json`]: OpenIM JSON <-> protobuf by descriptor (the input leniencies of design §4).
-//! - [`envelope`]: the decision "what does OpenIM get" and the envelope rules of design §3.
-//! - [`forward`]: the one generic unary call path over tonic.
-//! - [`upstream`]: named upstreams as cheaply cloned tonic channels.
-//! - [`server`]: the axum front end and the handler every command goes through.
+//! - [`decision`]: "what does OpenIM get": the [`decision::Decision`] every path ends in, and the
+//!   two gRPC-status tables (synchronous, spool) side by side.
+//! - [`envelope`]: the envelope and the reply safety rules of design §3, rendered once per request.
+//! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
+//!   part (per-command routes and policies, upstream clients, limits).
+//! - [`pipeline`]: one callback, one path, every exit a decision.
+//! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
+//! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
+//!   `tower::Service`.
+//! - [`http`]: the callback and admin routers with their one layer stack, and the accept loop.
 //! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
-//! - [`config`]: plain serde configuration and its validation.
-//! - [`example`]: the built-in example upstream the embedded default runs.
 //! - [`telemetry`]: logs and metrics.
 //!
-//! The binary only parses flags, loads the config, and calls [`run`].
+//! The Rust example hook service the embedded default serves is the `openim-callback-example`
+//! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses
+//! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
 
 pub mod catalog;
 pub mod config;
+pub mod decision;
+pub mod delivery;
 pub mod envelope;
-pub mod example;
-pub mod forward;
+pub mod gateway;
+pub mod http;
 pub mod json;
+pub mod pipeline;
 pub mod proto;
-pub mod server;
 pub mod spool;
 pub mod telemetry;
 pub mod upstream;
 
 use crate::config::{Config, DEFAULT_UPSTREAM, Delivery, UpstreamConfig};
-use crate::server::Gateway;
-use futures_util::future::BoxFuture;
+use crate::gateway::Gateway;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -40,33 +50,25 @@ use tokio::net::TcpListener;
 pub enum RunError {
     /// The gateway could not be built from the config.
     #[error(transparent)]
-    Build(#[from] server::BuildError),
+    Build(#[from] gateway::BuildError),
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
     /// The built-in example upstream could not start.
     #[error("built-in example upstream: {0}")]
     Example(std::io::Error),
-    /// The HTTP server failed.
+    /// A port could not be bound, or the HTTP server failed.
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
-}
-
-impl spool::Deliver for Gateway {
-    fn deliver<'a>(
-        &'a self,
-        ev: &'a spool::StoredEvent,
-        attempt: u32,
-    ) -> BoxFuture<'a, spool::Outcome> {
-        Box::pin(Gateway::deliver_event(self, ev, attempt))
-    }
 }
 
 /// Whether any after command of `config` uses the durable spool.
 pub fn uses_spool(config: &Config) -> bool {
     catalog::ROWS.iter().any(|row| {
-        let s = config.settings(row.command);
-        row.phase() == catalog::Phase::After && s.enabled && s.delivery == Delivery::Spool
+        row.phase() == catalog::Phase::After
+            && config
+                .settings(row.command)
+                .is_ok_and(|s| s.enabled && s.delivery == Delivery::Spool)
     })
 }
 
@@ -80,7 +82,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let _example = if config.upstreams.is_empty() {
-        let (addr, task) = example::spawn(config.example.clone())
+        let (addr, task) = openim_callback_example::spawn(config.example.clone())
             .await
             .map_err(RunError::Example)?;
         tracing::info!(%addr, "no upstream configured: serving the built-in example upstream in-process");
@@ -103,40 +105,15 @@ pub async fn run(
     let _delivery = spool
         .as_ref()
         .map(|s| AbortOnDrop(s.start(Arc::new(gateway.clone()))));
-    // One shutdown signal for both ports.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal = tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let _signal = AbortOnDrop(signal);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(RunError::Serve)?),
+        None => None,
     };
-    let main_router = match config.admin_listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr).await.map_err(RunError::Serve)?;
-            tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin port: /healthz /readyz /metrics /admin/spool");
-            let router = gateway.admin_router();
-            let stop = stopped(stop_rx.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "admin port stopped");
-                }
-            });
-            gateway.callback_router()
-        }
-        None => gateway.router(),
+    let ports = http::Ports {
+        callback: listener,
+        admin,
     };
-    // Announced only once every port is bound.
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at http://{addr}/callbackExample");
-    }
-    axum::serve(listener, main_router)
-        .with_graceful_shutdown(stopped(stop_rx))
+    http::serve(&gateway, ports, shutdown)
         .await
         .map_err(RunError::Serve)?;
     if let Some(spool) = spool {

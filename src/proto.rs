@@ -1,14 +1,10 @@
-//! The compiled contract: the descriptor pool the generic path reads, and the generated types the
-//! built-in example upstream and the tests use.
+//! The compiled contract as the gateway reads it: the descriptor pool of the contract crate's
+//! descriptor set (the generic path works on descriptors, never on generated types).
 
 use prost_reflect::DescriptorPool;
 use std::sync::LazyLock;
 
-/// The protobuf package of the contract.
-pub const PACKAGE: &str = "openim.callback.v1";
-
-/// The encoded `FileDescriptorSet` of `proto/`, compiled by `build.rs`.
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+pub use openim_callback_contract::{DESCRIPTOR_SET, PACKAGE, PROTO_FILES, v1};
 
 static POOL: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
     LazyLock::new(|| DescriptorPool::decode(DESCRIPTOR_SET));
@@ -16,10 +12,4 @@ static POOL: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
 /// The descriptor pool of the contract.
 pub fn pool() -> Result<&'static DescriptorPool, &'static prost_reflect::DescriptorError> {
     POOL.as_ref()
-}
-
-/// Generated prost messages and tonic clients/servers of `openim.callback.v1`.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod v1 {
-    tonic::include_proto!("openim.callback.v1");
 }

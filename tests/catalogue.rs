@@ -7,7 +7,7 @@
 mod support;
 
 use openim_callback_gateway::catalog::{Catalog, Phase, ROWS};
-use openim_callback_gateway::{envelope, json};
+use openim_callback_gateway::{decision, envelope, json};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde_json::Value as Json;
@@ -137,20 +137,24 @@ fn every_sample_reply_maps_to_its_response_message_and_back() {
             "{cmd}: reply keys not in the contract: {non_null_unknown:?}"
         );
         // What the service would return, rendered as the gateway does.
-        let policy = envelope::Policy {
-            on_failure: envelope::FailurePolicy::Continue,
+        let policy = decision::Policy {
+            on_failure: decision::FailurePolicy::Continue,
             default_reject_code: 20001,
             allow_offline_push_info: true,
         };
         let request = json::decode(&entry.request(), &payload(cmd))
             .unwrap()
             .message;
-        let decision = envelope::decide(
-            entry,
-            envelope::Outcome::Reply(read.message.clone()),
-            &policy,
+        // Over the wire: the service's reply arrives as encoded bytes.
+        let decision = decision::decide(entry, Ok(read.message.encode_to_vec().into()), &policy);
+        let env = envelope::render(
+            &decision,
+            Some(envelope::Target {
+                entry,
+                request: Some(&request),
+                policy: &policy,
+            }),
         );
-        let env = envelope::respond(entry, &decision, Some(&request), &policy);
         assert_eq!(Json::Object(env.body), json::strip_nulls(&sample), "{cmd}");
         assert!(
             env.fixes.is_empty(),

@@ -5,7 +5,7 @@
 
 mod support;
 
-use openim_callback_gateway::envelope::rejection_details;
+use openim_callback_gateway::decision::rejection_details;
 use openim_callback_gateway::proto::v1 as pb;
 use std::time::{Duration, Instant};
 use support::*;
@@ -13,7 +13,7 @@ use support::*;
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const SEND: &str = "callbackBeforeSendSingleMsgCommand";
 
-async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::server::Gateway) {
+async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::gateway::Gateway) {
     let up = Upstream::start().await;
     let gw = gateway(&config(&up.uri(), extra));
     (up, gw)

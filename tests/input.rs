@@ -11,7 +11,7 @@ use support::*;
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const QUIT: &str = "callbackAfterQuitGroupCommand";
 
-async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::server::Gateway) {
+async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::gateway::Gateway) {
     let up = Upstream::start().await;
     let gw = gateway(&config(&up.uri(), extra));
     (up, gw)
@@ -212,12 +212,15 @@ async fn any_prefix_works_and_the_query_is_ignored_but_key() {
     assert_eq!(calls[0].meta("openim-key"), None);
 }
 
-async fn post_metrics(gw: &openim_callback_gateway::server::Gateway) -> String {
+async fn post_metrics(gw: &openim_callback_gateway::gateway::Gateway) -> String {
     use tower::ServiceExt as _;
     let req = http::Request::get("/metrics")
         .body(axum::body::Body::empty())
         .unwrap();
-    let resp = gw.router().oneshot(req).await.unwrap();
+    let resp = openim_callback_gateway::http::app(gw)
+        .oneshot(req)
+        .await
+        .unwrap();
     let body = http_body_util::BodyExt::collect(resp.into_body())
         .await
         .unwrap()

@@ -11,7 +11,7 @@ use support::*;
 const SET_INFO: &str = "callbackBeforeSetGroupInfoCommand";
 const SET_INFO_EX: &str = "callbackBeforeSetGroupInfoExCommand";
 
-async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::server::Gateway) {
+async fn setup(extra: &str) -> (Upstream, openim_callback_gateway::gateway::Gateway) {
     let up = Upstream::start().await;
     let gw = gateway(&config(&up.uri(), extra));
     (up, gw)

@@ -9,7 +9,7 @@ use openim_callback_gateway::proto::v1 as pb;
 use serde_json::json;
 use support::*;
 
-async fn setup() -> (Upstream, openim_callback_gateway::server::Gateway) {
+async fn setup() -> (Upstream, openim_callback_gateway::gateway::Gateway) {
     let up = Upstream::start().await;
     let gw = gateway(&config(&up.uri(), ""));
     (up, gw)

@@ -6,8 +6,8 @@
 mod support;
 
 use openim_callback_gateway::config::Config;
+use openim_callback_gateway::gateway::Gateway;
 use openim_callback_gateway::proto::v1 as pb;
-use openim_callback_gateway::server::Gateway;
 use openim_callback_gateway::spool::{Spool, Which};
 use std::sync::Arc;
 use std::time::Duration;

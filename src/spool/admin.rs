@@ -4,8 +4,8 @@
 //! - `GET /admin/spool`: [`SpoolStats`]
 //! - `GET /admin/spool/events?which=pending|dead&limit=N`: `[EventView]`, oldest first
 //! - `GET /admin/spool/count?which=pending|dead&command=C`: `{"count": n}`
-//! - `POST /admin/spool/replay?command=C[&after=ID&max=N]`: [`Chunk`]; without `max` all at once
-//! - `POST /admin/spool/purge?which=dead|pending&command=C[&after=ID&max=N]`: [`Chunk`]
+//! - `POST /admin/spool/replay?command=C[&after=ID&max=N]`: [`Progress`]; without `max` all at once
+//! - `POST /admin/spool/purge?which=dead|pending&command=C[&after=ID&max=N]`: [`Progress`]
 //!
 //! Errors answer `{"error": "…"}` with status 500 (503 once the spool is shut down); a bad query
 //! answers 400.
@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{Chunk, Spool, SpoolError, SpoolStats, StoredEvent, Which};
+use super::{Progress, Spool, SpoolError, SpoolStats, StoredEvent, Which};
 
 /// Most events one `GET /admin/spool/events` returns.
 pub const MAX_LIST: usize = 10_000;
@@ -31,18 +31,12 @@ pub struct EventView {
     pub delivery_id: String,
     /// OpenIM callback command.
     pub command: String,
-    /// gRPC method path.
-    pub method: String,
-    /// Upstream name.
-    pub upstream: String,
     /// Ordering key, if any.
     pub order_key: Option<String>,
     /// OpenIM operation id.
     pub operation_id: String,
     /// OpenIM's `key` query parameter, if any.
     pub openim_key: Option<String>,
-    /// Per-attempt deadline in milliseconds.
-    pub timeout_ms: u64,
     /// Attempts made.
     pub attempts: u32,
     /// First stored, milliseconds since the Unix epoch.
@@ -66,12 +60,9 @@ impl From<&StoredEvent> for EventView {
             id: e.id,
             delivery_id: e.delivery_id.clone(),
             command: e.event.command.clone(),
-            method: e.event.method.clone(),
-            upstream: e.event.upstream.clone(),
             order_key: e.event.order_key.clone(),
             operation_id: e.event.operation_id.clone(),
             openim_key: e.event.openim_key.clone(),
-            timeout_ms: e.event.timeout_ms,
             attempts: e.attempts,
             first_seen_ms: e.first_seen_ms,
             last_error: e.last_error.clone(),
@@ -183,10 +174,10 @@ async fn count(
 async fn replay(
     State(spool): State<Spool>,
     Query(q): Query<ReplayQuery>,
-) -> Result<Json<Chunk>, ApiError> {
+) -> Result<Json<Progress>, ApiError> {
     let chunk = blocking(spool, move |s| match q.max {
         Some(max) => s.replay_dead_chunk(q.command.as_deref(), q.after, max),
-        None => s.replay_dead(q.command.as_deref()).map(|count| Chunk {
+        None => s.replay_dead(q.command.as_deref()).map(|count| Progress {
             count,
             next_after: None,
         }),
@@ -198,13 +189,15 @@ async fn replay(
 async fn purge(
     State(spool): State<Spool>,
     Query(q): Query<PurgeQuery>,
-) -> Result<Json<Chunk>, ApiError> {
+) -> Result<Json<Progress>, ApiError> {
     let chunk = blocking(spool, move |s| match q.max {
         Some(max) => s.purge_chunk(q.which, q.command.as_deref(), q.after, max),
-        None => s.purge(q.which, q.command.as_deref()).map(|count| Chunk {
-            count,
-            next_after: None,
-        }),
+        None => s
+            .purge(q.which, q.command.as_deref())
+            .map(|count| Progress {
+                count,
+                next_after: None,
+            }),
     })
     .await?;
     Ok(Json(chunk))

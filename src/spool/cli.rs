@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use super::admin::{CountView, EventView};
-use super::{Chunk, Spool, SpoolError, SpoolSettings, SpoolStats, Which};
+use super::{Progress, Spool, SpoolError, SpoolSettings, SpoolStats, Which};
 
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
@@ -315,7 +315,7 @@ impl Backend {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Chunk, SpoolError> {
+    ) -> Result<Progress, SpoolError> {
         match self {
             Backend::Local(s) => s.replay_dead_chunk(command, after, max),
             Backend::Admin(a) => {
@@ -341,7 +341,7 @@ impl Backend {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Chunk, SpoolError> {
+    ) -> Result<Progress, SpoolError> {
         match self {
             Backend::Local(s) => s.purge_chunk(which, command, after, max),
             Backend::Admin(a) => {

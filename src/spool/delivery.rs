@@ -17,12 +17,12 @@ use tokio::time::Instant;
 
 use super::store::{self, Loaded};
 use super::writer::Cmd;
-use super::{DEFAULT_TIMEOUT_MS, Deliver, Inner, Outcome, Shared, now_ms};
+use super::{Deliver, DeliveryResult, Shared, SpoolCore, now_ms};
 use humantime::format_duration;
 
 /// A schedulable event: its id and ordering key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub(crate) struct Ticket {
     pub(crate) id: u64,
     pub(crate) key: Option<Arc<str>>,
     /// Attempts made, once this process made one: the stored count is updated asynchronously,
@@ -33,7 +33,7 @@ pub(crate) struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 struct Timer {
     due: Instant,
-    entry: Entry,
+    entry: Ticket,
 }
 
 impl Ord for Timer {
@@ -50,7 +50,7 @@ impl PartialOrd for Timer {
 
 #[derive(Default)]
 struct State {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Ticket>,
     timers: BinaryHeap<Reverse<Timer>>,
     /// Per ordering key, the ids waiting in append order; the front one is the head.
     keys: HashMap<Arc<str>, VecDeque<u64>>,
@@ -72,7 +72,7 @@ impl Sched {
     pub(crate) fn enqueue(&self, id: u64, key: Option<String>) {
         let mut st = self.lock();
         match key {
-            None => st.ready.push_back(Entry {
+            None => st.ready.push_back(Ticket {
                 id,
                 key: None,
                 attempts: None,
@@ -85,7 +85,7 @@ impl Sched {
                 let queue = st.keys.entry(k.clone()).or_default();
                 queue.push_back(id);
                 if queue.len() == 1 {
-                    st.ready.push_back(Entry {
+                    st.ready.push_back(Ticket {
                         id,
                         key: Some(k),
                         attempts: None,
@@ -98,7 +98,7 @@ impl Sched {
     }
 
     /// The entry is done (delivered, dead, or gone): its key's next event becomes ready.
-    pub(crate) fn finish(&self, entry: &Entry) {
+    pub(crate) fn finish(&self, entry: &Ticket) {
         let Some(k) = &entry.key else { return };
         let mut st = self.lock();
         let mut next = None;
@@ -116,7 +116,7 @@ impl Sched {
             st.keys.remove(k);
         }
         if let Some(id) = next {
-            st.ready.push_back(Entry {
+            st.ready.push_back(Ticket {
                 id,
                 key: Some(k.clone()),
                 attempts: None,
@@ -127,13 +127,13 @@ impl Sched {
     }
 
     /// Tries the entry again at `due`; its key stays blocked until then.
-    pub(crate) fn retry(&self, entry: Entry, due: Instant) {
+    pub(crate) fn retry(&self, entry: Ticket, due: Instant) {
         self.lock().timers.push(Reverse(Timer { due, entry }));
         self.notify.notify_one();
     }
 
     /// The next ready entry, or when the next timer is due.
-    fn take(&self, now: Instant) -> (Option<Entry>, Option<Instant>) {
+    fn take(&self, now: Instant) -> (Option<Ticket>, Option<Instant>) {
         let mut st = self.lock();
         while st.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
             if let Some(Reverse(t)) = st.timers.pop() {
@@ -148,7 +148,7 @@ impl Sched {
 /// The dispatcher: takes ready entries and runs each attempt on its own task, at most `workers`
 /// at a time. Holds the spool weakly so that dropping the last [`super::Spool`] ends it.
 pub(crate) async fn dispatch(
-    weak: Weak<Inner>,
+    weak: Weak<SpoolCore>,
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -210,9 +210,9 @@ impl Drop for InFlight {
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
 async fn attempt(
-    inner: Arc<Inner>,
+    inner: Arc<SpoolCore>,
     deliverer: Arc<dyn Deliver>,
-    entry: Entry,
+    entry: Ticket,
     // Released however the attempt ends.
     _slot: (OwnedSemaphorePermit, InFlight),
 ) {
@@ -246,26 +246,26 @@ async fn attempt(
         .max(rec.attempts)
         .saturating_add(1);
     let since_ms = rec.since_ms;
-    let timeout_ms = match rec.timeout_ms {
-        0 => DEFAULT_TIMEOUT_MS,
-        ms => ms,
-    };
     let mut ev = rec.into_stored(id);
     ev.attempts = number - 1;
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let deadline = Duration::from_millis(timeout_ms) + DEADLINE_SLACK;
+    let timeout = deliverer.deadline(&ev);
+    let deadline = timeout + DEADLINE_SLACK;
 
     // Its own task, so that a panicking deliverer costs one attempt, not the event's key.
     let d = deliverer.clone();
     let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
     let outcome = match tokio::time::timeout(deadline, &mut call).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => Outcome::Retry(format!("the delivery task failed: {e}")),
+        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
         Err(_) => {
             call.abort();
-            Outcome::Retry(format!("no answer within the deadline of {timeout_ms}ms"))
+            DeliveryResult::Retry(format!(
+                "no answer within the deadline of {}",
+                format_duration(timeout)
+            ))
         }
     };
 
@@ -291,7 +291,7 @@ async fn attempt(
         );
     };
     match outcome {
-        Outcome::Delivered => {
+        DeliveryResult::Delivered => {
             metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
                 .increment(1);
             tracing::debug!(
@@ -303,14 +303,14 @@ async fn attempt(
             send(&inner, Cmd::Delivered { id });
             inner.shared.sched.finish(&entry);
         }
-        Outcome::Permanent(error) => {
+        DeliveryResult::Permanent(error) => {
             dead(
                 format!("permanent error on attempt {number}: {error}"),
                 "permanent",
             );
             inner.shared.sched.finish(&entry);
         }
-        Outcome::Retry(error) => {
+        DeliveryResult::Retry(error) => {
             metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
                 .increment(1);
             let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
@@ -347,7 +347,7 @@ async fn attempt(
                         error,
                     },
                 );
-                let entry = Entry {
+                let entry = Ticket {
                     attempts: Some(number),
                     ..entry
                 };
@@ -357,13 +357,13 @@ async fn attempt(
     }
 }
 
-fn read_failed(inner: &Inner, entry: Entry, e: &dyn std::fmt::Display) {
+fn read_failed(inner: &SpoolCore, entry: Ticket, e: &dyn std::fmt::Display) {
     tracing::error!(id = entry.id, error = %e, "reading a spooled event failed; trying again later");
     let due = Instant::now() + inner.settings.backoff_max;
     inner.shared.sched.retry(entry, due);
 }
 
-fn send(inner: &Inner, cmd: Cmd) {
+fn send(inner: &SpoolCore, cmd: Cmd) {
     if inner.tx.send(cmd).is_err() {
         // Only after shutdown: the event stays pending and is delivered again after a restart.
         tracing::debug!("spool writer stopped; a delivery result was not recorded");

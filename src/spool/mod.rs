@@ -50,7 +50,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 use self::delivery::Sched;
 use self::store::Record;
-use self::writer::{Chunk as ChunkOp, Cmd};
+use self::writer::{ChunkOp, Cmd};
 
 /// Name of the spool file inside [`SpoolSettings::dir`].
 pub const FILE_NAME: &str = "spool.redb";
@@ -61,7 +61,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long [`Spool::shutdown`] waits for delivery attempts already running.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Per-attempt deadline used when an event says `timeout_ms: 0`.
+/// Per-attempt deadline of a [`Deliver`] that does not say otherwise.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// What the spool does with a new event when it is full.
@@ -130,46 +130,58 @@ impl SpoolSettings {
         self.dir.join(FILE_NAME)
     }
 
-    /// Checks the values that would make the spool misbehave; [`Spool::open`] calls it.
-    pub fn validate(&self) -> Result<(), SpoolError> {
-        let bad = |what: &str| Err(SpoolError::Config(what.to_owned()));
+    /// Checks the values that would make the spool misbehave; `Config::validate` and
+    /// [`Spool::open`] call it.
+    pub fn validate(&self) -> Result<(), SpoolSettingError> {
+        let bad =
+            |key: &'static str, problem: &'static str| Err(SpoolSettingError { key, problem });
         if self.max_events == 0 {
-            return bad("max_events must be at least 1");
+            return bad("max_events", "must be at least 1");
         }
         if self.max_bytes == 0 {
-            return bad("max_bytes must be at least 1");
+            return bad("max_bytes", "must be at least 1");
         }
         if self.workers == 0 {
-            return bad("workers must be at least 1");
+            return bad("workers", "must be at least 1");
         }
         if self.max_attempts == 0 {
-            return bad("max_attempts must be at least 1");
+            return bad("max_attempts", "must be at least 1");
         }
         if self.batch_max == 0 {
-            return bad("batch_max must be at least 1");
+            return bad("batch_max", "must be at least 1");
         }
         if self.max_age.is_zero() {
-            return bad("max_age must be longer than 0s");
+            return bad("max_age", "must be longer than 0s");
         }
         if self.backoff_initial < Duration::from_millis(1) {
-            return bad("backoff_initial must be at least 1ms");
+            return bad("backoff_initial", "must be at least 1ms");
         }
         if self.backoff_max < self.backoff_initial {
-            return bad("backoff_max must not be shorter than backoff_initial");
+            return bad("backoff_max", "must not be shorter than backoff_initial");
         }
         Ok(())
     }
 }
 
+/// A spool setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {problem}")]
+pub struct SpoolSettingError {
+    /// The key under `spool:`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: &'static str,
+}
+
 /// An after-callback to store and deliver.
+///
+/// It keeps what OpenIM sent (the command, the payload, the ids), not where it goes: the
+/// [`Deliver`] implementation resolves the upstream, method and deadline from the current
+/// configuration at each attempt, so moving or renaming an upstream never strands pending events.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewEvent {
     /// OpenIM callback command, e.g. `callbackAfterQuitGroupCommand`.
     pub command: String,
-    /// gRPC path, e.g. `/openim.callback.v1.GroupCallbackService/AfterQuitGroup`.
-    pub method: String,
-    /// Name of the upstream to call.
-    pub upstream: String,
     /// `Some` => delivered strictly one after another with the other events of the same key, in
     /// append order; `None` => delivered in parallel with everything else.
     pub order_key: Option<String>,
@@ -179,8 +191,6 @@ pub struct NewEvent {
     pub openim_key: Option<String>,
     /// The protobuf-encoded request message.
     pub payload: Vec<u8>,
-    /// Per-attempt deadline in milliseconds (0 means [`DEFAULT_TIMEOUT_MS`]).
-    pub timeout_ms: u64,
 }
 
 /// An event as stored in the spool, handed to [`Deliver::deliver`] and returned by [`Spool::list`].
@@ -211,7 +221,7 @@ pub struct StoredEventRef {
 
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DeliveryResult {
     /// The upstream accepted the event: it is removed from the spool.
     Delivered,
     /// A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, connection
@@ -221,16 +231,24 @@ pub enum Outcome {
     Permanent(String),
 }
 
-/// Delivers one event to its upstream; implemented by the gateway's forwarder, faked in tests.
+/// Delivers one event to its upstream; implemented by the gateway (`crate::delivery`), faked in
+/// tests.
 pub trait Deliver: Send + Sync + 'static {
+    /// The deadline of one attempt for this event, as the current configuration says; the spool
+    /// enforces it (plus a little slack) on top of the implementation's own.
+    fn deadline(&self, ev: &StoredEvent) -> Duration {
+        let _ = ev;
+        Duration::from_millis(DEFAULT_TIMEOUT_MS)
+    }
+
     /// One attempt; `attempt` starts at 1. The implementation sets `openim-delivery-id` =
-    /// `ev.delivery_id` and `openim-delivery-attempt` = `attempt`, and should use
-    /// `ev.event.timeout_ms` as its deadline (the spool enforces it too).
+    /// `ev.delivery_id` and `openim-delivery-attempt` = `attempt`, and keeps to
+    /// [`Deliver::deadline`].
     fn deliver<'a>(
         &'a self,
         ev: &'a StoredEvent,
         attempt: u32,
-    ) -> futures_util::future::BoxFuture<'a, Outcome>;
+    ) -> futures_util::future::BoxFuture<'a, DeliveryResult>;
 }
 
 /// Which part of the spool an operator command works on.
@@ -269,7 +287,7 @@ pub struct SpoolStats {
 
 /// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub struct Chunk {
+pub struct Progress {
     /// Events replayed or purged by this step.
     pub count: u64,
     /// `Some(id)`: more to do, continue after this id; `None`: done.
@@ -384,7 +402,7 @@ pub enum SpoolError {
 /// The live spool: cheap to clone, shared by the HTTP path, the workers and the admin API.
 #[derive(Clone)]
 pub struct Spool {
-    inner: Arc<Inner>,
+    inner: Arc<SpoolCore>,
 }
 
 /// Counters shared by the writer thread, the workers and [`Spool::stats`].
@@ -398,7 +416,7 @@ pub(crate) struct Shared {
     pub(crate) sched: Sched,
 }
 
-struct Inner {
+struct SpoolCore {
     settings: SpoolSettings,
     db: Arc<Database>,
     shared: Arc<Shared>,
@@ -409,7 +427,7 @@ struct Inner {
     started: AtomicBool,
 }
 
-impl Drop for Inner {
+impl Drop for SpoolCore {
     fn drop(&mut self) {
         // Wake the dispatcher (it only holds a weak reference), then let the writer sync what it
         // has and close the file, so that a new `Spool::open` of the same file works at once.
@@ -439,7 +457,9 @@ impl Spool {
     /// Fails with a clear [`SpoolError`] when the directory cannot be created, the file cannot be
     /// read, is not a spool or is corrupted, or is already open. Needs no tokio runtime.
     pub fn open(settings: &SpoolSettings) -> Result<Spool, SpoolError> {
-        settings.validate()?;
+        settings
+            .validate()
+            .map_err(|e| SpoolError::Config(e.to_string()))?;
         let opened = store::open(settings)?;
         let path = settings.path();
         let sched = Sched::default();
@@ -481,7 +501,7 @@ impl Spool {
         );
         writer::publish_gauges(&shared);
         Ok(Spool {
-            inner: Arc::new(Inner {
+            inner: Arc::new(SpoolCore {
                 sem: Arc::new(Semaphore::new(settings.workers)),
                 settings: settings.clone(),
                 db,
@@ -616,7 +636,7 @@ impl Spool {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Chunk, SpoolError> {
+    ) -> Result<Progress, SpoolError> {
         self.call_chunk(ChunkOp {
             replay: true,
             which: Which::Dead,
@@ -633,7 +653,7 @@ impl Spool {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Chunk, SpoolError> {
+    ) -> Result<Progress, SpoolError> {
         self.call_chunk(ChunkOp {
             replay: false,
             which,
@@ -645,7 +665,7 @@ impl Spool {
 
     fn all_chunks(
         &self,
-        mut step: impl FnMut(Option<u64>) -> Result<Chunk, SpoolError>,
+        mut step: impl FnMut(Option<u64>) -> Result<Progress, SpoolError>,
     ) -> Result<u64, SpoolError> {
         let mut total = 0;
         let mut after = None;
@@ -660,7 +680,7 @@ impl Spool {
         }
     }
 
-    fn call_chunk(&self, op: ChunkOp) -> Result<Chunk, SpoolError> {
+    fn call_chunk(&self, op: ChunkOp) -> Result<Progress, SpoolError> {
         let (reply, rx) = std::sync::mpsc::channel();
         self.inner
             .tx

@@ -42,17 +42,18 @@ pub(crate) fn entry_bytes(record_len: usize) -> u64 {
         .saturating_add(8)
 }
 
-/// One stored event. Field numbers are the file format: never renumber.
+/// One stored event. Field numbers are the file format: never renumber or reuse one.
+///
+/// Tags 3 (`method`), 4 (`upstream`) and 9 (`timeout_ms`) were written by 0.1.0, which fixed an
+/// event's route when it was received; the route is now resolved at each delivery, so they are no
+/// longer written, and when a 0.1.0 record is read they are skipped like any unknown field
+/// (`tests/data/spool-v0.1.0` is such a file).
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct Record {
     #[prost(string, tag = "1")]
     pub(crate) delivery_id: String,
     #[prost(string, tag = "2")]
     pub(crate) command: String,
-    #[prost(string, tag = "3")]
-    pub(crate) method: String,
-    #[prost(string, tag = "4")]
-    pub(crate) upstream: String,
     #[prost(string, optional, tag = "5")]
     pub(crate) order_key: Option<String>,
     #[prost(string, tag = "6")]
@@ -61,8 +62,6 @@ pub(crate) struct Record {
     pub(crate) openim_key: Option<String>,
     #[prost(bytes = "vec", tag = "8")]
     pub(crate) payload: Vec<u8>,
-    #[prost(uint64, tag = "9")]
-    pub(crate) timeout_ms: u64,
     #[prost(uint32, tag = "10")]
     pub(crate) attempts: u32,
     #[prost(uint64, tag = "11")]
@@ -88,13 +87,10 @@ impl Record {
         Record {
             delivery_id: String::new(),
             command: ev.command,
-            method: ev.method,
-            upstream: ev.upstream,
             order_key: ev.order_key,
             operation_id: ev.operation_id,
             openim_key: ev.openim_key,
             payload: ev.payload,
-            timeout_ms: ev.timeout_ms,
             attempts: 0,
             first_seen_ms: now_ms,
             last_error: None,
@@ -111,13 +107,10 @@ impl Record {
             last_error: self.last_error,
             event: NewEvent {
                 command: self.command,
-                method: self.method,
-                upstream: self.upstream,
                 order_key: self.order_key,
                 operation_id: self.operation_id,
                 openim_key: self.openim_key,
                 payload: self.payload,
-                timeout_ms: self.timeout_ms,
             },
         }
     }

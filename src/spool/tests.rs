@@ -31,13 +31,10 @@ fn settings(dir: &Path) -> SpoolSettings {
 fn event(command: &str, n: u32) -> NewEvent {
     NewEvent {
         command: command.to_owned(),
-        method: "/openim.callback.v1.GroupCallbackService/AfterQuitGroup".to_owned(),
-        upstream: "default".to_owned(),
         order_key: None,
         operation_id: format!("op-{n}"),
         openim_key: Some("k".to_owned()),
         payload: n.to_be_bytes().to_vec(),
-        timeout_ms: 2_000,
     }
 }
 
@@ -61,16 +58,17 @@ struct Call {
     key: Option<String>,
 }
 
-type Script = dyn Fn(&StoredEvent, u32) -> BoxFuture<'static, Outcome> + Send + Sync;
+type Script = dyn Fn(&StoredEvent, u32) -> BoxFuture<'static, DeliveryResult> + Send + Sync;
 
 /// A deliverer that records every attempt and answers what the test's script says.
 struct Fake {
     calls: Mutex<Vec<Call>>,
     script: Box<Script>,
+    deadline: Duration,
 }
 
 impl Fake {
-    fn new(f: impl Fn(&StoredEvent, u32) -> Outcome + Send + Sync + 'static) -> Arc<Fake> {
+    fn new(f: impl Fn(&StoredEvent, u32) -> DeliveryResult + Send + Sync + 'static) -> Arc<Fake> {
         Fake::new_async(move |ev, attempt| {
             let o = f(ev, attempt);
             Box::pin(async move { o })
@@ -78,12 +76,20 @@ impl Fake {
     }
 
     fn new_async(
-        f: impl Fn(&StoredEvent, u32) -> BoxFuture<'static, Outcome> + Send + Sync + 'static,
+        f: impl Fn(&StoredEvent, u32) -> BoxFuture<'static, DeliveryResult> + Send + Sync + 'static,
     ) -> Arc<Fake> {
         Arc::new(Fake {
             calls: Mutex::new(Vec::new()),
             script: Box::new(f),
+            deadline: Duration::from_secs(2),
         })
+    }
+
+    /// The same fake with a shorter per-attempt deadline.
+    fn with_deadline(self: Arc<Fake>, deadline: Duration) -> Arc<Fake> {
+        let mut fake = Arc::into_inner(self).expect("not shared yet");
+        fake.deadline = deadline;
+        Arc::new(fake)
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -92,7 +98,11 @@ impl Fake {
 }
 
 impl Deliver for Fake {
-    fn deliver<'a>(&'a self, ev: &'a StoredEvent, attempt: u32) -> BoxFuture<'a, Outcome> {
+    fn deadline(&self, _: &StoredEvent) -> Duration {
+        self.deadline
+    }
+
+    fn deliver<'a>(&'a self, ev: &'a StoredEvent, attempt: u32) -> BoxFuture<'a, DeliveryResult> {
         self.calls.lock().unwrap().push(Call {
             id: ev.id,
             delivery_id: ev.delivery_id.clone(),
@@ -129,7 +139,7 @@ async fn close(spool: Spool) {
 async fn delivered_event_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
-    let fake = Fake::new(|_, _| Outcome::Delivered);
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &fake);
     let r = spool
         .append(event("callbackAfterQuitGroupCommand", 7))
@@ -154,9 +164,9 @@ async fn retry_then_success_keeps_the_delivery_id() {
     let spool = Spool::open(&settings(dir.path())).unwrap();
     let fake = Fake::new(|_, attempt| {
         if attempt < 3 {
-            Outcome::Retry("UNAVAILABLE: connection refused".into())
+            DeliveryResult::Retry("UNAVAILABLE: connection refused".into())
         } else {
-            Outcome::Delivered
+            DeliveryResult::Delivered
         }
     });
     start(&spool, &fake);
@@ -179,7 +189,8 @@ async fn retry_then_success_keeps_the_delivery_id() {
 async fn permanent_error_goes_dead_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
-    let fake = Fake::new(|_, _| Outcome::Permanent("INVALID_ARGUMENT: no such group".into()));
+    let fake =
+        Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: no such group".into()));
     start(&spool, &fake);
     let r = spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -211,7 +222,7 @@ async fn exhausted_attempts_go_dead() {
         ..settings(dir.path())
     })
     .unwrap();
-    let fake = Fake::new(|_, _| Outcome::Retry("UNAVAILABLE: upstream down".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE: upstream down".into()));
     start(&spool, &fake);
     spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -244,7 +255,7 @@ async fn too_old_goes_dead() {
     let fake = Fake::new_async(|_, _| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            Outcome::Retry("DEADLINE_EXCEEDED".into())
+            DeliveryResult::Retry("DEADLINE_EXCEEDED".into())
         })
     });
     start(&spool, &fake);
@@ -269,17 +280,14 @@ async fn deadline_and_panic_cost_one_attempt_each() {
     let fake = Fake::new_async(|ev, attempt| match (n_of(ev), attempt) {
         (1, 1) => Box::pin(async {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            Outcome::Delivered
+            DeliveryResult::Delivered
         }),
         (1, 2) => panic!("deliverer bug (expected by the test)"),
-        _ => Box::pin(async { Outcome::Delivered }),
-    });
+        _ => Box::pin(async { DeliveryResult::Delivered }),
+    })
+    .with_deadline(Duration::from_millis(50));
     start(&spool, &fake);
-    let ev = NewEvent {
-        timeout_ms: 50,
-        ..keyed("g", 1)
-    };
-    spool.append(ev).await.unwrap();
+    spool.append(keyed("g", 1)).await.unwrap();
     spool.append(keyed("g", 2)).await.unwrap();
     wait_until("delivery", || spool.stats().pending == 0).await;
     let calls = fake.calls();
@@ -299,9 +307,9 @@ async fn replayed_dead_letters_are_delivered() {
     let h = healthy.clone();
     let fake = Fake::new(move |_, _| {
         if h.load(Ordering::SeqCst) {
-            Outcome::Delivered
+            DeliveryResult::Delivered
         } else {
-            Outcome::Permanent("INVALID_ARGUMENT".into())
+            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
         }
     });
     start(&spool, &fake);
@@ -367,7 +375,7 @@ async fn purge_deletes_by_table_and_command() {
     assert_eq!(left, [3, 4]);
     assert_eq!(spool.purge(Which::Dead, None).unwrap(), 0);
 
-    let fake = Fake::new(|_, _| Outcome::Permanent("INVALID_ARGUMENT".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT".into()));
     start(&spool, &fake);
     wait_until("dead letters", || spool.stats().dead == 2).await;
     assert_eq!(spool.purge(Which::Dead, Some("callbackAfterB")).unwrap(), 2);
@@ -398,7 +406,7 @@ async fn reopened_spool_delivers_pending_events_with_the_same_ids() {
 
     let spool = Spool::open(&s).unwrap();
     assert_eq!(spool.stats().pending, 20);
-    let fake = Fake::new(|_, _| Outcome::Delivered);
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &fake);
     wait_until("all delivered", || spool.stats().pending == 0).await;
     let mut got: Vec<(u64, String)> = fake
@@ -434,7 +442,7 @@ async fn attempts_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let spool = Spool::open(&s).unwrap();
-    let failing = Fake::new(|_, _| Outcome::Retry("UNAVAILABLE".into()));
+    let failing = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE".into()));
     start(&spool, &failing);
     let r = spool.append(event("callbackAfterX", 1)).await.unwrap();
     wait_until("two attempts", || failing.calls().len() >= 2).await;
@@ -451,7 +459,7 @@ async fn attempts_continue_after_a_restart() {
             .unwrap()
             .contains("UNAVAILABLE")
     );
-    let ok = Fake::new(|_, _| Outcome::Delivered);
+    let ok = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &ok);
     wait_until("delivery", || spool.stats().pending == 0).await;
     let calls = ok.calls();
@@ -563,7 +571,7 @@ fn kill_9_loses_no_acknowledged_event() {
         .unwrap();
     rt.block_on(async {
         let spool = Spool::open(&settings(dir.path())).unwrap();
-        let fake = Fake::new(|_, _| Outcome::Delivered);
+        let fake = Fake::new(|_, _| DeliveryResult::Delivered);
         start(&spool, &fake);
         wait_until("delivery after the crash", || spool.stats().pending == 0).await;
         let delivered: HashMap<u64, String> = fake
@@ -658,7 +666,7 @@ async fn full_spool_drops_oldest_under_drop_oldest() {
     assert_eq!(spool.stats().pending, 3);
 
     // The dropped events are not delivered; the others are.
-    let fake = Fake::new(|_, _| Outcome::Delivered);
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &fake);
     wait_until("delivery", || spool.stats().pending == 0).await;
     let mut ns: Vec<u32> = fake.calls().iter().map(|c| c.n).collect();
@@ -709,9 +717,9 @@ async fn same_key_is_sequential_in_append_order_even_with_retries() {
             tokio::time::sleep(Duration::from_millis(2)).await;
             a.lock().unwrap().remove(&key);
             if n == 1 && attempt < 3 {
-                Outcome::Retry("UNAVAILABLE".into())
+                DeliveryResult::Retry("UNAVAILABLE".into())
             } else {
-                Outcome::Delivered
+                DeliveryResult::Delivered
             }
         })
     });
@@ -763,7 +771,7 @@ async fn different_keys_and_unordered_events_run_concurrently() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             r.fetch_sub(1, Ordering::SeqCst);
-            Outcome::Delivered
+            DeliveryResult::Delivered
         })
     });
     start(&spool, &fake);
@@ -897,7 +905,7 @@ async fn undecodable_record_goes_to_the_dead_letters() {
     }
     let spool = Spool::open(&s).unwrap();
     assert_eq!(spool.stats().pending, 1);
-    let fake = Fake::new(|_, _| Outcome::Delivered);
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &fake);
     wait_until("quarantine", || spool.stats().dead == 1).await;
     assert!(fake.calls().is_empty());
@@ -1017,7 +1025,7 @@ async fn cli_commands_on_the_spool_file() {
 
     // 5 dead letters (3 of A, 2 of B), then 2 pending events.
     let spool = Spool::open(&s).unwrap();
-    let fake = Fake::new(|_, _| Outcome::Permanent("INVALID_ARGUMENT: bad".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: bad".into()));
     start(&spool, &fake);
     for n in 0..5 {
         let cmd = if n < 3 {
@@ -1105,9 +1113,9 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
     let h = healthy.clone();
     let fake = Fake::new(move |_, _| {
         if h.load(Ordering::SeqCst) {
-            Outcome::Delivered
+            DeliveryResult::Delivered
         } else {
-            Outcome::Permanent("INVALID_ARGUMENT".into())
+            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
         }
     });
     start(&spool, &fake);

@@ -19,12 +19,12 @@ use tokio::sync::oneshot;
 
 use super::store::{self, DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
 use super::{
-    AppendError, Chunk as ChunkResult, FLUSH_EVERY, FullPolicy, NewEvent, Shared, SpoolError,
+    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Progress as ChunkResult, Shared, SpoolError,
     SpoolSettings, StoredEventRef, Which, now_ms,
 };
 
 /// A replay or purge step.
-pub(crate) struct Chunk {
+pub(crate) struct ChunkOp {
     /// `true`: move dead letters to pending; `false`: delete from `which`.
     pub(crate) replay: bool,
     pub(crate) which: Which,
@@ -56,7 +56,7 @@ pub(crate) enum Cmd {
     /// A pending record that does not decode: move its bytes to the dead letters as they are.
     Quarantine { id: u64, error: String },
     Chunk {
-        op: Chunk,
+        op: ChunkOp,
         reply: Sender<Result<ChunkResult, SpoolError>>,
     },
     /// Sync everything, answer, and stop the thread.
@@ -455,7 +455,7 @@ const SCAN_PER_MATCH: usize = 8;
 fn chunk(
     pending: &mut Table<'_, u64, &'static [u8]>,
     dead: &mut Table<'_, u64, &'static [u8]>,
-    op: &Chunk,
+    op: &ChunkOp,
     c: &mut Counts,
     fx: &mut Effects,
 ) -> Result<ChunkResult, redb::Error> {

@@ -6,8 +6,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use openim_callback_gateway::config::Config;
-use openim_callback_gateway::forward::RawCodec;
-use openim_callback_gateway::server::Gateway;
+use openim_callback_gateway::gateway::Gateway;
+use openim_callback_gateway::upstream::RawCodec;
 use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -267,7 +267,10 @@ pub async fn post(
         .header("content-type", "application/json; charset=utf-8")
         .body(Body::from(body.into()))
         .expect("request");
-    let resp = gw.router().oneshot(req).await.expect("router never fails");
+    let resp = openim_callback_gateway::http::app(gw)
+        .oneshot(req)
+        .await
+        .expect("router never fails");
     let status = resp.status();
     let content_type = resp
         .headers()

@@ -1,8 +1,15 @@
-//! Named upstreams, built from the config into cheaply cloned tonic channels.
+//! Upstreams: named gRPC hook services, built from the config into cheaply cloned clients.
 //!
 //! `Config` stays plain data; this is the live handle built from it (linkerd's split). A channel
 //! connects lazily and reconnects by itself, so a dead upstream at start-up is not an error: calls
 //! fail by the command's failure policy until it comes up. Several endpoints are balanced.
+//!
+//! - `mod.rs` (this file): [`Upstreams`], the channels by name.
+//! - `call.rs`: [`Call`], [`CallError`] and [`UpstreamClient`], the one typed call.
+
+mod call;
+
+pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
 
 use crate::config::UpstreamConfig;
 use std::collections::HashMap;
@@ -23,13 +30,13 @@ pub struct UpstreamError {
 /// The upstreams by name.
 #[derive(Debug, Clone, Default)]
 pub struct Upstreams {
-    channels: HashMap<String, Channel>,
+    clients: HashMap<String, UpstreamClient>,
 }
 
 impl Upstreams {
     /// Builds a lazily connecting channel per upstream. Must run inside a tokio runtime.
     pub fn build(configs: &HashMap<String, UpstreamConfig>) -> Result<Self, UpstreamError> {
-        let mut channels = HashMap::with_capacity(configs.len());
+        let mut clients = HashMap::with_capacity(configs.len());
         for (name, cfg) in configs {
             let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
             for uri in &cfg.endpoints {
@@ -50,13 +57,13 @@ impl Upstreams {
                 1 => endpoints.remove(0).connect_lazy(),
                 _ => Channel::balance_list(endpoints.into_iter()),
             };
-            channels.insert(name.clone(), channel);
+            clients.insert(name.clone(), UpstreamClient::new(channel));
         }
-        Ok(Self { channels })
+        Ok(Self { clients })
     }
 
-    /// The channel of an upstream.
-    pub fn get(&self, name: &str) -> Option<Channel> {
-        self.channels.get(name).cloned()
+    /// The client of an upstream.
+    pub fn get(&self, name: &str) -> Option<&UpstreamClient> {
+        self.clients.get(name)
     }
 }

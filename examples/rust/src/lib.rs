@@ -1,8 +1,10 @@
-//! The built-in example upstream: a plain tonic server implementing all six callback services.
+//! The Rust example hook service: a plain tonic server implementing all six callback services on
+//! the contract crate (`openim-callback-contract`) alone, with no access to gateway internals.
 //!
-//! With no upstream configured, [`crate::run`] starts it in-process on a loopback port, so the
-//! gateway shows allow / reject / modify out of the box. It is also the Rust example to copy from:
-//! every RPC is ordinary tonic service code on the generated types of `openim.callback.v1`.
+//! With no upstream configured, the gateway starts it in-process on a loopback port (the embedded
+//! default of `cargo run --release`), so it shows allow / reject / modify out of the box; the
+//! `openim-callback-example` binary serves it on its own (`examples/rust/serve PORT`). It is the
+//! Rust example to copy from: every RPC is ordinary tonic service code on the generated types.
 //!
 //! The policy, driven by [`ExampleConfig`]:
 //!
@@ -17,9 +19,8 @@
 //!   value".
 //! - **After** callbacks are logged with a few key fields and acknowledged.
 
-use crate::config::ExampleConfig;
-use crate::forward::meta;
-use crate::proto::v1 as pb;
+use openim_callback_contract::metadata as meta;
+use openim_callback_contract::v1 as pb;
 use pb::conversation_callback_service_server::{
     ConversationCallbackService, ConversationCallbackServiceServer,
 };
@@ -28,6 +29,7 @@ use pb::group_callback_service_server::{GroupCallbackService, GroupCallbackServi
 use pb::message_callback_service_server::{MessageCallbackService, MessageCallbackServiceServer};
 use pb::push_callback_service_server::{PushCallbackService, PushCallbackServiceServer};
 use pb::user_callback_service_server::{UserCallbackService, UserCallbackServiceServer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
 use tokio::net::TcpListener;
@@ -37,6 +39,28 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
+
+/// The example's settings (the gateway's `example:` config section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExampleConfig {
+    /// Words that make the example reject group names, messages, remarks and nicknames.
+    pub blocked_words: Vec<String>,
+    /// The code the example rejects with (OpenIM's business range is 20001–29999).
+    pub reject_code: i32,
+    /// The avatar the example gives users who register without one.
+    pub default_face_url: String,
+}
+
+impl Default for ExampleConfig {
+    fn default() -> Self {
+        Self {
+            blocked_words: vec!["forbidden".into(), "spam".into()],
+            reject_code: 20001,
+            default_face_url: "https://example.com/avatar/default.png".into(),
+        }
+    }
+}
 
 /// What every RPC returns.
 type Reply<T> = Result<Response<T>, Status>;

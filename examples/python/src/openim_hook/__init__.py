@@ -1,0 +1,1 @@
+"""Example OpenIM callback hook service for openim-callback-gateway (see ../../README.md)."""

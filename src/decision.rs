@@ -1,0 +1,598 @@
+//! "What does OpenIM get": every exit of a callback as a [`Decision`], and the two gRPC-status
+//! tables side by side: the synchronous one ([`sync_status`], design §2) and the spool's
+//! retry/dead-letter classification ([`delivery_status`]), tested together as one table.
+//!
+//! [`decide`] turns an upstream call's result into a `Decision`; [`fail`] applies a command's
+//! failure policy; `crate::envelope::render` turns any `Decision` into the envelope.
+
+use crate::catalog::CommandEntry;
+use crate::spool::DeliveryResult;
+use crate::upstream::CallError;
+use bytes::Bytes;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, Value};
+
+/// What a command does when its upstream cannot give an answer (design §2, last row): the one
+/// failure policy, `on_failure` in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Let the user's operation go on unchanged (fail open).
+    Continue,
+    /// Reject the operation with this code (fail closed).
+    Reject {
+        /// The errCode OpenIM passes to the client.
+        code: i32,
+        /// The errMsg OpenIM passes to the client.
+        message: String,
+    },
+}
+
+/// The per-command settings a decision and its envelope need.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// What to do when the upstream fails.
+    pub on_failure: FailurePolicy,
+    /// The code used when a rejection carries a code <= 0 (OpenIM would show those as 500).
+    pub default_reject_code: i32,
+    /// Allow MsgModify replies to override `offlinePushInfo` (design §3).
+    pub allow_offline_push_info: bool,
+}
+
+/// Why a callback got no usable answer from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The call failed: an error status, a timeout, an unreachable upstream.
+    #[error(transparent)]
+    Call(CallError),
+    /// The upstream answered with bytes that are not the reply message.
+    #[error("upstream reply is not a valid {message}: {source}")]
+    BadReply {
+        /// The expected message type.
+        message: String,
+        /// The decode error.
+        source: prost::DecodeError,
+    },
+    /// The request from OpenIM could not be read.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The after-event spool did not take the event.
+    #[error(transparent)]
+    Spool(crate::spool::AppendError),
+}
+
+impl Failure {
+    /// A short stable label for logs, metrics and the `errDlt` of a fail-closed rejection.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Call(e) => e.label(),
+            Self::BadReply { .. } => "bad_reply",
+            Self::BadInput(_) => "bad_input",
+            Self::Spool(_) => "spool",
+        }
+    }
+}
+
+/// Why a continue answer has no (or no usable) service reply.
+#[derive(Debug)]
+pub enum Reason {
+    /// The service replied.
+    Replied,
+    /// The service does not implement this RPC.
+    Unimplemented,
+    /// The command is disabled in the config.
+    Disabled,
+    /// An after-event was stored in the durable spool.
+    Spooled,
+    /// The failure policy let the operation go on.
+    FailOpen(Failure),
+    /// The command is unknown to the gateway.
+    UnknownCommand,
+}
+
+/// What OpenIM will be told: the end of every path of a callback.
+#[derive(Debug)]
+pub enum Decision {
+    /// Let the operation go on, with the service's modifications if any.
+    Continue {
+        /// The service's reply, whose set fields become overrides.
+        reply: Option<DynamicMessage>,
+        /// Why.
+        reason: Reason,
+    },
+    /// Reject the operation.
+    Reject {
+        /// errCode, > 0.
+        code: i32,
+        /// errMsg.
+        message: String,
+        /// errDlt.
+        detail: String,
+        /// The failure behind a fail-closed (or spool) rejection; `None` when the service
+        /// rejected.
+        failure: Option<Failure>,
+    },
+}
+
+impl Decision {
+    /// The outcome label of logs and metrics: `continue`, `unimplemented`, `disabled`,
+    /// `spooled`, `fail_open`, `unknown_command`, `reject`, `fail_closed`, `spool_rejected`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Continue { reason, .. } => match reason {
+                Reason::Replied => "continue",
+                Reason::Unimplemented => "unimplemented",
+                Reason::Disabled => "disabled",
+                Reason::Spooled => "spooled",
+                Reason::FailOpen(_) => "fail_open",
+                Reason::UnknownCommand => "unknown_command",
+            },
+            Self::Reject { failure: None, .. } => "reject",
+            Self::Reject {
+                failure: Some(Failure::Spool(_)),
+                ..
+            } => "spool_rejected",
+            Self::Reject {
+                failure: Some(_), ..
+            } => "fail_closed",
+        }
+    }
+
+    /// The failure behind this decision, if any.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Self::Continue {
+                reason: Reason::FailOpen(f),
+                ..
+            }
+            | Self::Reject {
+                failure: Some(f), ..
+            } => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A plain continue for `reason`, with no reply.
+    pub fn continue_for(reason: Reason) -> Self {
+        Self::Continue {
+            reply: None,
+            reason,
+        }
+    }
+}
+
+/// What a before callback does with a non-OK status (design §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStatus {
+    /// The service rejects the operation (code and text from the status and its details).
+    Reject,
+    /// The service has nothing to say: continue unchanged.
+    Continue,
+    /// An error: the command's failure policy decides.
+    FailurePolicy,
+}
+
+/// What the spool does with a delivery that ended in a non-OK status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Done: the event is removed.
+    Delivered,
+    /// Transient: retried after a backoff.
+    Retry,
+    /// Retrying will not help: the event becomes a dead letter.
+    DeadLetter,
+}
+
+/// The synchronous status table.
+pub fn sync_status(code: tonic::Code) -> SyncStatus {
+    use tonic::Code::*;
+    match code {
+        PermissionDenied | InvalidArgument | FailedPrecondition => SyncStatus::Reject,
+        Unimplemented => SyncStatus::Continue,
+        _ => SyncStatus::FailurePolicy,
+    }
+}
+
+/// The spool's status table.
+pub fn delivery_status(code: tonic::Code) -> DeliveryStatus {
+    use tonic::Code::*;
+    match code {
+        Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled | Unknown
+        | Internal => DeliveryStatus::Retry,
+        // The service does not want this event; nothing to retry.
+        Unimplemented => DeliveryStatus::Delivered,
+        _ => DeliveryStatus::DeadLetter,
+    }
+}
+
+/// Decides the answer to OpenIM for a synchronous call's result (design §2 table).
+pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &Policy) -> Decision {
+    let code_or_default = |code: i32| {
+        if code > 0 {
+            code
+        } else {
+            policy.default_reject_code
+        }
+    };
+    let status = match result {
+        Ok(bytes) => {
+            let reply = match DynamicMessage::decode(entry.response(), bytes) {
+                Ok(reply) => reply,
+                Err(source) => {
+                    return fail(
+                        Failure::BadReply {
+                            message: entry.response().full_name().to_owned(),
+                            source,
+                        },
+                        policy,
+                    );
+                }
+            };
+            let rejection = entry
+                .rejection
+                .as_ref()
+                .filter(|f| reply.has_field(f))
+                .map(|f| reply.get_field(f).into_owned());
+            return match rejection {
+                Some(Value::Message(r)) => {
+                    let text = |name: &str| {
+                        r.get_field_by_name(name)
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    };
+                    let code = r
+                        .get_field_by_name("code")
+                        .and_then(|v| v.as_i32())
+                        .unwrap_or_default();
+                    Decision::Reject {
+                        code: code_or_default(code),
+                        message: text("message"),
+                        detail: text("detail"),
+                        failure: None,
+                    }
+                }
+                _ => Decision::Continue {
+                    reply: Some(reply),
+                    reason: Reason::Replied,
+                },
+            };
+        }
+        Err(CallError::Status(status)) => status,
+        Err(other) => return fail(Failure::Call(other), policy),
+    };
+    match sync_status(status.code()) {
+        SyncStatus::Reject => {
+            let detail = rejection_in_details(status.details());
+            let message = if status.message().is_empty() {
+                detail
+                    .as_ref()
+                    .map(|d| d.message.clone())
+                    .unwrap_or_default()
+            } else {
+                status.message().to_owned()
+            };
+            Decision::Reject {
+                code: code_or_default(detail.as_ref().map_or(0, |d| d.code)),
+                message,
+                detail: detail.map(|d| d.detail).unwrap_or_default(),
+                failure: None,
+            }
+        }
+        SyncStatus::Continue => Decision::continue_for(Reason::Unimplemented),
+        SyncStatus::FailurePolicy => fail(Failure::Call(CallError::Status(status)), policy),
+    }
+}
+
+/// The spool's verdict on one delivery attempt's result.
+pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
+    match result {
+        Ok(_) => DeliveryResult::Delivered,
+        Err(CallError::Status(status)) => {
+            let text = format!("{:?}: {}", status.code(), status.message());
+            match delivery_status(status.code()) {
+                DeliveryStatus::Delivered => DeliveryResult::Delivered,
+                DeliveryStatus::Retry => DeliveryResult::Retry(text),
+                DeliveryStatus::DeadLetter => DeliveryResult::Permanent(text),
+            }
+        }
+        Err(other) => DeliveryResult::Retry(other.to_string()),
+    }
+}
+
+/// The failure policy's decision for a failure.
+pub fn fail(failure: Failure, policy: &Policy) -> Decision {
+    match &policy.on_failure {
+        FailurePolicy::Continue => Decision::continue_for(Reason::FailOpen(failure)),
+        FailurePolicy::Reject { code, message } => Decision::Reject {
+            code: if *code > 0 {
+                *code
+            } else {
+                policy.default_reject_code
+            },
+            message: message.clone(),
+            detail: failure.label().to_owned(),
+            failure: Some(failure),
+        },
+    }
+}
+
+/// The `Rejection` message of the contract, for reading it from status details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RejectionDetail {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(string, tag = "3")]
+    detail: String,
+}
+
+/// `google.rpc.Status`, the carrier of gRPC status details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// The type URL suffix of the contract's `Rejection` inside status details.
+pub const REJECTION_TYPE: &str = "openim.callback.v1.Rejection";
+
+fn rejection_in_details(details: &[u8]) -> Option<RejectionDetail> {
+    if details.is_empty() {
+        return None;
+    }
+    let status = RpcStatus::decode(details).ok()?;
+    status
+        .details
+        .iter()
+        .find(|any| any.type_url.ends_with(REJECTION_TYPE))
+        .and_then(|any| RejectionDetail::decode(any.value.as_slice()).ok())
+}
+
+/// Builds status details that carry a `Rejection`, for services (and tests) that reject by status.
+pub fn rejection_details(code: i32, message: &str, detail: &str) -> Bytes {
+    let rejection = RejectionDetail {
+        code,
+        message: message.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let status = RpcStatus {
+        code: tonic::Code::PermissionDenied as i32,
+        message: message.to_owned(),
+        details: vec![prost_types::Any {
+            type_url: format!("type.googleapis.com/{REJECTION_TYPE}"),
+            value: rejection.encode_to_vec(),
+        }],
+    };
+    status.encode_to_vec().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::envelope::{Target, render};
+    use serde_json::{Value as Json, json};
+
+    fn catalog() -> Catalog {
+        Catalog::load(crate::proto::pool().expect("pool"), crate::proto::PACKAGE)
+            .expect("catalogue")
+    }
+
+    fn policy(on_failure: FailurePolicy) -> Policy {
+        Policy {
+            on_failure,
+            default_reject_code: 20001,
+            allow_offline_push_info: false,
+        }
+    }
+
+    /// Both status tables, side by side, for every gRPC code: what a before callback answers and
+    /// what the spool does with a delivery.
+    #[test]
+    fn status_tables() {
+        use DeliveryStatus::{DeadLetter, Delivered, Retry};
+        use SyncStatus::{Continue, FailurePolicy as Policy_, Reject};
+        use tonic::Code::*;
+        let table = [
+            (Ok, Policy_, DeadLetter),
+            (Cancelled, Policy_, Retry),
+            (Unknown, Policy_, Retry),
+            (InvalidArgument, Reject, DeadLetter),
+            (DeadlineExceeded, Policy_, Retry),
+            (NotFound, Policy_, DeadLetter),
+            (AlreadyExists, Policy_, DeadLetter),
+            (PermissionDenied, Reject, DeadLetter),
+            (ResourceExhausted, Policy_, Retry),
+            (FailedPrecondition, Reject, DeadLetter),
+            (Aborted, Policy_, Retry),
+            (OutOfRange, Policy_, DeadLetter),
+            (Unimplemented, Continue, Delivered),
+            (Internal, Policy_, Retry),
+            (Unavailable, Policy_, Retry),
+            (DataLoss, Policy_, DeadLetter),
+            (Unauthenticated, Policy_, DeadLetter),
+        ];
+        for (code, sync, delivery) in table {
+            assert_eq!(
+                (sync_status(code), delivery_status(code)),
+                (sync, delivery),
+                "{code:?}"
+            );
+        }
+        // Every code is in the table once.
+        let mut codes: Vec<i32> = table.iter().map(|(c, _, _)| *c as i32).collect();
+        codes.dedup();
+        assert_eq!(codes, (0..=16).collect::<Vec<_>>());
+        // Failures without a status: the spool retries them.
+        let unreachable = Err(CallError::Unreachable("refused".into()));
+        assert!(matches!(
+            delivery_result(&unreachable),
+            DeliveryResult::Retry(_)
+        ));
+        let timeout = Err(CallError::Timeout(std::time::Duration::from_secs(1)));
+        assert!(matches!(
+            delivery_result(&timeout),
+            DeliveryResult::Retry(_)
+        ));
+        assert_eq!(
+            delivery_result(&Result::Ok(Bytes::new())),
+            DeliveryResult::Delivered
+        );
+    }
+
+    /// The design §2 table, row by row: call result × failure policy → envelope.
+    #[test]
+    fn decision_table() {
+        let c = catalog();
+        let entry = c.get("callbackBeforeAddFriendCommand").expect("entry");
+        let reply = |rejection: Option<(i32, &str, &str)>| {
+            let mut m = DynamicMessage::new(entry.response());
+            if let (Some((code, message, detail)), Some(rf)) = (rejection, &entry.rejection) {
+                let mut r = DynamicMessage::new(rf.kind().as_message().expect("message").clone());
+                r.set_field_by_name("code", Value::I32(code));
+                r.set_field_by_name("message", Value::String(message.into()));
+                r.set_field_by_name("detail", Value::String(detail.into()));
+                m.set_field(rf, Value::Message(r));
+            }
+            Result::<Bytes, CallError>::Ok(m.encode_to_vec().into())
+        };
+        let status = |code| Err(CallError::Status(tonic::Status::new(code, "msg")));
+        let open = || policy(FailurePolicy::Continue);
+        let closed = || {
+            policy(FailurePolicy::Reject {
+                code: 20500,
+                message: "unavailable".into(),
+            })
+        };
+        let allow = json!({"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0});
+        let reject = |code: i32, msg: &str, dlt: &str| json!({"actionCode":0,"errCode":code,"errMsg":msg,"errDlt":dlt,"nextCode":1});
+        let unreachable = || Err(CallError::Unreachable("refused".into()));
+        let timeout = || Err(CallError::Timeout(std::time::Duration::from_secs(3)));
+        let garbage = || Ok(Bytes::from_static(&[0xff, 0xff, 0xff]));
+        let table: Vec<(&str, Result<Bytes, CallError>, Policy, Json)> = vec![
+            ("ok", reply(None), closed(), allow.clone()),
+            (
+                "rejection",
+                reply(Some((20002, "m", "d"))),
+                open(),
+                reject(20002, "m", "d"),
+            ),
+            (
+                "rejection code 0",
+                reply(Some((0, "m", ""))),
+                open(),
+                reject(20001, "m", ""),
+            ),
+            (
+                "rejection code < 0",
+                reply(Some((-5, "m", ""))),
+                open(),
+                reject(20001, "m", ""),
+            ),
+            (
+                "PERMISSION_DENIED",
+                status(tonic::Code::PermissionDenied),
+                open(),
+                reject(20001, "msg", ""),
+            ),
+            (
+                "INVALID_ARGUMENT",
+                status(tonic::Code::InvalidArgument),
+                open(),
+                reject(20001, "msg", ""),
+            ),
+            (
+                "FAILED_PRECONDITION",
+                status(tonic::Code::FailedPrecondition),
+                open(),
+                reject(20001, "msg", ""),
+            ),
+            (
+                "UNIMPLEMENTED open",
+                status(tonic::Code::Unimplemented),
+                open(),
+                allow.clone(),
+            ),
+            (
+                "UNIMPLEMENTED closed",
+                status(tonic::Code::Unimplemented),
+                closed(),
+                allow.clone(),
+            ),
+            (
+                "UNAVAILABLE open",
+                status(tonic::Code::Unavailable),
+                open(),
+                allow.clone(),
+            ),
+            (
+                "UNAVAILABLE closed",
+                status(tonic::Code::Unavailable),
+                closed(),
+                reject(20500, "unavailable", "status"),
+            ),
+            (
+                "INTERNAL closed",
+                status(tonic::Code::Internal),
+                closed(),
+                reject(20500, "unavailable", "status"),
+            ),
+            (
+                "DEADLINE closed",
+                status(tonic::Code::DeadlineExceeded),
+                closed(),
+                reject(20500, "unavailable", "status"),
+            ),
+            ("unreachable open", unreachable(), open(), allow.clone()),
+            (
+                "unreachable closed",
+                unreachable(),
+                closed(),
+                reject(20500, "unavailable", "unreachable"),
+            ),
+            (
+                "timeout closed",
+                timeout(),
+                closed(),
+                reject(20500, "unavailable", "timeout"),
+            ),
+            ("garbage open", garbage(), open(), allow.clone()),
+            (
+                "garbage closed",
+                garbage(),
+                closed(),
+                reject(20500, "unavailable", "bad_reply"),
+            ),
+        ];
+        for (name, result, policy, expected) in table {
+            let decision = decide(entry, result, &policy);
+            let env = render(
+                &decision,
+                Some(Target {
+                    entry,
+                    request: None,
+                    policy: &policy,
+                }),
+            );
+            assert_eq!(Json::Object(env.body), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn rejection_details_round_trip() {
+        let details = rejection_details(20333, "m", "d");
+        let r = rejection_in_details(&details).expect("found");
+        assert_eq!(
+            (r.code, r.message.as_str(), r.detail.as_str()),
+            (20333, "m", "d")
+        );
+        assert!(
+            rejection_in_details(b"\xff\xff").is_none(),
+            "garbage details are ignored"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! The gateway: a fixed part (catalogue, spool, metrics) and a swappable [`Snapshot`] of the live
+//! part (per-command settings and policies, upstream clients, limits) behind one atomic pointer.
+//!
+//! [`Snapshot::build`] does every check that needs resources (tokio, channels); a new snapshot is
+//! swapped in whole ([`Gateway::swap`]), and a request in flight keeps the snapshot it started
+//! with. Nothing else holds a copy of the live settings: the pipeline and the spool's deliveries
+//! read them from the current snapshot each time.
+
+use crate::catalog::{Catalog, CommandEntry};
+use crate::config::{CommandSettings, Config, OnFailure};
+use crate::decision::{FailurePolicy, Policy};
+use crate::spool::Spool;
+use crate::upstream::{Call, UpstreamClient, Upstreams};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use openim_callback_contract::metadata as meta;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The live gateway: cheap to clone, shared by the HTTP front end and the spool's workers.
+#[derive(Clone)]
+pub struct Gateway {
+    fixed: Arc<Fixed>,
+    live: Arc<ArcSwap<Snapshot>>,
+}
+
+/// What does not change while the process runs.
+struct Fixed {
+    catalog: &'static Catalog,
+    spool: Option<Spool>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    unknown_keys: UnknownKeys,
+}
+
+/// The live part, built from a [`Config`]; replaced whole, never edited.
+#[derive(Debug)]
+pub struct Snapshot {
+    commands: HashMap<&'static str, CommandRoute>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// One command as the current snapshot routes it.
+#[derive(Debug, Clone)]
+pub struct CommandRoute {
+    /// The command's merged settings.
+    pub settings: CommandSettings,
+    /// The decision policy derived from them.
+    pub policy: Policy,
+    /// The upstream client; `None` when the command is disabled.
+    pub upstream: Option<UpstreamClient>,
+}
+
+/// The ids a call carries as metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallIds<'a> {
+    /// OpenIM's operationID.
+    pub operation_id: &'a str,
+    /// OpenIM's `key` query parameter.
+    pub key: Option<&'a str>,
+    /// A spooled event's delivery id and attempt number.
+    pub delivery: Option<(&'a str, u32)>,
+}
+
+impl CommandRoute {
+    /// The call of this command with an encoded request: the one place a [`Call`] is built, for
+    /// the synchronous path and the spool's deliveries alike.
+    pub fn call(&self, entry: &CommandEntry, payload: Bytes, ids: CallIds<'_>) -> Call {
+        let attempt = ids.delivery.map(|(_, n)| n.to_string()).unwrap_or_default();
+        let metadata = crate::upstream::metadata(&[
+            (meta::OPERATION_ID, ids.operation_id),
+            (meta::COMMAND, entry.row.command),
+            (meta::KEY, ids.key.unwrap_or("")),
+            (meta::DELIVERY_ID, ids.delivery.map_or("", |(id, _)| id)),
+            (meta::DELIVERY_ATTEMPT, &attempt),
+        ]);
+        Call {
+            path: entry.path.clone(),
+            payload,
+            metadata,
+            timeout: self.settings.timeout.0,
+        }
+    }
+}
+
+/// Why a gateway or a snapshot could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The contract and the catalogue do not match, or the descriptors cannot be read.
+    #[error("{0}")]
+    Catalog(&'static str),
+    /// The config is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// An upstream cannot be built.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// A command uses an upstream that is not configured.
+    #[error("config key `{key}`: upstream `{name}` is not configured")]
+    MissingUpstream {
+        /// The config key.
+        key: String,
+        /// The upstream.
+        name: String,
+    },
+}
+
+impl Snapshot {
+    /// Builds the live part from a config: validates it, builds the upstream clients (lazily
+    /// connecting, so no socket is opened) and resolves every command. Needs a tokio runtime.
+    pub fn build(config: &Config, catalog: &Catalog) -> Result<Self, BuildError> {
+        config.validate()?;
+        let upstreams = Upstreams::build(&config.upstreams)?;
+        let mut commands = HashMap::new();
+        for entry in catalog.entries() {
+            let command = entry.row.command;
+            let settings = config.settings(command)?;
+            let upstream = if settings.enabled {
+                let client = upstreams.get(&settings.upstream).cloned().ok_or_else(|| {
+                    BuildError::MissingUpstream {
+                        key: format!("commands.{command}.upstream"),
+                        name: settings.upstream.clone(),
+                    }
+                })?;
+                Some(client)
+            } else {
+                None
+            };
+            let policy = Policy {
+                on_failure: match settings.on_failure {
+                    OnFailure::Continue => FailurePolicy::Continue,
+                    OnFailure::Reject => FailurePolicy::Reject {
+                        code: settings.reject_code,
+                        message: settings.reject_message.clone(),
+                    },
+                },
+                default_reject_code: settings.reject_code,
+                allow_offline_push_info: settings.allow_offline_push_info,
+            };
+            commands.insert(
+                command,
+                CommandRoute {
+                    settings,
+                    policy,
+                    upstream,
+                },
+            );
+        }
+        Ok(Self {
+            commands,
+            max_body_bytes: config.max_body_bytes,
+        })
+    }
+
+    /// The route of a command.
+    pub fn route(&self, command: &str) -> Option<&CommandRoute> {
+        self.commands.get(command)
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway from a config. `spool` is required when any after command uses
+    /// `delivery: spool`; without one those commands are delivered synchronously.
+    pub fn new(config: &Config, spool: Option<Spool>) -> Result<Self, BuildError> {
+        let catalog = Catalog::contract().map_err(BuildError::Catalog)?;
+        let snapshot = Snapshot::build(config, catalog)?;
+        Ok(Self {
+            fixed: Arc::new(Fixed {
+                catalog,
+                spool,
+                metrics: crate::telemetry::metrics_handle(),
+                unknown_keys: UnknownKeys::default(),
+            }),
+            live: Arc::new(ArcSwap::from_pointee(snapshot)),
+        })
+    }
+
+    /// Builds a snapshot from `config` and swaps it in; on error the current one stays.
+    pub fn swap(&self, config: &Config) -> Result<(), BuildError> {
+        let snapshot = Snapshot::build(config, self.fixed.catalog)?;
+        self.live.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// The current snapshot; hold it for the whole of one request or delivery attempt.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// The catalogue.
+    pub fn catalog(&self) -> &'static Catalog {
+        self.fixed.catalog
+    }
+
+    /// The spool, when after-events are spooled.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.fixed.spool.as_ref()
+    }
+
+    /// The Prometheus handle behind `/metrics`, when the recorder is installed.
+    pub fn metrics(&self) -> Option<&metrics_exporter_prometheus::PrometheusHandle> {
+        self.fixed.metrics.as_ref()
+    }
+
+    /// Counts and logs (once per command and key) keys OpenIM sent that the contract lacks.
+    pub fn note_unknown_keys(&self, command: &'static str, keys: &[String], operation_id: &str) {
+        self.fixed.unknown_keys.note(command, keys, operation_id);
+    }
+}
+
+/// Unknown keys seen so far, per command. The first [`UnknownKeys::MAX_DISTINCT`] distinct pairs
+/// get their own metric label; later ones share `_other`, so a hostile sender cannot grow the
+/// metric set without bound.
+#[derive(Default)]
+struct UnknownKeys {
+    seen: Mutex<HashSet<(&'static str, String)>>,
+}
+
+impl UnknownKeys {
+    const MAX_DISTINCT: usize = 1000;
+
+    fn note(&self, command: &'static str, keys: &[String], operation_id: &str) {
+        for key in keys {
+            let pair = (command, key.clone());
+            let (first_time, labelled) = match self.seen.lock() {
+                Ok(seen) if seen.contains(&pair) => (false, true),
+                Ok(mut seen) if seen.len() < Self::MAX_DISTINCT => (seen.insert(pair), true),
+                _ => (false, false),
+            };
+            let label = if labelled {
+                key.clone()
+            } else {
+                "_other".to_owned()
+            };
+            metrics::counter!("gateway_unknown_keys_total", "command" => command, "key" => label)
+                .increment(1);
+            if first_time {
+                tracing::warn!(command, key = %key, operation_id, "unknown key in callback body: ignored (logged once per command and key)");
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP front end: the callback and admin routers, built here with one layer stack, and the
+//! accept loop for both ports (`serve.rs`).
+//!
+//! - `mod.rs` (this file): [`callback_router`], [`admin_router`], [`app`] (both on one port), the
+//!   shared [`layers`] stack, and the callback handler (`POST <any prefix>/<command>`).
+//! - `admin.rs`: `/healthz`, `/readyz`, `/metrics` (and the spool admin API, from `crate::spool`).
+//! - `serve.rs`: the accept loop of the callback port and the optional admin port, with one
+//!   graceful shutdown for both.
+
+mod admin;
+mod serve;
+
+pub use serve::{Ports, serve};
+
+use crate::gateway::Gateway;
+use crate::pipeline::{self, Callback};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+
+/// The one layer stack every router gets; where inbound auth, trace extraction and limits go.
+/// Today it holds tower-http's `TraceLayer` (a request span at debug level).
+fn layers(router: Router) -> Router {
+    router.layer(tower::ServiceBuilder::new().layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+/// The callbacks only: every POST path is `<any prefix>/<command>`.
+pub fn callback_router(gw: &Gateway) -> Router {
+    layers(Router::new().fallback(callback).with_state(gw.clone()))
+}
+
+/// Health, metrics and the spool admin API, for the operators' port (`admin_listen`).
+pub fn admin_router(gw: &Gateway) -> Router {
+    layers(admin::router(gw))
+}
+
+/// Everything on one port: the callbacks plus the admin routes. Used when no `admin_listen` is
+/// configured.
+pub fn app(gw: &Gateway) -> Router {
+    layers(admin::router(gw).merge(Router::new().fallback(callback).with_state(gw.clone())))
+}
+
+/// The command is the last path segment: `<any prefix>/<command>`.
+fn command_of(uri: &Uri) -> &str {
+    uri.path().rsplit('/').next().unwrap_or("")
+}
+
+/// The URL-decoded `key` query parameter. `contenttype` and anything else are ignored.
+fn key_of(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn callback(
+    State(gw): State<Gateway>,
+    method: http::Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    if method != http::Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "OpenIM callbacks are POST requests\n",
+        )
+            .into_response();
+    }
+    let max_body_bytes = gw.snapshot().max_body_bytes;
+    // Read the body on every path, also when the answer does not need it: an unread body makes
+    // hyper close the keep-alive connection, and OpenIM would reconnect for every callback.
+    let body = axum::body::to_bytes(body, max_body_bytes)
+        .await
+        .map_err(|e| crate::upstream::error_chain(&e));
+    let cb = Callback {
+        command: command_of(&uri).to_owned(),
+        path: uri.path().to_owned(),
+        key: key_of(query.as_deref()),
+        header_operation_id: headers
+            .get("operationID")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        body,
+    };
+    let exit = pipeline::run(&gw, cb).await;
+    let env = exit.render();
+    if let Some(command) = exit.command() {
+        metrics::counter!("gateway_callbacks_total", "command" => command, "outcome" => exit.decision.label())
+            .increment(1);
+        metrics::histogram!("gateway_callback_seconds", "command" => command)
+            .record(started.elapsed().as_secs_f64());
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        env.to_bytes(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_the_last_path_segment() {
+        let u: Uri = "/callbackExample/callbackAfterQuitGroupCommand?contenttype=json"
+            .parse()
+            .unwrap();
+        assert_eq!(command_of(&u), "callbackAfterQuitGroupCommand");
+        let u: Uri = "//callbackX".parse().unwrap();
+        assert_eq!(command_of(&u), "callbackX");
+    }
+
+    #[test]
+    fn key_is_url_decoded_and_contenttype_ignored() {
+        let q = "contenttype=json&key=eyJzZW5kSUQiOiIifQ%3D%3D";
+        assert_eq!(key_of(Some(q)).as_deref(), Some("eyJzZW5kSUQiOiIifQ=="));
+        assert_eq!(key_of(Some("contenttype=json")), None);
+        assert_eq!(key_of(None), None);
+    }
+}

@@ -1,0 +1,214 @@
+//! The one typed upstream call: a [`Call`] in, the encoded reply or a [`CallError`] out, as a
+//! `tower::Service` ([`UpstreamClient`]), so that limits, a breaker, retries and tracing can be
+//! layered on it. The synchronous callback path and the spool's delivery build the same `Call`.
+//!
+//! tonic's generated client methods are only a path, a codec and `Grpc::unary`; this is that,
+//! once, with a codec that passes protobuf bytes through.
+
+use bytes::{Buf, BufMut, Bytes};
+use futures_util::future::BoxFuture;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::transport::Channel;
+
+/// One unary call of the contract, as encoded bytes.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The gRPC path, `/openim.callback.v1.GroupCallbackService/AfterQuitGroup`.
+    pub path: http::uri::PathAndQuery,
+    /// The protobuf-encoded request message.
+    pub payload: Bytes,
+    /// The `openim-*` metadata (see [`metadata`]).
+    pub metadata: MetadataMap,
+    /// The deadline, enforced here and sent to the upstream as `grpc-timeout`.
+    pub timeout: Duration,
+}
+
+/// Why a call produced no reply bytes. The source error is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The upstream answered with a non-OK gRPC status (a rejection, UNIMPLEMENTED, or an error
+    /// of its own: `crate::decision` says which).
+    #[error("upstream status {:?}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    /// No answer within the deadline.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The upstream could not be reached or the connection failed before a status arrived.
+    #[error("upstream unreachable: {}", error_chain(.0.as_ref()))]
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl CallError {
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Status(_) => "status",
+            Self::Timeout(_) => "timeout",
+            Self::Unreachable(_) => "unreachable",
+        }
+    }
+}
+
+/// The client of one upstream: a `tower::Service<Call>` over a lazily connecting tonic channel.
+/// Cheap to clone; every clone shares the channel's connections.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    channel: Channel,
+}
+
+impl UpstreamClient {
+    /// A client over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self { channel }
+    }
+
+    /// Makes one call (the service is always ready: the channel queues internally).
+    pub async fn call(&self, call: Call) -> Result<Bytes, CallError> {
+        unary(self.channel.clone(), call).await
+    }
+}
+
+impl tower::Service<Call> for UpstreamClient {
+    type Response = Bytes;
+    type Error = CallError;
+    type Future = BoxFuture<'static, Result<Bytes, CallError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        // Readiness of the channel is awaited inside the call, under the call's deadline.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        Box::pin(unary(self.channel.clone(), call))
+    }
+}
+
+async fn unary(channel: Channel, call: Call) -> Result<Bytes, CallError> {
+    let Call {
+        path,
+        payload,
+        metadata,
+        timeout,
+    } = call;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let exchange = async move {
+        grpc.ready()
+            .await
+            .map_err(|e| CallError::Unreachable(Box::new(e)))?;
+        let mut req = tonic::Request::from_parts(metadata, tonic::Extensions::default(), payload);
+        req.set_timeout(timeout);
+        grpc.unary(req, path, RawCodec)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| classify(status, timeout))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(CallError::Timeout(timeout)),
+        Ok(result) => result,
+    }
+}
+
+/// Separates statuses the upstream sent from transport failures tonic reports as statuses (those
+/// carry a source error and no metadata from the peer).
+fn classify(status: tonic::Status, timeout: Duration) -> CallError {
+    use std::error::Error as _;
+    let local = status.source().is_some();
+    if matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    ) && status.metadata().is_empty()
+        && local
+    {
+        return CallError::Timeout(timeout);
+    }
+    if matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    ) && local
+    {
+        return CallError::Unreachable(Box::new(status));
+    }
+    CallError::Status(status)
+}
+
+/// A codec that sends and receives already encoded protobuf messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+/// Encoder half of [`RawCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawEncoder;
+
+/// Decoder half of [`RawCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Metadata for one call: the `openim-*` keys. Empty values are left out; values that are not
+/// valid header text are left out with a warning rather than failing the call.
+pub fn metadata(pairs: &[(&'static str, &str)]) -> MetadataMap {
+    let mut md = MetadataMap::new();
+    for (key, value) in pairs {
+        if value.is_empty() {
+            continue;
+        }
+        match AsciiMetadataValue::try_from(*value) {
+            Ok(v) => {
+                md.insert(*key, v);
+            }
+            Err(_) => tracing::warn!(key, "metadata value is not valid header text; not sent"),
+        }
+    }
+    md
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
