@@ -130,10 +130,11 @@ impl UpstreamConfig {
     }
 }
 
-/// What a command does when its upstream fails.
+/// The failure policy (`on_failure`): what a command does when its upstream gives no usable answer
+/// (design §2, last row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OnFailure {
+pub enum FailurePolicy {
     /// Let the operation go on (fail open).
     Continue,
     /// Reject it with `reject_code` (fail closed).
@@ -161,7 +162,7 @@ pub struct CommandSettings {
     /// Deadline of one upstream call, sent as `grpc-timeout`; keep it under OpenIM's 5 s.
     pub timeout: Dur,
     /// What to do when the upstream fails or is too slow.
-    pub on_failure: OnFailure,
+    pub on_failure: FailurePolicy,
     /// errCode of a fail-closed rejection, and of service rejections with a code <= 0.
     pub reject_code: i32,
     /// errMsg of a fail-closed rejection.
@@ -181,7 +182,7 @@ impl Default for CommandSettings {
             enabled: true,
             upstream: DEFAULT_UPSTREAM.into(),
             timeout: Dur(Duration::from_secs(3)),
-            on_failure: OnFailure::Continue,
+            on_failure: FailurePolicy::Continue,
             reject_code: 20001,
             reject_message: "callback service unavailable".into(),
             delivery: Delivery::Spool,
@@ -444,7 +445,7 @@ mod tests {
             .settings("callbackBeforeCreateGroupCommand")
             .expect("settings");
         assert_eq!(s.timeout.0, Duration::from_secs(3));
-        assert_eq!(s.on_failure, OnFailure::Continue);
+        assert_eq!(s.on_failure, FailurePolicy::Continue);
         assert_eq!(s.delivery, Delivery::Spool);
     }
 
@@ -461,7 +462,7 @@ mod tests {
             .expect("settings");
         assert_eq!(
             (s.upstream.as_str(), s.on_failure, s.reject_code),
-            ("groups", OnFailure::Reject, 20042)
+            ("groups", FailurePolicy::Reject, 20042)
         );
         assert_eq!(s.timeout.0, Duration::from_secs(2));
         assert_eq!(
@@ -481,7 +482,7 @@ mod tests {
             .expect("settings");
         assert_eq!(
             (s.upstream.as_str(), s.on_failure, s.reject_code),
-            ("groups", OnFailure::Reject, 20010)
+            ("groups", FailurePolicy::Reject, 20010)
         );
         assert!(
             !c.settings("callbackAfterUserOnlineCommand")
@@ -588,7 +589,7 @@ mod tests {
                 s.on_failure,
                 s.reject_message.as_str()
             ),
-            (Duration::from_secs(2), 20100, OnFailure::Reject, "no")
+            (Duration::from_secs(2), 20100, FailurePolicy::Reject, "no")
         );
     }
 }

@@ -12,28 +12,18 @@ use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Value};
 
-/// What a command does when its upstream cannot give an answer (design §2, last row): the one
-/// failure policy, `on_failure` in the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// Let the user's operation go on unchanged (fail open).
-    Continue,
-    /// Reject the operation with this code (fail closed).
-    Reject {
-        /// The errCode OpenIM passes to the client.
-        code: i32,
-        /// The errMsg OpenIM passes to the client.
-        message: String,
-    },
-}
+pub use crate::config::FailurePolicy;
 
 /// The per-command settings a decision and its envelope need.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// What to do when the upstream fails.
+    /// What to do when the upstream fails (`on_failure`).
     pub on_failure: FailurePolicy,
-    /// The code used when a rejection carries a code <= 0 (OpenIM would show those as 500).
-    pub default_reject_code: i32,
+    /// errCode of a fail-closed rejection, and of a service rejection whose code is <= 0 (OpenIM
+    /// would show those as error 500).
+    pub reject_code: i32,
+    /// errMsg of a fail-closed rejection.
+    pub reject_message: String,
     /// Allow MsgModify replies to override `offlinePushInfo` (design §3).
     pub allow_offline_push_info: bool,
 }
@@ -168,7 +158,7 @@ pub enum SyncStatus {
     /// The service has nothing to say: continue unchanged.
     Continue,
     /// An error: the command's failure policy decides.
-    FailurePolicy,
+    Fail,
 }
 
 /// What the spool does with a delivery that ended in a non-OK status.
@@ -188,7 +178,7 @@ pub fn sync_status(code: tonic::Code) -> SyncStatus {
     match code {
         PermissionDenied | InvalidArgument | FailedPrecondition => SyncStatus::Reject,
         Unimplemented => SyncStatus::Continue,
-        _ => SyncStatus::FailurePolicy,
+        _ => SyncStatus::Fail,
     }
 }
 
@@ -207,11 +197,7 @@ pub fn delivery_status(code: tonic::Code) -> DeliveryStatus {
 /// Decides the answer to OpenIM for a synchronous call's result (design §2 table).
 pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &Policy) -> Decision {
     let code_or_default = |code: i32| {
-        if code > 0 {
-            code
-        } else {
-            policy.default_reject_code
-        }
+        if code > 0 { code } else { policy.reject_code }
     };
     let status = match result {
         Ok(bytes) => {
@@ -278,7 +264,7 @@ pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &P
             }
         }
         SyncStatus::Continue => Decision::continue_for(Reason::Unimplemented),
-        SyncStatus::FailurePolicy => fail(Failure::Call(CallError::Status(status)), policy),
+        SyncStatus::Fail => fail(Failure::Call(CallError::Status(status)), policy),
     }
 }
 
@@ -302,13 +288,9 @@ pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
 pub fn fail(failure: Failure, policy: &Policy) -> Decision {
     match &policy.on_failure {
         FailurePolicy::Continue => Decision::continue_for(Reason::FailOpen(failure)),
-        FailurePolicy::Reject { code, message } => Decision::Reject {
-            code: if *code > 0 {
-                *code
-            } else {
-                policy.default_reject_code
-            },
-            message: message.clone(),
+        FailurePolicy::Reject => Decision::Reject {
+            code: policy.reject_code,
+            message: policy.reject_message.clone(),
             detail: failure.label().to_owned(),
             failure: Some(failure),
         },
@@ -382,10 +364,11 @@ mod tests {
             .expect("catalogue")
     }
 
-    fn policy(on_failure: FailurePolicy) -> Policy {
+    fn policy(on_failure: FailurePolicy, reject_code: i32, reject_message: &str) -> Policy {
         Policy {
             on_failure,
-            default_reject_code: 20001,
+            reject_code,
+            reject_message: reject_message.into(),
             allow_offline_push_info: false,
         }
     }
@@ -395,7 +378,7 @@ mod tests {
     #[test]
     fn status_tables() {
         use DeliveryStatus::{DeadLetter, Delivered, Retry};
-        use SyncStatus::{Continue, FailurePolicy as Policy_, Reject};
+        use SyncStatus::{Continue, Fail as Policy_, Reject};
         use tonic::Code::*;
         let table = [
             (Ok, Policy_, DeadLetter),
@@ -461,13 +444,8 @@ mod tests {
             Result::<Bytes, CallError>::Ok(m.encode_to_vec().into())
         };
         let status = |code| Err(CallError::Status(tonic::Status::new(code, "msg")));
-        let open = || policy(FailurePolicy::Continue);
-        let closed = || {
-            policy(FailurePolicy::Reject {
-                code: 20500,
-                message: "unavailable".into(),
-            })
-        };
+        let open = || policy(FailurePolicy::Continue, 20001, "");
+        let closed = || policy(FailurePolicy::Reject, 20500, "unavailable");
         let allow = json!({"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0});
         let reject = |code: i32, msg: &str, dlt: &str| json!({"actionCode":0,"errCode":code,"errMsg":msg,"errDlt":dlt,"nextCode":1});
         let unreachable = || Err(CallError::Unreachable("refused".into()));

@@ -7,8 +7,8 @@
 //! read them from the current snapshot each time.
 
 use crate::catalog::{Catalog, CommandEntry};
-use crate::config::{CommandSettings, Config, OnFailure};
-use crate::decision::{FailurePolicy, Policy};
+use crate::config::{CommandSettings, Config};
+use crate::decision::Policy;
 use crate::spool::Spool;
 use crate::upstream::{Call, UpstreamClient, Upstreams};
 use arc_swap::ArcSwap;
@@ -127,14 +127,9 @@ impl Snapshot {
                 None
             };
             let policy = Policy {
-                on_failure: match settings.on_failure {
-                    OnFailure::Continue => FailurePolicy::Continue,
-                    OnFailure::Reject => FailurePolicy::Reject {
-                        code: settings.reject_code,
-                        message: settings.reject_message.clone(),
-                    },
-                },
-                default_reject_code: settings.reject_code,
+                on_failure: settings.on_failure,
+                reject_code: settings.reject_code,
+                reject_message: settings.reject_message.clone(),
                 allow_offline_push_info: settings.allow_offline_push_info,
             };
             commands.insert(

@@ -77,6 +77,9 @@ fn main() -> ExitCode {
             Some(Command::CheckConfig) => match serde_json::to_string_pretty(&config) {
                 Ok(text) => {
                     println!("{text}");
+                    for warning in config.warnings() {
+                        eprintln!("warning: {warning}");
+                    }
                     eprintln!("configuration is valid (effective settings above)");
                     ExitCode::SUCCESS
                 }
@@ -100,7 +103,13 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            None => serve(config).await,
+            None => {
+                // Logged now that the subscriber exists (config loading ran before it).
+                for warning in config.warnings() {
+                    tracing::warn!(key = %warning.key, "{}", warning.message);
+                }
+                serve(config).await
+            }
         }
     })
 }

@@ -245,6 +245,36 @@ fn an_invalid_config_fails_at_start_naming_the_key() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// `check-config` catches what a start would refuse (spool settings included) and reports the
+/// warnings of a usable config; the start logs the same warnings once logging is set up.
+#[test]
+fn check_config_catches_spool_settings_and_reports_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(&cfg, "spool:\n  workers: 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spool.workers"), "{err}");
+
+    std::fs::write(&cfg, "defaults:\n  timeout: 6s\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: config key `defaults.timeout`") && err.contains("5s"),
+        "{err}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON");
+    assert_eq!(json["defaults"]["timeout"], "6s");
+}
+
 /// Runs an operator command of the binary against a spool directory.
 fn spool_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)

@@ -139,7 +139,8 @@ fn every_sample_reply_maps_to_its_response_message_and_back() {
         // What the service would return, rendered as the gateway does.
         let policy = decision::Policy {
             on_failure: decision::FailurePolicy::Continue,
-            default_reject_code: 20001,
+            reject_code: 20001,
+            reject_message: String::new(),
             allow_offline_push_info: true,
         };
         let request = json::decode(&entry.request(), &payload(cmd))

@@ -338,3 +338,152 @@ async fn a_corrupted_spool_file_stops_the_start_with_a_clear_error() {
         "nothing was deleted"
     );
 }
+
+/// Spooled events resolve their route at delivery: an event stored while its command went to a
+/// dead upstream `old` is delivered to `moved` once a new snapshot routes the command there, with
+/// its delivery id, operation id and key unchanged, and nothing dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_event_follows_a_snapshot_that_moves_its_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let new_upstream = Upstream::start().await;
+    let yaml = |routes_to: &str| {
+        format!(
+            "upstreams:\n  old: {{endpoints: ['http://{}'], connect_timeout: 200ms}}\n  moved: {{endpoints: ['{}']}}\n\
+             defaults: {{timeout: 1s, upstream: {routes_to}}}\n\
+             spool: {{dir: '{}', backoff_initial: 20ms, backoff_max: 100ms}}\n",
+            dead_port(),
+            new_upstream.uri(),
+            dir.path().display()
+        )
+    };
+    let config = Config::from_yaml(&yaml("old")).unwrap();
+    let spool = Spool::open(&config.spool).unwrap();
+    let gw = Gateway::new(&config, Some(spool.clone())).unwrap();
+    let _delivery = spool.start(Arc::new(gw.clone()));
+
+    let a = post(
+        &gw,
+        &format!("/callbackExample/{QUIT}?key=k-moved"),
+        &[("operationID", "op-moved")],
+        quit_body("u-moved"),
+    )
+    .await;
+    assert_eq!(a.json, allow());
+    // It is pending and failing against `old`.
+    wait_for(
+        || {
+            spool
+                .list(Which::Pending, 10)
+                .unwrap()
+                .first()
+                .is_some_and(|e| e.attempts >= 1)
+        },
+        "a failed attempt against the old upstream",
+    )
+    .await;
+    let stored = spool.list(Which::Pending, 10).unwrap().remove(0);
+    assert!(new_upstream.calls().is_empty());
+
+    // Rename/move: the same command now routes to `moved`, and `old` no longer exists.
+    let moved = Config::from_yaml(&yaml("moved").replace(
+        &format!(
+            "  old: {{endpoints: ['http://{}'], connect_timeout: 200ms}}\n",
+            dead_port()
+        ),
+        "",
+    ));
+    let mut moved = moved.unwrap();
+    moved.upstreams.remove("old");
+    gw.swap(&moved).expect("the new snapshot builds");
+
+    let calls = new_upstream.wait_calls(1, Duration::from_secs(20)).await;
+    assert_eq!(calls.len(), 1, "delivered once to the moved upstream");
+    let call = &calls[0];
+    assert_eq!(call.rpc, "AfterQuitGroup");
+    assert_eq!(
+        call.meta("openim-delivery-id").as_deref(),
+        Some(stored.delivery_id.as_str())
+    );
+    assert_eq!(
+        call.meta("openim-operation-id").as_deref(),
+        Some("op-moved")
+    );
+    assert_eq!(call.meta("openim-key").as_deref(), Some("k-moved"));
+    assert!(
+        call.meta("openim-delivery-attempt")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 2),
+        "the attempt count went on: {:?}",
+        call.meta("openim-delivery-attempt")
+    );
+    let req: pb::AfterQuitGroupRequest = call.decode();
+    assert_eq!(req.user_id, "u-moved");
+    wait_for(
+        || spool.stats().pending == 0,
+        "the event to leave the spool",
+    )
+    .await;
+    assert_eq!(spool.stats().dead, 0, "nothing dead-lettered");
+}
+
+/// A spool file written by release 0.1.0 (whose records also carried method, upstream and
+/// timeout) is read by this release and every event is delivered with its original ids, routed
+/// by the current config, here to an upstream that 0.1.0's `default` never named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_file_of_release_0_1_0_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/spool-v0.1.0/spool.redb"),
+        dir.path().join("spool.redb"),
+    )
+    .unwrap();
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "upstreams: {{renamed: {{endpoints: ['{}']}}}}\n\
+         defaults: {{timeout: 1s, upstream: renamed}}\n\
+         spool: {{dir: '{}', backoff_initial: 20ms, backoff_max: 100ms}}\n",
+        upstream.uri(),
+        dir.path().display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let spool = Spool::open(&config.spool).unwrap();
+    assert_eq!(
+        spool.stats().pending,
+        3,
+        "the three events of the 0.1.0 file"
+    );
+    let gw = Gateway::new(&config, Some(spool.clone())).unwrap();
+    let _delivery = spool.start(Arc::new(gw.clone()));
+    let calls = upstream.wait_calls(3, Duration::from_secs(20)).await;
+    let mut seen: Vec<(String, String, String, String)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.rpc.clone(),
+                c.meta("openim-delivery-id").unwrap_or_default(),
+                c.meta("openim-operation-id").unwrap_or_default(),
+                c.meta("openim-key").unwrap_or_default(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let id = |n: u32| format!("f275d28ecb64053d2427cd08d459a326-{n:016}");
+    let op = || "op-old-release".to_owned();
+    let key = || "k1".to_owned();
+    assert_eq!(
+        seen,
+        [
+            ("AfterQuitGroup".to_owned(), id(1), op(), key()),
+            ("AfterSendSingleMsg".to_owned(), id(2), op(), key()),
+            ("AfterUserOnline".to_owned(), id(3), op(), key()),
+        ]
+    );
+    let quit = calls.iter().find(|c| c.rpc == "AfterQuitGroup").unwrap();
+    let req: pb::AfterQuitGroupRequest = quit.decode();
+    assert!(
+        !req.user_id.is_empty() && !req.group_id.is_empty(),
+        "{req:?}"
+    );
+    wait_for(|| spool.stats().pending == 0, "the spool to empty").await;
+    assert_eq!(spool.stats().dead, 0);
+}

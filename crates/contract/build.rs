@@ -38,6 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Every RPC a service does not implement answers UNIMPLEMENTED, so the gateway continues:
+        // a team implements only the hooks it cares about, as in grpc-go, grpc-java and grpcio.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

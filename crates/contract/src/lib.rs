@@ -7,8 +7,9 @@
 //! - [`PROTO_FILES`]: the `.proto` sources the types were generated from.
 //! - [`metadata`]: the gRPC metadata keys the gateway sets on every call.
 //!
-//! A hook service implements the `*CallbackService` traits it cares about; every RPC it leaves to
-//! tonic's default (UNIMPLEMENTED) makes the gateway continue the OpenIM operation unchanged.
+//! A hook service implements the `*CallbackService` traits it cares about; every RPC it leaves out
+//! answers UNIMPLEMENTED (generated default stubs), and the gateway continues the OpenIM operation
+//! unchanged.
 
 /// The protobuf package of the contract.
 pub const PACKAGE: &str = "openim.callback.v1";
