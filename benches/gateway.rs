@@ -47,7 +47,8 @@ fn codec(c: &mut Criterion) {
     let reply = envelope::read_reply(entry, sample.as_object().unwrap()).message;
     let policy = decision::Policy {
         on_failure: decision::FailurePolicy::Continue,
-        default_reject_code: 20001,
+        reject_code: 20001,
+        reject_message: String::new(),
         allow_offline_push_info: false,
     };
     let reply = bytes::Bytes::from(reply.encode_to_vec());

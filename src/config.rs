@@ -51,11 +51,11 @@ pub struct Config {
     /// built-in example upstream in-process as `default`.
     pub upstreams: HashMap<String, UpstreamConfig>,
     /// Settings of every command, unless `commands` overrides them.
-    pub defaults: CommandSettings,
+    pub defaults: CommandConfig,
     /// Per-command overrides, keyed by the OpenIM command (`callbackBeforeCreateGroupCommand`).
     pub commands: BTreeMap<String, CommandOverride>,
     /// The durable spool of after-events.
-    pub spool: crate::spool::SpoolSettings,
+    pub spool: crate::spool::SpoolConfig,
     /// The built-in example upstream (serves as `default` when no upstream is configured).
     pub example: openim_callback_example::ExampleConfig,
 }
@@ -68,9 +68,9 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             log: LogConfig::default(),
             upstreams: HashMap::new(),
-            defaults: CommandSettings::default(),
+            defaults: CommandConfig::default(),
             commands: BTreeMap::new(),
-            spool: crate::spool::SpoolSettings::default(),
+            spool: crate::spool::SpoolConfig::default(),
             example: openim_callback_example::ExampleConfig::default(),
         }
     }
@@ -154,7 +154,7 @@ pub enum Delivery {
 /// The settings of one command, after defaults and overrides are merged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CommandSettings {
+pub struct CommandConfig {
     /// When false the gateway answers "continue" without calling the upstream.
     pub enabled: bool,
     /// The upstream to call.
@@ -176,7 +176,7 @@ pub struct CommandSettings {
     pub allow_offline_push_info: bool,
 }
 
-impl Default for CommandSettings {
+impl Default for CommandConfig {
     fn default() -> Self {
         Self {
             enabled: true,
@@ -192,7 +192,7 @@ impl Default for CommandSettings {
     }
 }
 
-/// A command's overrides (`commands.<command>:`): any keys of [`CommandSettings`]; every key left
+/// A command's overrides (`commands.<command>:`): any keys of [`CommandConfig`]; every key left
 /// out keeps its value from `defaults`. Kept as written, so that validation knows which keys were
 /// set; [`Config::settings`] resolves it against `defaults`.
 pub type CommandOverride = figment::value::Dict;
@@ -347,7 +347,7 @@ impl Config {
     /// Settings that are usable but probably a mistake, one warning each.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
-        let mut timeout = |key: String, s: &CommandSettings| {
+        let mut timeout = |key: String, s: &CommandConfig| {
             if s.timeout.0 >= OPENIM_TIMEOUT {
                 out.push(ConfigWarning {
                     key: format!("{key}.timeout"),
@@ -382,7 +382,7 @@ impl Config {
     fn check_settings(
         &self,
         key: &str,
-        s: &CommandSettings,
+        s: &CommandConfig,
         o: Option<&CommandOverride>,
     ) -> Result<(), ConfigError> {
         let set = |field: &str| o.is_none_or(|o| o.contains_key(field));
@@ -412,9 +412,9 @@ impl Config {
     }
 
     /// The settings of a command: `defaults`, then the keys of `commands.<command>` over them.
-    /// Fails (naming the key) only on an override that does not fit [`CommandSettings`], which
+    /// Fails (naming the key) only on an override that does not fit [`CommandConfig`], which
     /// [`Config::validate`] has already ruled out for a loaded config.
-    pub fn settings(&self, command: &str) -> Result<CommandSettings, ConfigError> {
+    pub fn settings(&self, command: &str) -> Result<CommandConfig, ConfigError> {
         let Some(o) = self.commands.get(command) else {
             return Ok(self.defaults.clone());
         };

@@ -7,7 +7,7 @@
 //! read them from the current snapshot each time.
 
 use crate::catalog::{Catalog, CommandEntry};
-use crate::config::{CommandSettings, Config};
+use crate::config::{CommandConfig, Config};
 use crate::decision::Policy;
 use crate::spool::Spool;
 use crate::upstream::{Call, UpstreamClient, Upstreams};
@@ -44,7 +44,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct CommandRoute {
     /// The command's merged settings.
-    pub settings: CommandSettings,
+    pub settings: CommandConfig,
     /// The decision policy derived from them.
     pub policy: Policy,
     /// The upstream client; `None` when the command is disabled.

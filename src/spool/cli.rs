@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use super::admin::{CountView, EventView};
-use super::{Progress, Spool, SpoolError, SpoolSettings, SpoolStats, Which};
+use super::{Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
 
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
@@ -65,7 +65,7 @@ pub enum SpoolCommand {
 /// which fails with [`SpoolError::AlreadyOpen`] (naming `--admin`) while the gateway runs.
 pub async fn run(
     cmd: SpoolCommand,
-    settings: &SpoolSettings,
+    settings: &SpoolConfig,
     admin: Option<&str>,
 ) -> Result<(), SpoolError> {
     let mut out = std::io::stdout();
@@ -75,7 +75,7 @@ pub async fn run(
 /// [`run`], writing to `out`, with a progress line every `progress_every` events.
 pub(crate) async fn run_to<W: Write + Send>(
     cmd: SpoolCommand,
-    settings: &SpoolSettings,
+    settings: &SpoolConfig,
     admin: Option<&str>,
     out: &mut W,
     progress_every: usize,

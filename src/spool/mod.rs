@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs` (this file): [`SpoolSettings`], the public types and [`Spool`], the handle the
+//! - `mod.rs` (this file): [`SpoolConfig`], the public types and [`Spool`], the handle the
 //!   gateway holds.
 //! - `store.rs`: the on-disk format (redb tables, the protobuf record), opening with clear
 //!   errors, reads.
@@ -52,7 +52,7 @@ use self::delivery::Sched;
 use self::store::Record;
 use self::writer::{ChunkOp, Cmd};
 
-/// Name of the spool file inside [`SpoolSettings::dir`].
+/// Name of the spool file inside [`SpoolConfig::dir`].
 pub const FILE_NAME: &str = "spool.redb";
 
 /// Longest time between a delete / attempt-count update and the disk sync that makes it durable.
@@ -80,7 +80,7 @@ pub enum FullPolicy {
 /// Configuration of the durable spool (`spool:` in the gateway's config).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
-pub struct SpoolSettings {
+pub struct SpoolConfig {
     /// Directory holding the spool file `spool.redb`; created when missing.
     pub dir: PathBuf,
     /// The spool is full when this many events are pending (not counting dead letters).
@@ -107,9 +107,9 @@ pub struct SpoolSettings {
     pub batch_max: usize,
 }
 
-impl Default for SpoolSettings {
+impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolSettings {
+        SpoolConfig {
             dir: PathBuf::from("data/spool"),
             max_events: 1_000_000,
             max_bytes: 1 << 30,
@@ -124,7 +124,7 @@ impl Default for SpoolSettings {
     }
 }
 
-impl SpoolSettings {
+impl SpoolConfig {
     /// Path of the spool file: `dir/spool.redb`.
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
@@ -132,9 +132,8 @@ impl SpoolSettings {
 
     /// Checks the values that would make the spool misbehave; `Config::validate` and
     /// [`Spool::open`] call it.
-    pub fn validate(&self) -> Result<(), SpoolSettingError> {
-        let bad =
-            |key: &'static str, problem: &'static str| Err(SpoolSettingError { key, problem });
+    pub fn validate(&self) -> Result<(), SpoolConfigError> {
+        let bad = |key: &'static str, problem: &'static str| Err(SpoolConfigError { key, problem });
         if self.max_events == 0 {
             return bad("max_events", "must be at least 1");
         }
@@ -166,7 +165,7 @@ impl SpoolSettings {
 /// A spool setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key} {problem}")]
-pub struct SpoolSettingError {
+pub struct SpoolConfigError {
     /// The key under `spool:`.
     pub key: &'static str,
     /// What is wrong.
@@ -417,7 +416,7 @@ pub(crate) struct Shared {
 }
 
 struct SpoolCore {
-    settings: SpoolSettings,
+    settings: SpoolConfig,
     db: Arc<Database>,
     shared: Arc<Shared>,
     tx: std::sync::mpsc::Sender<Cmd>,
@@ -456,7 +455,7 @@ impl Spool {
     ///
     /// Fails with a clear [`SpoolError`] when the directory cannot be created, the file cannot be
     /// read, is not a spool or is corrupted, or is already open. Needs no tokio runtime.
-    pub fn open(settings: &SpoolSettings) -> Result<Spool, SpoolError> {
+    pub fn open(settings: &SpoolConfig) -> Result<Spool, SpoolError> {
         settings
             .validate()
             .map_err(|e| SpoolError::Config(e.to_string()))?;

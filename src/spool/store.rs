@@ -13,7 +13,7 @@ use redb::{
     TableDefinition,
 };
 
-use super::{NewEvent, SpoolError, SpoolSettings, StoredEvent, Which};
+use super::{NewEvent, SpoolConfig, SpoolError, StoredEvent, Which};
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
@@ -152,7 +152,7 @@ pub(crate) struct Opened {
 }
 
 /// Opens or creates the spool file, checks it, and reads what is pending.
-pub(crate) fn open(settings: &SpoolSettings) -> Result<Opened, SpoolError> {
+pub(crate) fn open(settings: &SpoolConfig) -> Result<Opened, SpoolError> {
     let dir = &settings.dir;
     std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
         path: dir.clone(),

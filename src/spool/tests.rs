@@ -18,13 +18,13 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn settings(dir: &Path) -> SpoolSettings {
-    SpoolSettings {
+fn settings(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
         dir: dir.to_path_buf(),
         workers: 4,
         backoff_initial: Duration::from_millis(1),
         backoff_max: Duration::from_millis(20),
-        ..SpoolSettings::default()
+        ..SpoolConfig::default()
     }
 }
 
@@ -217,7 +217,7 @@ async fn permanent_error_goes_dead_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_attempts_go_dead() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         max_attempts: 3,
         ..settings(dir.path())
     })
@@ -246,7 +246,7 @@ async fn exhausted_attempts_go_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_old_goes_dead() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         max_age: Duration::from_millis(1),
         ..settings(dir.path())
     })
@@ -597,7 +597,7 @@ fn kill_9_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_rejects_under_reject() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         max_events: 3,
         ..settings(dir.path())
     })
@@ -616,7 +616,7 @@ async fn full_spool_rejects_under_reject() {
 
     // The disk budget.
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         max_bytes: 1_000,
         ..settings(dir.path())
     })
@@ -646,7 +646,7 @@ async fn full_spool_rejects_under_reject() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_drops_oldest_under_drop_oldest() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         max_events: 3,
         when_full: FullPolicy::DropOldest,
         ..settings(dir.path())
@@ -694,7 +694,7 @@ async fn group_commit_batches_concurrent_appends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_is_sequential_in_append_order_even_with_retries() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         workers: 8,
         ..settings(dir.path())
     })
@@ -752,7 +752,7 @@ async fn same_key_is_sequential_in_append_order_even_with_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_keys_and_unordered_events_run_concurrently() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolSettings {
+    let spool = Spool::open(&SpoolConfig {
         workers: 3,
         ..settings(dir.path())
     })
@@ -880,7 +880,7 @@ async fn other_redb_file_already_open_and_bad_dir_are_clear_errors() {
     assert!(err.to_string().contains("read and write access"), "{err}");
 
     // Bad settings.
-    let err = Spool::open(&SpoolSettings {
+    let err = Spool::open(&SpoolConfig {
         workers: 0,
         ..settings(dir.path())
     })
@@ -947,7 +947,7 @@ async fn appends_after_shutdown_fail_cleanly() {
 
 #[test]
 fn settings_parse_durations_and_refuse_unknown_fields() {
-    let s: SpoolSettings = serde_json::from_str(
+    let s: SpoolConfig = serde_json::from_str(
         r#"{"dir":"/var/spool","max_age":"2h","backoff_initial":"250ms","backoff_max":"90s",
             "when_full":"drop_oldest","workers":2}"#,
     )
@@ -958,16 +958,16 @@ fn settings_parse_durations_and_refuse_unknown_fields() {
     assert_eq!(s.when_full, FullPolicy::DropOldest);
     assert_eq!((s.workers, s.batch_max, s.max_attempts), (2, 512, 20));
 
-    let err = serde_json::from_str::<SpoolSettings>(r#"{"max_agee":"1h"}"#).unwrap_err();
+    let err = serde_json::from_str::<SpoolConfig>(r#"{"max_agee":"1h"}"#).unwrap_err();
     assert!(err.to_string().contains("max_agee"), "{err}");
-    let err = serde_json::from_str::<SpoolSettings>(r#"{"max_age":"5x"}"#).unwrap_err();
+    let err = serde_json::from_str::<SpoolConfig>(r#"{"max_age":"5x"}"#).unwrap_err();
     assert!(err.to_string().contains("5x"), "{err}");
 
-    let d = SpoolSettings::default();
+    let d = SpoolConfig::default();
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["max_age"], "1day");
     assert_eq!(json["when_full"], "reject");
-    assert_eq!(serde_json::from_value::<SpoolSettings>(json).unwrap(), d);
+    assert_eq!(serde_json::from_value::<SpoolConfig>(json).unwrap(), d);
     assert_eq!(d.dir, PathBuf::from("data/spool"));
     assert_eq!(
         (d.max_events, d.max_bytes, d.workers),
@@ -995,7 +995,7 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
 
 async fn cli(
     cmd: SpoolCommand,
-    s: &SpoolSettings,
+    s: &SpoolConfig,
     admin: Option<&str>,
 ) -> Result<String, SpoolError> {
     let mut out = Vec::new();

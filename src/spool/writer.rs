@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 
 use super::store::{self, DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
 use super::{
-    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Progress as ChunkResult, Shared, SpoolError,
-    SpoolSettings, StoredEventRef, Which, now_ms,
+    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Progress as ChunkResult, Shared, SpoolConfig,
+    SpoolError, StoredEventRef, Which, now_ms,
 };
 
 /// A replay or purge step.
@@ -116,7 +116,7 @@ impl Writer {
         db: Arc<Database>,
         rx: Receiver<Cmd>,
         shared: Arc<Shared>,
-        settings: &SpoolSettings,
+        settings: &SpoolConfig,
         instance: String,
         next_id: u64,
     ) -> Writer {
