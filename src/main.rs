@@ -38,10 +38,27 @@ enum Command {
     },
     /// Load and validate the configuration, print the effective settings, and exit.
     CheckConfig,
+    /// Write the contract compiled into this binary, for generating stubs in any language.
+    Proto {
+        /// Directory to write the `.proto` files into (as `openim/callback/v1/*.proto`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// File to write the encoded `FileDescriptorSet` to (e.g. for `protoc --descriptor_set_in`
+        /// or `buf build`).
+        #[arg(long)]
+        descriptor_set: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Proto {
+        out,
+        descriptor_set,
+    }) = &cli.command
+    {
+        return write_proto(out.as_deref(), descriptor_set.as_deref());
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -103,6 +120,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Some(Command::Proto { .. }) => ExitCode::SUCCESS,
             None => {
                 // Logged now that the subscriber exists (config loading ran before it).
                 for warning in config.warnings() {
@@ -156,4 +174,27 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: draining in-flight callbacks");
+}
+
+/// `proto`: needs no configuration, so it runs before the config is loaded.
+fn write_proto(
+    out: Option<&std::path::Path>,
+    descriptor_set: Option<&std::path::Path>,
+) -> ExitCode {
+    if out.is_none() && descriptor_set.is_none() {
+        eprintln!("openim-callback-gateway proto: give --out DIR and/or --descriptor-set FILE");
+        return ExitCode::from(2);
+    }
+    match openim_callback_gateway::proto::write_contract(out, descriptor_set) {
+        Ok(paths) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("openim-callback-gateway proto: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -6,103 +6,15 @@
 mod support;
 
 use openim_callback_gateway::proto::v1 as pb;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_openim-callback-gateway");
+#[path = "support/process.rs"]
+mod process;
 
-/// A running gateway process, killed on drop.
-struct Gateway {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary with `args` and waits (bounded) for its "listening" log line.
-fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
-    spawn_with_env(args, spool_dir, &[])
-}
-
-/// [`spawn`] with extra environment variables.
-fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("OPENIM_GATEWAY_SPOOL__DIR", spool_dir)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                if let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the gateway logs its listening address within 30 s");
-    Gateway { child, addr }
-}
-
-/// One HTTP/1.1 POST on an open connection; returns the status and the body.
-fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: gw\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n\
-         Content-Type: application/json; charset=utf-8\r\nOperationid: 1719800000123453781\r\n\
-         Accept-Encoding: gzip\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).unwrap();
-    conn.write_all(body).unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    let code: u16 = status.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut len = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).unwrap();
-    (
-        code,
-        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c
-}
+use process::{BIN, connect, post, spawn, spawn_with_env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_and_upstream_flags_serve_real_openim_requests() {
@@ -273,6 +185,51 @@ fn check_config_catches_spool_settings_and_reports_warnings() {
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON");
     assert_eq!(json["defaults"]["timeout"], "6s");
+}
+
+/// `proto --out DIR --descriptor-set FILE` writes the contract compiled into the binary: the same
+/// `.proto` files as the repository's, and a descriptor set that holds all six services.
+#[test]
+fn proto_subcommand_writes_the_compiled_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let fds = dir.path().join("contract.binpb");
+    let out = Command::new(BIN)
+        .args(["proto", "--out"])
+        .arg(dir.path().join("proto"))
+        .arg("--descriptor-set")
+        .arg(&fds)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/openim/callback/v1");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&repo).unwrap() {
+        let name = entry.unwrap().file_name();
+        let written =
+            std::fs::read_to_string(dir.path().join("proto/openim/callback/v1").join(&name))
+                .unwrap_or_else(|e| panic!("{name:?} written: {e}"));
+        assert_eq!(
+            written,
+            std::fs::read_to_string(repo.join(&name)).unwrap(),
+            "{name:?}"
+        );
+        names.push(name);
+    }
+    assert_eq!(names.len(), 7);
+    let pool = prost_reflect::DescriptorPool::decode(std::fs::read(&fds).unwrap().as_slice())
+        .expect("a valid descriptor set");
+    assert_eq!(
+        pool.services()
+            .filter(|s| s.package_name() == "openim.callback.v1")
+            .count(),
+        6
+    );
+    let out = Command::new(BIN).arg("proto").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing to write is a usage error"
+    );
 }
 
 /// Runs an operator command of the binary against a spool directory.

@@ -193,3 +193,50 @@ async fn openims_decoder_reads_the_gateways_answers_as_the_services_replies() {
         assert_eq!(rejected, sample["nextCode"] == 1, "{cmd}");
     }
 }
+
+/// Every RPC's comment says which OpenIM event it is (the command in backticks), when it fires,
+/// and what its reply can change: read from the `.proto` sources the contract crate embeds, so a
+/// new RPC without its comment fails here.
+#[test]
+fn every_rpc_comment_names_its_command_trigger_and_reply() {
+    let mut found = 0;
+    for row in ROWS {
+        let rpc = format!("rpc {}(", row.rpc);
+        let (path, text) = openim_callback_gateway::proto::PROTO_FILES
+            .iter()
+            .find(|(_, text)| text.contains(&rpc))
+            .unwrap_or_else(|| panic!("{}: no `{rpc}` in the contract", row.command));
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(&rpc))
+            .unwrap();
+        let comment: Vec<&str> = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with("//"))
+            .map(|l| l.trim_start().trim_start_matches("//").trim())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let comment = comment.join(" ");
+        assert!(
+            comment.starts_with(&format!("`{}`", row.command)),
+            "{path} {}: the comment starts with the command: {comment:?}",
+            row.rpc
+        );
+        assert!(
+            comment.contains("Fires") || comment.contains("Sent by"),
+            "{path} {}: says when it fires: {comment:?}",
+            row.rpc
+        );
+        assert!(
+            comment.contains("reply") || comment.contains("Reply"),
+            "{path} {}: says what the reply can change: {comment:?}",
+            row.rpc
+        );
+        found += 1;
+    }
+    assert_eq!(found, 52);
+}

@@ -6,18 +6,19 @@
 //! `openim-callback-example` binary serves it on its own (`examples/rust/serve PORT`). It is the
 //! Rust example to copy from: every RPC is ordinary tonic service code on the generated types.
 //!
-//! The policy, driven by [`ExampleConfig`]:
+//! The policy is `examples/POLICY.md`, the same in all five languages (a harness checks them all
+//! through the gateway), driven by [`ExampleConfig`]:
 //!
-//! - **Reject** a message, friend request, join request, invitation reason, nickname or group name
-//!   that contains a blocked word (case-insensitive). A rejection is a normal response with
-//!   `rejection` set; the gateway turns it into OpenIM's `nextCode 1` envelope.
+//! - **Reject** messages and group names that contain a blocked word (case-insensitive) with the
+//!   configured code. A rejection is a normal response with `rejection` set; the gateway turns it
+//!   into OpenIM's `nextCode 1` envelope.
 //! - **Modify**: mask blocked words in edited messages and friend remarks with `***`, give new
-//!   users without an avatar the default one, tidy or invent the name of a new group and stamp
-//!   its `ex`, drop the owner from their own friend import, and give untitled offline pushes a
-//!   generic title.
-//! - **Allow** everything else with an empty response: every unset field means "keep OpenIM's
-//!   value".
-//! - **After** callbacks are logged with a few key fields and acknowledged.
+//!   users without an avatar the default one, tag new groups that have no `ex`. Only the fields
+//!   set in a response change anything.
+//! - **After** callbacks: one line `after <command> <delivery-id>` on stdout (standalone binary) or
+//!   one log line (in-process), then the empty response.
+//! - Every other RPC is left to the generated default stub, which answers UNIMPLEMENTED: the
+//!   gateway continues the operation unchanged.
 
 use openim_callback_contract::metadata as meta;
 use openim_callback_contract::v1 as pb;
@@ -69,10 +70,6 @@ type Reply<T> = Result<Response<T>, Status>;
 const MASK: &str = "***";
 /// The `ex` a new group gets when it has none.
 const CREATED_VIA: &str = r#"{"createdVia":"openim-callback-gateway"}"#;
-/// Title of an offline push that has none.
-const PUSH_TITLE: &str = "New message";
-/// Text of an offline push that has no title.
-const PUSH_DESC: &str = "You have a new message";
 
 /// Starts the example upstream on a loopback port and returns its address and serving task.
 ///
@@ -93,27 +90,43 @@ pub async fn spawn(cfg: ExampleConfig) -> std::io::Result<(SocketAddr, JoinHandl
     Ok((addr, task))
 }
 
-/// The six callback services of the example, ready to mount on any tonic server.
+/// The six callback services of the example (after-events logged), ready to mount on any tonic
+/// server.
 pub fn routes(cfg: ExampleConfig) -> Routes {
-    let upstream = ExampleUpstream::new(cfg);
-    Routes::new(MessageCallbackServiceServer::new(upstream.clone()))
-        .add_service(PushCallbackServiceServer::new(upstream.clone()))
-        .add_service(UserCallbackServiceServer::new(upstream.clone()))
-        .add_service(FriendCallbackServiceServer::new(upstream.clone()))
-        .add_service(GroupCallbackServiceServer::new(upstream.clone()))
-        .add_service(ConversationCallbackServiceServer::new(upstream))
+    ExampleUpstream::new(cfg).into_routes()
 }
 
-/// The example policy; implements all six callback services.
+/// The example policy, on all six callback services.
 #[derive(Debug, Clone)]
 pub struct ExampleUpstream {
     cfg: ExampleConfig,
+    after_lines: bool,
 }
 
 impl ExampleUpstream {
-    /// An example upstream with this configuration.
+    /// An example upstream with this configuration; after-events are logged.
     pub fn new(cfg: ExampleConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            after_lines: false,
+        }
+    }
+
+    /// The same, printing `after <command> <delivery-id>` on stdout for each after-event instead
+    /// of logging it (what the standalone service does, see `examples/POLICY.md`).
+    pub fn with_after_lines(mut self) -> Self {
+        self.after_lines = true;
+        self
+    }
+
+    /// The six callback services, ready to mount on any tonic server.
+    pub fn into_routes(self) -> Routes {
+        Routes::new(MessageCallbackServiceServer::new(self.clone()))
+            .add_service(PushCallbackServiceServer::new(self.clone()))
+            .add_service(UserCallbackServiceServer::new(self.clone()))
+            .add_service(FriendCallbackServiceServer::new(self.clone()))
+            .add_service(GroupCallbackServiceServer::new(self.clone()))
+            .add_service(ConversationCallbackServiceServer::new(self))
     }
 
     /// The configured blocked words, empty entries skipped.
@@ -230,53 +243,6 @@ fn prefix_len_ignore_case(text: &str, word: &str) -> Option<usize> {
     Some(text.len() - chars.as_str().len())
 }
 
-/// `name` with surrounding whitespace trimmed and inner runs of whitespace collapsed to one space.
-fn tidy_group_name(name: &str) -> String {
-    name.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The name a new group gets instead of the requested one, if any: `Group of <owner>` for an
-/// unnamed group, else the tidied name when tidying changes it.
-fn group_name_on_create(req: &pb::BeforeCreateGroupRequest) -> Option<String> {
-    let tidy = tidy_group_name(&req.group_name);
-    if !tidy.is_empty() {
-        return (tidy != req.group_name).then_some(tidy);
-    }
-    let owner = if req.owner_user_id.is_empty() {
-        &req.init_member_list.first()?.user_id
-    } else {
-        &req.owner_user_id
-    };
-    (!owner.is_empty()).then(|| format!("Group of {owner}"))
-}
-
-/// `friends` without `owner`, or `None` when the owner is not among them.
-fn without_owner(owner: &str, friends: &[String]) -> Option<Vec<String>> {
-    friends.iter().any(|friend| friend == owner).then(|| {
-        friends
-            .iter()
-            .filter(|friend| *friend != owner)
-            .cloned()
-            .collect()
-    })
-}
-
-/// A generic title and text for an offline push that has no title, keeping its other settings;
-/// `None` when it has a title. The reply replaces the push info as a whole.
-fn untitled_push_info(req: &pb::BeforeOfflinePushRequest) -> Option<pb::OfflinePushInfo> {
-    if req.title.as_deref().is_some_and(|title| !title.is_empty()) {
-        return None;
-    }
-    Some(pb::OfflinePushInfo {
-        title: PUSH_TITLE.to_owned(),
-        desc: PUSH_DESC.to_owned(),
-        ex: req.ex.clone().unwrap_or_default(),
-        ios_push_sound: req.ios_push_sound.clone().unwrap_or_default(),
-        ios_badge_count: req.ios_badge_count.unwrap_or_default(),
-        signal_info: req.signal_info.clone().unwrap_or_default(),
-    })
-}
-
 /// Lets the operation go on unchanged (an empty response: every field unset), and logs why.
 fn allow<T: Default>(command: &str, reason: &str) -> Reply<T> {
     tracing::info!(
@@ -310,9 +276,18 @@ fn delivery(metadata: &MetadataMap) -> (Option<&str>, Option<u32>) {
 /// acknowledges it with the empty response. An error status instead would make the gateway retry
 /// the delivery.
 macro_rules! after_event {
-    ($request:ident, $command:literal $(, $field:ident)* $(,)?) => {{
+    ($self:ident, $request:ident, $command:literal $(, $field:ident)* $(,)?) => {{
         let (delivery_id, attempt) = delivery($request.metadata());
         let event = $request.get_ref();
+        if $self.after_lines {
+            let command = $request
+                .metadata()
+                .get(meta::COMMAND)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            after_line(command, delivery_id.unwrap_or("-"));
+            return Ok(Response::new(Default::default()));
+        }
         tracing::info!(
             command = $command,
             delivery_id,
@@ -322,6 +297,14 @@ macro_rules! after_event {
         );
         Ok(Response::new(Default::default()))
     }};
+}
+
+/// Prints one after-event line on stdout and flushes it, so a reader sees it at once.
+fn after_line(command: &str, delivery_id: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "after {command} {delivery_id}");
+    let _ = out.flush();
 }
 
 /// A before-callback response, which can carry a rejection.
@@ -385,6 +368,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterSendSingleMsgRequest>,
     ) -> Reply<pb::AfterSendSingleMsgResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSendSingleMsgCommand",
             send_id,
@@ -409,6 +393,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterSendGroupMsgRequest>,
     ) -> Reply<pb::AfterSendGroupMsgResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSendGroupMsgCommand",
             send_id,
@@ -440,6 +425,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterMsgSaveDbRequest>,
     ) -> Reply<pb::AfterMsgSaveDbResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterMsgSaveDBCommand",
             send_id,
@@ -454,6 +440,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterGroupMsgReadRequest>,
     ) -> Reply<pb::AfterGroupMsgReadResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterGroupMsgReadCommand",
             send_id,
@@ -466,6 +453,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterSingleMsgReadRequest>,
     ) -> Reply<pb::AfterSingleMsgReadResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSingleMsgReadCommand",
             conversation_id,
@@ -479,6 +467,7 @@ impl MessageCallbackService for ExampleUpstream {
         request: Request<pb::AfterRevokeMsgRequest>,
     ) -> Reply<pb::AfterRevokeMsgResponse> {
         after_event!(
+            self,
             request,
             "callbackBeforeAfterMsgCommand",
             conversation_id,
@@ -489,65 +478,16 @@ impl MessageCallbackService for ExampleUpstream {
 }
 
 #[tonic::async_trait]
-impl PushCallbackService for ExampleUpstream {
-    async fn before_offline_push(
-        &self,
-        request: Request<pb::BeforeOfflinePushRequest>,
-    ) -> Reply<pb::BeforeOfflinePushResponse> {
-        const COMMAND: &str = "callbackBeforeOfflinePushCommand";
-        match untitled_push_info(request.get_ref()) {
-            Some(info) => modify(
-                COMMAND,
-                "untitled push given a generic title",
-                pb::BeforeOfflinePushResponse {
-                    offline_push_info: Some(info),
-                    ..Default::default()
-                },
-            ),
-            None => allow(COMMAND, "push already has a title"),
-        }
-    }
-
-    async fn before_online_push(
-        &self,
-        _request: Request<pb::BeforeOnlinePushRequest>,
-    ) -> Reply<pb::BeforeOnlinePushResponse> {
-        allow(
-            "callbackBeforeOnlinePushCommand",
-            "online pushes always allowed",
-        )
-    }
-
-    async fn before_group_online_push(
-        &self,
-        _request: Request<pb::BeforeGroupOnlinePushRequest>,
-    ) -> Reply<pb::BeforeGroupOnlinePushResponse> {
-        allow(
-            "callbackBeforeGroupOnlinePushCommand",
-            "online pushes always allowed",
-        )
-    }
-}
+impl PushCallbackService for ExampleUpstream {}
 
 #[tonic::async_trait]
 impl UserCallbackService for ExampleUpstream {
-    async fn before_update_user_info(
-        &self,
-        request: Request<pb::BeforeUpdateUserInfoRequest>,
-    ) -> Reply<pb::BeforeUpdateUserInfoResponse> {
-        const COMMAND: &str = "callbackBeforeUpdateUserInfoCommand";
-        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
-        if let Some(word) = self.blocked_word(nickname) {
-            return self.reject(COMMAND, "nickname contains a blocked word", word);
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_update_user_info(
         &self,
         request: Request<pb::AfterUpdateUserInfoRequest>,
     ) -> Reply<pb::AfterUpdateUserInfoResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterUpdateUserInfoCommand",
             user_id,
@@ -555,25 +495,12 @@ impl UserCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_update_user_info_ex(
-        &self,
-        request: Request<pb::BeforeUpdateUserInfoExRequest>,
-    ) -> Reply<pb::BeforeUpdateUserInfoExResponse> {
-        // Only reject or allow: a reply field whose request field is unset would crash OpenIM
-        // (the gateway drops it), so an Ex reply should only ever set fields the request has.
-        const COMMAND: &str = "callbackBeforeUpdateUserInfoExCommand";
-        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
-        if let Some(word) = self.blocked_word(nickname) {
-            return self.reject(COMMAND, "nickname contains a blocked word", word);
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_update_user_info_ex(
         &self,
         request: Request<pb::AfterUpdateUserInfoExRequest>,
     ) -> Reply<pb::AfterUpdateUserInfoExResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterUpdateUserInfoExCommand",
             user_id,
@@ -587,12 +514,6 @@ impl UserCallbackService for ExampleUpstream {
     ) -> Reply<pb::BeforeUserRegisterResponse> {
         const COMMAND: &str = "callbackBeforeUserRegisterCommand";
         let users = request.into_inner().users;
-        if let Some(word) = users
-            .iter()
-            .find_map(|user| self.blocked_word(&user.nickname))
-        {
-            return self.reject(COMMAND, "nickname contains a blocked word", word);
-        }
         // OpenIM replaces the whole list with a non-empty reply list, so return every user.
         match self.with_default_faces(users) {
             Some(users) => modify(
@@ -611,29 +532,20 @@ impl UserCallbackService for ExampleUpstream {
         &self,
         request: Request<pb::AfterUserRegisterRequest>,
     ) -> Reply<pb::AfterUserRegisterResponse> {
-        // Written out rather than `after_event!`, to log only the IDs of the registered users.
-        let user_ids: Vec<&str> = request
-            .get_ref()
-            .users
-            .iter()
-            .map(|user| user.user_id.as_str())
-            .collect();
-        let (delivery_id, attempt) = delivery(request.metadata());
-        tracing::info!(
-            command = "callbackAfterUserRegisterCommand",
-            delivery_id,
-            attempt,
-            ?user_ids,
-            "after-event received"
-        );
-        Ok(Response::new(pb::AfterUserRegisterResponse {}))
+        after_event!(self, request, "callbackAfterUserRegisterCommand", users)
     }
 
     async fn after_user_online(
         &self,
         request: Request<pb::AfterUserOnlineRequest>,
     ) -> Reply<pb::AfterUserOnlineResponse> {
-        after_event!(request, "callbackAfterUserOnlineCommand", user_id, platform)
+        after_event!(
+            self,
+            request,
+            "callbackAfterUserOnlineCommand",
+            user_id,
+            platform
+        )
     }
 
     async fn after_user_offline(
@@ -641,6 +553,7 @@ impl UserCallbackService for ExampleUpstream {
         request: Request<pb::AfterUserOfflineRequest>,
     ) -> Reply<pb::AfterUserOfflineResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterUserOfflineCommand",
             user_id,
@@ -653,6 +566,7 @@ impl UserCallbackService for ExampleUpstream {
         request: Request<pb::AfterUserKickOffRequest>,
     ) -> Reply<pb::AfterUserKickOffResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterUserKickOffCommand",
             user_id,
@@ -663,40 +577,16 @@ impl UserCallbackService for ExampleUpstream {
 
 #[tonic::async_trait]
 impl FriendCallbackService for ExampleUpstream {
-    async fn before_add_friend(
-        &self,
-        request: Request<pb::BeforeAddFriendRequest>,
-    ) -> Reply<pb::BeforeAddFriendResponse> {
-        const COMMAND: &str = "callbackBeforeAddFriendCommand";
-        if let Some(word) = self.blocked_word(&request.get_ref().req_msg) {
-            return self.reject(
-                COMMAND,
-                "friend request message contains a blocked word",
-                word,
-            );
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_add_friend(
         &self,
         request: Request<pb::AfterAddFriendRequest>,
     ) -> Reply<pb::AfterAddFriendResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterAddFriendCommand",
             from_user_id,
             to_user_id
-        )
-    }
-
-    async fn before_add_friend_agree(
-        &self,
-        _request: Request<pb::BeforeAddFriendAgreeRequest>,
-    ) -> Reply<pb::BeforeAddFriendAgreeResponse> {
-        allow(
-            "callbackBeforeAddFriendAgreeCommand",
-            "answers always allowed",
         )
     }
 
@@ -705,6 +595,7 @@ impl FriendCallbackService for ExampleUpstream {
         request: Request<pb::AfterAddFriendAgreeRequest>,
     ) -> Reply<pb::AfterAddFriendAgreeResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterAddFriendAgreeCommand",
             from_user_id,
@@ -718,6 +609,7 @@ impl FriendCallbackService for ExampleUpstream {
         request: Request<pb::AfterDeleteFriendRequest>,
     ) -> Reply<pb::AfterDeleteFriendResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterDeleteFriendCommand",
             owner_user_id,
@@ -725,50 +617,16 @@ impl FriendCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_import_friends(
-        &self,
-        request: Request<pb::BeforeImportFriendsRequest>,
-    ) -> Reply<pb::BeforeImportFriendsResponse> {
-        const COMMAND: &str = "callbackBeforeImportFriendsCommand";
-        let req = request.get_ref();
-        match without_owner(&req.owner_user_id, &req.friend_user_ids) {
-            // An empty reply list means "keep the list", so an import of only the owner is refused.
-            Some(friends) if friends.is_empty() => self.reject(
-                COMMAND,
-                "cannot import yourself as a friend",
-                &req.owner_user_id,
-            ),
-            Some(friend_user_ids) => modify(
-                COMMAND,
-                "owner removed from own friend import",
-                pb::BeforeImportFriendsResponse {
-                    friend_user_ids,
-                    ..Default::default()
-                },
-            ),
-            None => allow(COMMAND, "owner not in the list"),
-        }
-    }
-
     async fn after_import_friends(
         &self,
         request: Request<pb::AfterImportFriendsRequest>,
     ) -> Reply<pb::AfterImportFriendsResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterImportFriendsCommand",
             owner_user_id,
             friend_user_ids
-        )
-    }
-
-    async fn before_add_black(
-        &self,
-        _request: Request<pb::BeforeAddBlackRequest>,
-    ) -> Reply<pb::BeforeAddBlackResponse> {
-        allow(
-            "callbackBeforeAddBlackCommand",
-            "blocking users always allowed",
         )
     }
 
@@ -777,6 +635,7 @@ impl FriendCallbackService for ExampleUpstream {
         request: Request<pb::AfterRemoveBlackRequest>,
     ) -> Reply<pb::AfterRemoveBlackResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterRemoveBlackCommand",
             owner_user_id,
@@ -807,6 +666,7 @@ impl FriendCallbackService for ExampleUpstream {
         request: Request<pb::AfterSetFriendRemarkRequest>,
     ) -> Reply<pb::AfterSetFriendRemarkResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSetFriendRemarkCommand",
             owner_user_id,
@@ -826,15 +686,17 @@ impl GroupCallbackService for ExampleUpstream {
         if let Some(word) = self.blocked_word(&req.group_name) {
             return self.reject(COMMAND, "group name contains a blocked word", word);
         }
-        let response = pb::BeforeCreateGroupResponse {
-            group_name: group_name_on_create(req),
-            ex: req.ex.is_empty().then(|| CREATED_VIA.to_owned()),
-            ..Default::default()
-        };
-        if response.group_name.is_none() && response.ex.is_none() {
-            return allow(COMMAND, "name already tidy and ex already set");
+        if !req.ex.is_empty() {
+            return allow(COMMAND, "ex already set");
         }
-        modify(COMMAND, "group name tidied or ex stamped", response)
+        modify(
+            COMMAND,
+            "new group tagged",
+            pb::BeforeCreateGroupResponse {
+                ex: Some(CREATED_VIA.to_owned()),
+                ..Default::default()
+            },
+        )
     }
 
     async fn after_create_group(
@@ -842,6 +704,7 @@ impl GroupCallbackService for ExampleUpstream {
         request: Request<pb::AfterCreateGroupRequest>,
     ) -> Reply<pb::AfterCreateGroupResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterCreateGroupCommand",
             group_id,
@@ -850,33 +713,12 @@ impl GroupCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_members_join_group(
-        &self,
-        _request: Request<pb::BeforeMembersJoinGroupRequest>,
-    ) -> Reply<pb::BeforeMembersJoinGroupResponse> {
-        allow(
-            "callbackBeforeMembersJoinGroupCommand",
-            "joining members always allowed",
-        )
-    }
-
-    async fn before_set_group_member_info(
-        &self,
-        request: Request<pb::BeforeSetGroupMemberInfoRequest>,
-    ) -> Reply<pb::BeforeSetGroupMemberInfoResponse> {
-        const COMMAND: &str = "callbackBeforeSetGroupMemberInfoCommand";
-        let nickname = request.get_ref().nickname.as_deref().unwrap_or_default();
-        if let Some(word) = self.blocked_word(nickname) {
-            return self.reject(COMMAND, "group nickname contains a blocked word", word);
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_set_group_member_info(
         &self,
         request: Request<pb::AfterSetGroupMemberInfoRequest>,
     ) -> Reply<pb::AfterSetGroupMemberInfoResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSetGroupMemberInfoCommand",
             group_id,
@@ -889,7 +731,13 @@ impl GroupCallbackService for ExampleUpstream {
         &self,
         request: Request<pb::AfterQuitGroupRequest>,
     ) -> Reply<pb::AfterQuitGroupResponse> {
-        after_event!(request, "callbackAfterQuitGroupCommand", group_id, user_id)
+        after_event!(
+            self,
+            request,
+            "callbackAfterQuitGroupCommand",
+            group_id,
+            user_id
+        )
     }
 
     async fn after_kick_group(
@@ -897,6 +745,7 @@ impl GroupCallbackService for ExampleUpstream {
         request: Request<pb::AfterKickGroupRequest>,
     ) -> Reply<pb::AfterKickGroupResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterKickGroupCommand",
             group_id,
@@ -909,6 +758,7 @@ impl GroupCallbackService for ExampleUpstream {
         request: Request<pb::AfterDismissGroupRequest>,
     ) -> Reply<pb::AfterDismissGroupResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterDisMissGroupCommand",
             group_id,
@@ -916,26 +766,12 @@ impl GroupCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_join_group(
-        &self,
-        request: Request<pb::BeforeJoinGroupRequest>,
-    ) -> Reply<pb::BeforeJoinGroupResponse> {
-        const COMMAND: &str = "callbackBeforeJoinGroupCommand";
-        if let Some(word) = self.blocked_word(&request.get_ref().req_message) {
-            return self.reject(
-                COMMAND,
-                "join request message contains a blocked word",
-                word,
-            );
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_transfer_group_owner(
         &self,
         request: Request<pb::AfterTransferGroupOwnerRequest>,
     ) -> Reply<pb::AfterTransferGroupOwnerResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterTransferGroupOwnerCommand",
             group_id,
@@ -944,22 +780,12 @@ impl GroupCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_invite_join_group(
-        &self,
-        request: Request<pb::BeforeInviteJoinGroupRequest>,
-    ) -> Reply<pb::BeforeInviteJoinGroupResponse> {
-        const COMMAND: &str = "callbackBeforeInviteJoinGroupCommand";
-        if let Some(word) = self.blocked_word(&request.get_ref().reason) {
-            return self.reject(COMMAND, "invitation reason contains a blocked word", word);
-        }
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_join_group(
         &self,
         request: Request<pb::AfterJoinGroupRequest>,
     ) -> Reply<pb::AfterJoinGroupResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterJoinGroupCommand",
             group_id,
@@ -968,24 +794,12 @@ impl GroupCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_set_group_info(
-        &self,
-        request: Request<pb::BeforeSetGroupInfoRequest>,
-    ) -> Reply<pb::BeforeSetGroupInfoResponse> {
-        const COMMAND: &str = "callbackBeforeSetGroupInfoCommand";
-        if let Some(word) = self.blocked_word(&request.get_ref().group_name) {
-            return self.reject(COMMAND, "group name contains a blocked word", word);
-        }
-        // OpenIM copies groupID and the group fields from the reply unconditionally; the gateway
-        // fills the ones left unset from the request, so an empty response is a safe "allow".
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_set_group_info(
         &self,
         request: Request<pb::AfterSetGroupInfoRequest>,
     ) -> Reply<pb::AfterSetGroupInfoResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSetGroupInfoCommand",
             group_id,
@@ -993,24 +807,12 @@ impl GroupCallbackService for ExampleUpstream {
         )
     }
 
-    async fn before_set_group_info_ex(
-        &self,
-        request: Request<pb::BeforeSetGroupInfoExRequest>,
-    ) -> Reply<pb::BeforeSetGroupInfoExResponse> {
-        const COMMAND: &str = "callbackBeforeSetGroupInfoExCommand";
-        let group_name = request.get_ref().group_name.as_deref().unwrap_or_default();
-        if let Some(word) = self.blocked_word(group_name) {
-            return self.reject(COMMAND, "group name contains a blocked word", word);
-        }
-        // As for BeforeSetGroupInfo, the gateway echoes the fields OpenIM copies back.
-        allow(COMMAND, "no blocked word")
-    }
-
     async fn after_set_group_info_ex(
         &self,
         request: Request<pb::AfterSetGroupInfoExRequest>,
     ) -> Reply<pb::AfterSetGroupInfoExResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterSetGroupInfoExCommand",
             group_id,
@@ -1021,35 +823,16 @@ impl GroupCallbackService for ExampleUpstream {
 
 #[tonic::async_trait]
 impl ConversationCallbackService for ExampleUpstream {
-    async fn before_create_single_chat_conversations(
-        &self,
-        _request: Request<pb::BeforeCreateSingleChatConversationsRequest>,
-    ) -> Reply<pb::BeforeCreateSingleChatConversationsResponse> {
-        allow(
-            "callbackBeforeCreateSingleChatConversationsCommand",
-            "default conversation settings",
-        )
-    }
-
     async fn after_create_single_chat_conversations(
         &self,
         request: Request<pb::AfterCreateSingleChatConversationsRequest>,
     ) -> Reply<pb::AfterCreateSingleChatConversationsResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterCreateSingleChatConversationsCommand",
             owner_user_id,
             conversation_id
-        )
-    }
-
-    async fn before_create_group_chat_conversations(
-        &self,
-        _request: Request<pb::BeforeCreateGroupChatConversationsRequest>,
-    ) -> Reply<pb::BeforeCreateGroupChatConversationsResponse> {
-        allow(
-            "callbackBeforeCreateGroupChatConversationsCommand",
-            "default conversation settings",
         )
     }
 
@@ -1058,6 +841,7 @@ impl ConversationCallbackService for ExampleUpstream {
         request: Request<pb::AfterCreateGroupChatConversationsRequest>,
     ) -> Reply<pb::AfterCreateGroupChatConversationsResponse> {
         after_event!(
+            self,
             request,
             "callbackAfterCreateGroupChatConversationsCommand",
             group_id,
@@ -1119,32 +903,7 @@ mod tests {
     }
 
     #[test]
-    fn tidies_group_names() {
-        assert_eq!(tidy_group_name("  Rust   fans \t club "), "Rust fans club");
-        assert_eq!(tidy_group_name("   "), "");
-
-        let mut req = pb::BeforeCreateGroupRequest {
-            group_name: " Rust  fans".into(),
-            owner_user_id: "u1".into(),
-            ..Default::default()
-        };
-        assert_eq!(group_name_on_create(&req).as_deref(), Some("Rust fans"));
-        req.group_name = "Rust fans".into();
-        assert_eq!(group_name_on_create(&req), None);
-        req.group_name = " ".into();
-        assert_eq!(group_name_on_create(&req).as_deref(), Some("Group of u1"));
-        req.owner_user_id.clear();
-        req.init_member_list = vec![pb::GroupAddMemberInfo {
-            user_id: "u2".into(),
-            role_level: 100,
-        }];
-        assert_eq!(group_name_on_create(&req).as_deref(), Some("Group of u2"));
-        req.init_member_list.clear();
-        assert_eq!(group_name_on_create(&req), None);
-    }
-
-    #[test]
-    fn gives_default_faces_and_drops_the_owner() {
+    fn gives_default_faces() {
         let ex = example();
         let user = |id: &str, face: &str| pb::UserInfo {
             user_id: id.into(),
@@ -1160,29 +919,6 @@ mod tests {
             ex.with_default_faces(vec![user("b", "https://b.png")]),
             None
         );
-
-        let ids = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            without_owner("o", &ids(&["a", "o", "b"])),
-            Some(ids(&["a", "b"]))
-        );
-        assert_eq!(without_owner("o", &ids(&["a", "b"])), None);
-    }
-
-    #[test]
-    fn titles_untitled_offline_pushes() {
-        let mut req = pb::BeforeOfflinePushRequest {
-            ios_push_sound: Some("ding".into()),
-            ..Default::default()
-        };
-        let info = untitled_push_info(&req).unwrap();
-        assert_eq!(
-            (info.title.as_str(), info.desc.as_str()),
-            (PUSH_TITLE, PUSH_DESC)
-        );
-        assert_eq!(info.ios_push_sound, "ding");
-        req.title = Some("Alice".into());
-        assert_eq!(untitled_push_info(&req), None);
     }
 
     #[tokio::test]
@@ -1215,7 +951,7 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(created.rejection, None);
-        assert_eq!(created.group_name.as_deref(), Some("Group of u1"));
+        assert_eq!(created.group_name, None, "the name is the user's");
         assert_eq!(created.ex.as_deref(), Some(CREATED_VIA));
 
         let modified = ex
@@ -1238,12 +974,11 @@ mod tests {
                 ..Default::default()
             }))
             .await
-            .unwrap()
-            .into_inner();
+            .expect_err("not part of the policy");
         assert_eq!(
-            set_info,
-            pb::BeforeSetGroupInfoResponse::default(),
-            "the gateway echoes"
+            set_info.code(),
+            tonic::Code::Unimplemented,
+            "the generated default stub: the gateway continues"
         );
 
         let mut after = Request::new(pb::AfterQuitGroupRequest::default());
@@ -1264,17 +999,22 @@ mod tests {
             .await
             .unwrap();
         let reply = client
-            .before_join_group(pb::BeforeJoinGroupRequest {
-                req_message: "FORBIDDEN words".into(),
+            .before_create_group(pb::BeforeCreateGroupRequest {
+                group_name: "FORBIDDEN words".into(),
                 ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(
-            reply.rejection.map(|r| r.detail).as_deref(),
-            Some("Forbidden")
+            reply.rejection.map(|r| (r.code, r.detail)),
+            Some((20042, "Forbidden".to_owned()))
         );
+        let unimplemented = client
+            .before_join_group(pb::BeforeJoinGroupRequest::default())
+            .await
+            .expect_err("not part of the policy");
+        assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
         task.abort();
     }
 }

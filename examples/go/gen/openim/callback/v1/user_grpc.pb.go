@@ -65,9 +65,9 @@ type UserCallbackServiceClient interface {
 	// `callbackAfterUserOfflineCommand`, after-callback (asynchronous), sent by msg-gateway. Fires
 	// when a user goes offline on a platform. The reply changes nothing.
 	AfterUserOffline(ctx context.Context, in *AfterUserOfflineRequest, opts ...grpc.CallOption) (*AfterUserOfflineResponse, error)
-	// `callbackAfterUserKickOffCommand`, after-callback (asynchronous). Defined by OpenIM for a user
-	// kicked off a platform, but never sent by current OpenIM (there is no caller). The reply changes
-	// nothing.
+	// `callbackAfterUserKickOffCommand`, after-callback (asynchronous). Fires when a user is kicked
+	// off a platform, as OpenIM defines it; current OpenIM never sends it (there is no caller). The
+	// reply changes nothing.
 	AfterUserKickOff(ctx context.Context, in *AfterUserKickOffRequest, opts ...grpc.CallOption) (*AfterUserKickOffResponse, error)
 }
 
@@ -204,9 +204,9 @@ type UserCallbackServiceServer interface {
 	// `callbackAfterUserOfflineCommand`, after-callback (asynchronous), sent by msg-gateway. Fires
 	// when a user goes offline on a platform. The reply changes nothing.
 	AfterUserOffline(context.Context, *AfterUserOfflineRequest) (*AfterUserOfflineResponse, error)
-	// `callbackAfterUserKickOffCommand`, after-callback (asynchronous). Defined by OpenIM for a user
-	// kicked off a platform, but never sent by current OpenIM (there is no caller). The reply changes
-	// nothing.
+	// `callbackAfterUserKickOffCommand`, after-callback (asynchronous). Fires when a user is kicked
+	// off a platform, as OpenIM defines it; current OpenIM never sends it (there is no caller). The
+	// reply changes nothing.
 	AfterUserKickOff(context.Context, *AfterUserKickOffRequest) (*AfterUserKickOffResponse, error)
 	mustEmbedUnimplementedUserCallbackServiceServer()
 }
