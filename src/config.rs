@@ -5,6 +5,12 @@
 //! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
 //! logging is set up.
 
+mod security;
+
+pub use security::{
+    AuthConfig, HeaderAuthConfig, LimitsConfig, Secret, TlsConfig, parse_net, read_admin_token,
+};
+
 use crate::catalog::{self, Phase};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
@@ -58,6 +64,20 @@ pub struct Config {
     pub spool: crate::spool::SpoolConfig,
     /// The built-in example upstream (serves as `default` when no upstream is configured).
     pub example: openim_callback_example::ExampleConfig,
+    /// Who may call the callback port (path secret, header, source CIDRs).
+    pub auth: AuthConfig,
+    /// TLS on the callback port; unset = plain HTTP (a mesh sidecar may terminate TLS).
+    pub tls: Option<TlsConfig>,
+    /// A file holding the bearer token every `/admin/*` route requires (`Authorization: Bearer
+    /// <token>`), wherever it is served.
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow the admin API on a non-loopback address without a token. Off: such a start is
+    /// refused, because the admin API can list message payloads and purge dead letters.
+    pub admin_insecure: bool,
+    /// Put `/metrics` behind the admin token too (health stays open for probes).
+    pub admin_protect_metrics: bool,
+    /// Limits applied before any work.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -72,6 +92,12 @@ impl Default for Config {
             commands: BTreeMap::new(),
             spool: crate::spool::SpoolConfig::default(),
             example: openim_callback_example::ExampleConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
+            admin_token_file: None,
+            admin_insecure: false,
+            admin_protect_metrics: false,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -321,6 +347,32 @@ impl Config {
         self.spool
             .validate()
             .map_err(|e| invalid(format!("spool.{}", e.key), e.problem))?;
+        self.auth.validate()?;
+        self.limits.validate(self.max_body_bytes)?;
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("tls.cert_file", Some(&tls.cert_file)),
+                ("tls.key_file", Some(&tls.key_file)),
+                ("tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && let Err(e) = std::fs::metadata(path)
+                {
+                    return Err(invalid(key, format!("cannot read {}: {e}", path.display())));
+                }
+            }
+        }
+        if let Some(path) = &self.admin_token_file {
+            read_admin_token(path)?;
+        } else if self.admin_api_exposed() && !self.admin_insecure {
+            return Err(invalid(
+                "admin_token_file",
+                format!(
+                    "the admin API (which lists message payloads and purges dead letters) would be reachable on {} without a token: set admin_token_file, or serve it on loopback (admin_listen: 127.0.0.1:PORT), or set admin_insecure: true",
+                    self.admin_listen.unwrap_or(self.listen)
+                ),
+            ));
+        }
         self.check_settings("defaults", &self.defaults, None)?;
         for row in catalog::ROWS {
             if let Some(o) = self.commands.get(row.command) {
@@ -367,6 +419,22 @@ impl Config {
             }
         }
         out
+    }
+
+    /// Whether the admin API (`/admin/*`, present when a spool is used) is served on an address
+    /// other than loopback.
+    pub fn admin_api_exposed(&self) -> bool {
+        self.uses_spool() && !self.admin_listen.unwrap_or(self.listen).ip().is_loopback()
+    }
+
+    /// Whether any after command uses the durable spool.
+    pub fn uses_spool(&self) -> bool {
+        catalog::ROWS.iter().any(|row| {
+            row.phase() == Phase::After
+                && self
+                    .settings(row.command)
+                    .is_ok_and(|s| s.enabled && s.delivery == Delivery::Spool)
+        })
     }
 
     /// The names of the upstreams a start will have: the configured ones, or `default` (the

@@ -39,7 +39,7 @@ pub mod spool;
 pub mod telemetry;
 pub mod upstream;
 
-use crate::config::{Config, DEFAULT_UPSTREAM, Delivery, UpstreamConfig};
+use crate::config::{Config, DEFAULT_UPSTREAM, UpstreamConfig};
 use crate::gateway::Gateway;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,22 +54,15 @@ pub enum RunError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// The inbound TLS material cannot be used.
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
     /// The built-in example upstream could not start.
     #[error("built-in example upstream: {0}")]
     Example(std::io::Error),
     /// A port could not be bound, or the HTTP server failed.
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
-}
-
-/// Whether any after command of `config` uses the durable spool.
-pub fn uses_spool(config: &Config) -> bool {
-    catalog::ROWS.iter().any(|row| {
-        row.phase() == catalog::Phase::After
-            && config
-                .settings(row.command)
-                .is_ok_and(|s| s.enabled && s.delivery == Delivery::Spool)
-    })
 }
 
 /// Runs the gateway on `listener` until `shutdown` completes, then drains.
@@ -94,7 +87,11 @@ pub async fn run(
     } else {
         None
     };
-    let spool = if uses_spool(&config) {
+    let tls = match &config.tls {
+        Some(cfg) => Some(http::tls::acceptor(cfg)?),
+        None => None,
+    };
+    let spool = if config.uses_spool() {
         let spool = spool::Spool::open(&config.spool)?;
         tracing::info!(dir = %config.spool.dir.display(), "after-event spool open");
         Some(spool)
@@ -113,7 +110,11 @@ pub async fn run(
         callback: listener,
         admin,
     };
-    http::serve(&gateway, ports, shutdown)
+    let options = http::ServeOptions {
+        limits: config.limits.clone(),
+        tls,
+    };
+    http::serve(&gateway, ports, options, shutdown)
         .await
         .map_err(RunError::Serve)?;
     if let Some(spool) = spool {

@@ -62,11 +62,13 @@ fn quit_body(user: &str) -> Vec<u8> {
     wire(&body)
 }
 
-fn dead_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback port nobody listens on, kept reserved (bound, not listening) while the returned
+/// socket lives, so that no other test's listener can be given the same port meanwhile:
+/// connections to it are refused. Drop the socket to bind a listener there.
+fn dead_port() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
@@ -83,7 +85,7 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
 #[tokio::test]
 async fn events_are_acked_while_the_upstream_is_down_and_delivered_when_it_comes_up() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = dead_port();
+    let (addr, reserved) = dead_port();
     let s = spooled(&format!("http://{addr}"), dir.path(), "");
     for i in 0..50 {
         let a = post_command(&s.gw, QUIT, quit_body(&format!("u{i}"))).await;
@@ -95,6 +97,7 @@ async fn events_are_acked_while_the_upstream_is_down_and_delivered_when_it_comes
     }
     assert_eq!(s.spool.stats().pending, 50);
 
+    drop(reserved);
     let up = Upstream::start_on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
     wait_for(|| s.spool.stats().pending == 0, "all 50 delivered").await;
     let calls = up.calls();
@@ -190,7 +193,7 @@ async fn permanent_errors_become_dead_letters_an_operator_can_replay() {
 
 #[tokio::test]
 async fn a_full_spool_rejects_loudly_or_drops_the_oldest_as_configured() {
-    let addr = dead_port();
+    let (addr, _reserved) = dead_port();
     let dir = tempfile::tempdir().unwrap();
     let s = spooled_with(
         &format!("http://{addr}"),
@@ -346,17 +349,18 @@ async fn a_corrupted_spool_file_stops_the_start_with_a_clear_error() {
 async fn pending_event_follows_a_snapshot_that_moves_its_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let new_upstream = Upstream::start().await;
-    let yaml = |routes_to: &str| {
+    let (old_addr, _reserved) = dead_port();
+    let yaml = |old: &str, routes_to: &str| {
         format!(
-            "upstreams:\n  old: {{endpoints: ['http://{}'], connect_timeout: 200ms}}\n  moved: {{endpoints: ['{}']}}\n\
+            "upstreams:\n{old}  moved: {{endpoints: ['{}']}}\n\
              defaults: {{timeout: 1s, upstream: {routes_to}}}\n\
              spool: {{dir: '{}', backoff_initial: 20ms, backoff_max: 100ms}}\n",
-            dead_port(),
             new_upstream.uri(),
             dir.path().display()
         )
     };
-    let config = Config::from_yaml(&yaml("old")).unwrap();
+    let old = format!("  old: {{endpoints: ['http://{old_addr}'], connect_timeout: 200ms}}\n");
+    let config = Config::from_yaml(&yaml(&old, "old")).unwrap();
     let spool = Spool::open(&config.spool).unwrap();
     let gw = Gateway::new(&config, Some(spool.clone())).unwrap();
     let _delivery = spool.start(Arc::new(gw.clone()));
@@ -385,15 +389,8 @@ async fn pending_event_follows_a_snapshot_that_moves_its_upstream() {
     assert!(new_upstream.calls().is_empty());
 
     // Rename/move: the same command now routes to `moved`, and `old` no longer exists.
-    let moved = Config::from_yaml(&yaml("moved").replace(
-        &format!(
-            "  old: {{endpoints: ['http://{}'], connect_timeout: 200ms}}\n",
-            dead_port()
-        ),
-        "",
-    ));
-    let mut moved = moved.unwrap();
-    moved.upstreams.remove("old");
+    let moved = Config::from_yaml(&yaml("", "moved")).unwrap();
+    assert!(!moved.upstreams.contains_key("old"));
     gw.swap(&moved).expect("the new snapshot builds");
 
     let calls = new_upstream.wait_calls(1, Duration::from_secs(20)).await;

@@ -8,9 +8,11 @@
 //!   graceful shutdown for both.
 
 mod admin;
+mod conn;
 mod serve;
+pub mod tls;
 
-pub use serve::{Ports, serve};
+pub use serve::{Ports, SHUTDOWN_GRACE, ServeOptions, serve};
 
 use crate::gateway::Gateway;
 use crate::pipeline::{self, Callback};

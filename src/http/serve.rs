@@ -1,10 +1,33 @@
-//! The accept loop for both ports: the callback port OpenIM reaches and, when `admin_listen` is
-//! set, the operators' port; one shutdown signal stops both, and in-flight requests finish.
+//! The accept loop for both ports: the callback port OpenIM reaches (optionally TLS) and, when
+//! `admin_listen` is set, the operators' port. Per connection: the `max_connections` cap, the
+//! idle / header-read timeouts and lingering close of `conn.rs`, hyper's header count and size
+//! limits, and the peer address for the auth layer. One shutdown signal stops both ports;
+//! in-flight requests finish within [`SHUTDOWN_GRACE`].
 
+use super::conn::{ConnClock, Guarded, Timeouts};
 use super::{admin_router, app, callback_router};
+use crate::config::LimitsConfig;
 use crate::gateway::Gateway;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
+
+/// How long in-flight requests may take to finish after the shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The bound listeners: the callback port, and the admin port when it is separate.
 #[derive(Debug)]
@@ -15,53 +38,202 @@ pub struct Ports {
     pub admin: Option<TcpListener>,
 }
 
+/// How connections are served: the limits, and TLS for the callback port.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// The limits (`limits:`).
+    pub limits: LimitsConfig,
+    /// TLS on the callback port.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
 /// Serves until `shutdown` completes, then lets in-flight requests finish on both ports.
 pub async fn serve(
     gw: &Gateway,
     ports: Ports,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let mut tasks = Vec::new();
     let callback = match ports.admin {
         Some(admin) => {
             if let Ok(addr) = admin.local_addr() {
                 tracing::info!(%addr, "admin port: /healthz /readyz /metrics /admin/spool");
             }
-            let router = admin_router(gw);
-            let stop = stopped(stop_rx.clone());
-            let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "admin port stopped");
-                }
-            });
-            (callback_router(gw), Some(task))
+            let plain = ServeOptions {
+                tls: None,
+                ..options.clone()
+            };
+            tasks.push(tokio::spawn(accept_loop(
+                admin,
+                admin_router(gw),
+                plain,
+                stop_rx.clone(),
+            )));
+            callback_router(gw)
         }
-        None => (app(gw), None),
+        None => app(gw),
     };
-    let (router, admin_task) = callback;
     if let Ok(addr) = ports.callback.local_addr() {
-        tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at http://{addr}/callbackExample");
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at {scheme}://{addr}/callbackExample");
     }
-    let served = axum::serve(ports.callback, router)
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await;
+    let served = accept_loop(ports.callback, callback, options, stop_rx).await;
     signal.abort();
-    if let Some(task) = admin_task {
-        if served.is_err() {
-            task.abort();
+    for task in tasks {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "admin port stopped"),
+            Err(e) => tracing::error!(error = %e, "admin port task failed"),
+            Ok(Ok(())) => {}
         }
-        // Otherwise the admin port got the same signal: wait for its in-flight requests too.
-        let _ = task.await;
     }
     served
+}
+
+/// Accepts connections on one port until `stop`, then waits for its connections to finish.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let limits = &options.limits;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes);
+    let builder = Arc::new(builder);
+    let timeouts = Timeouts {
+        idle: limits.idle_timeout.0,
+        header: limits.header_read_timeout.0,
+    };
+    let graceful = GracefulShutdown::new();
+    loop {
+        // A free connection slot first: at the cap, new connections wait in the accept queue.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        if slots.available_permits() == 0 {
+            metrics::counter!("gateway_limit_total", "limit" => "max_connections").increment(1);
+        }
+        let _ = stream.set_nodelay(true);
+        let clock = ConnClock::new();
+        let service = ConnService {
+            router: router.clone(),
+            peer,
+            clock: clock.clone(),
+        };
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = options.tls.clone();
+        let handshake_timeout = limits.header_read_timeout.0;
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics::gauge!("gateway_connections_open").increment(1.0);
+            match tls {
+                None => {
+                    let io = Guarded::new(stream, clock, timeouts);
+                    serve_conn(&builder, io, service, watcher).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let io = Guarded::new(tls, clock, timeouts);
+                            serve_conn(&builder, io, service, watcher).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("gateway_tls_handshake_failures_total").increment(1);
+                            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("gateway_tls_handshake_failures_total").increment(1);
+                            tracing::warn!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+            metrics::gauge!("gateway_connections_open").decrement(1.0);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown; closing them");
+    }
+    Ok(())
+}
+
+/// Resolves once the shutdown signal was given (the guard of `wait_for` is not held across).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn serve_conn<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    service: ConnService,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The router for one connection: adds the peer address and marks the request in the clock.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    clock: Arc<ConnClock>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ConnService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let guard = self.clock.request_started();
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(req).await;
+            drop(guard);
+            response
+        })
+    }
 }
