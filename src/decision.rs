@@ -45,6 +45,9 @@ pub enum Failure {
     /// The request from OpenIM could not be read.
     #[error("bad input: {0}")]
     BadInput(String),
+    /// A gateway limit shed the callback (`limits.max_in_flight`).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The after-event spool did not take the event.
     #[error(transparent)]
     Spool(crate::spool::AppendError),
@@ -58,6 +61,7 @@ impl Failure {
             Self::BadReply { .. } => "bad_reply",
             Self::BadInput(_) => "bad_input",
             Self::Spool(_) => "spool",
+            Self::Overloaded(_) => "overloaded",
         }
     }
 }

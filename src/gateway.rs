@@ -7,8 +7,9 @@
 //! read them from the current snapshot each time.
 
 use crate::catalog::{Catalog, CommandEntry};
-use crate::config::{CommandConfig, Config};
+use crate::config::{CommandConfig, Config, LimitsConfig, Secret, read_admin_token};
 use crate::decision::Policy;
+use crate::http::auth::InboundAuth;
 use crate::spool::Spool;
 use crate::upstream::{Call, UpstreamClient, Upstreams};
 use arc_swap::ArcSwap;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use openim_callback_contract::metadata as meta;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 /// The live gateway: cheap to clone, shared by the HTTP front end and the spool's workers.
 #[derive(Clone)]
@@ -38,6 +40,16 @@ pub struct Snapshot {
     commands: HashMap<&'static str, CommandRoute>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The limits (`limits:`).
+    pub limits: LimitsConfig,
+    /// Callbacks being handled; `limits.max_in_flight` permits.
+    pub in_flight: Arc<Semaphore>,
+    /// The callback port's inbound checks; `None` when none is configured.
+    pub auth: Option<Arc<InboundAuth>>,
+    /// The admin API's bearer token.
+    pub admin_token: Option<Secret>,
+    /// Whether `/metrics` needs the admin token.
+    pub protect_metrics: bool,
 }
 
 /// One command as the current snapshot routes it.
@@ -144,6 +156,14 @@ impl Snapshot {
         Ok(Self {
             commands,
             max_body_bytes: config.max_body_bytes,
+            limits: config.limits.clone(),
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
+            auth: InboundAuth::build(&config.auth)?.map(Arc::new),
+            admin_token: match &config.admin_token_file {
+                Some(path) => Some(read_admin_token(path)?),
+                None => None,
+            },
+            protect_metrics: config.admin_protect_metrics,
         })
     }
 

@@ -33,6 +33,9 @@ enum Command {
         /// file (which a running gateway holds locked), e.g. http://127.0.0.1:10006.
         #[arg(long, global = true)]
         admin: Option<String>,
+        /// With --admin: a file holding the admin API's bearer token (`admin_token_file`).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: openim_callback_gateway::spool::cli::SpoolCommand,
     },
@@ -105,11 +108,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
-            Some(Command::Spool { admin, command }) => {
+            Some(Command::Spool {
+                admin,
+                token_file,
+                command,
+            }) => {
+                let token = match token_file
+                    .as_deref()
+                    .map(openim_callback_gateway::config::read_admin_token)
+                    .transpose()
+                {
+                    Ok(t) => t.map(|t| t.expose().to_owned()),
+                    Err(e) => {
+                        eprintln!("openim-callback-gateway spool: --token-file: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
                 match openim_callback_gateway::spool::cli::run(
                     command,
                     &config.spool,
                     admin.as_deref(),
+                    token,
                 )
                 .await
                 {

@@ -26,8 +26,32 @@ pub struct Callback {
     pub key: Option<String>,
     /// The `operationID` header, empty when absent.
     pub header_operation_id: String,
-    /// The body, or why it could not be read.
-    pub body: Result<Bytes, String>,
+    /// The body, or why it is not available.
+    pub body: Result<Bytes, BodyError>,
+}
+
+/// Why a callback's body is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than `max_body_bytes` (`drained`: the rest was read and discarded).
+    #[error("body larger than max_body_bytes ({limit}): {seen} bytes read")]
+    TooLarge {
+        /// `max_body_bytes`.
+        limit: usize,
+        /// Bytes read.
+        seen: u64,
+        /// Whether the whole body was read (else the connection closes after the answer).
+        drained: bool,
+    },
+    /// Not read within `limits.request_timeout`.
+    #[error("body not read within limits.request_timeout ({0:?})")]
+    Timeout(std::time::Duration),
+    /// The body could not be read.
+    #[error("body could not be read: {0}")]
+    Unreadable(String),
+    /// Over `limits.max_in_flight`: not handled.
+    #[error("over limits.max_in_flight: callback shed")]
+    Shed,
 }
 
 /// How a callback ended: the decision and what rendering it needs.
@@ -126,7 +150,7 @@ pub async fn run(gw: &Gateway, cb: Callback) -> Exit {
 /// `request` to the request as far as it could be read (the echo rules fill from it).
 async fn decide(
     gw: &Gateway,
-    snapshot: &Snapshot,
+    _snapshot: &Snapshot,
     entry: &'static CommandEntry,
     route: &CommandRoute,
     cb: Callback,
@@ -142,13 +166,14 @@ async fn decide(
     };
     let bytes = match cb.body {
         Ok(b) => b,
-        Err(e) => {
-            let problem = format!(
-                "body could not be read or is larger than max_body_bytes ({}): {e}",
-                snapshot.max_body_bytes
+        Err(BodyError::Shed) => {
+            tracing::warn!(command, operation_id = %operation_id, "over limits.max_in_flight: answering by the failure policy");
+            return decision::fail(
+                Failure::Overloaded("over limits.max_in_flight".into()),
+                policy,
             );
-            return bad_input(problem, operation_id);
         }
+        Err(e) => return bad_input(e.to_string(), operation_id),
     };
     let decoded = match json::decode(&entry.request(), &bytes) {
         Ok(d) => d,

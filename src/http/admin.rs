@@ -8,15 +8,23 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-/// The admin routes of `gw`.
+/// The admin routes of `gw`: health open for probes; `/admin/*` behind the admin token (when one
+/// is configured), and `/metrics` too with `admin_protect_metrics`.
 pub(super) fn router(gw: &Gateway) -> Router {
-    let router = Router::new()
+    let token = || axum::middleware::from_fn_with_state(gw.clone(), super::auth::admin_token);
+    let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let metrics = Router::new()
         .route("/metrics", get(render_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            super::auth::metrics_token,
+        ))
         .with_state(gw.clone());
+    let router = health.merge(metrics);
     match gw.spool() {
-        Some(spool) => router.merge(crate::spool::admin::router(spool.clone())),
+        Some(spool) => router.merge(crate::spool::admin::router(spool.clone()).layer(token())),
         None => router,
     }
 }

@@ -8,6 +8,8 @@
 //!   graceful shutdown for both.
 
 mod admin;
+pub mod auth;
+mod body;
 mod conn;
 mod serve;
 pub mod tls;
@@ -29,9 +31,9 @@ fn layers(router: Router) -> Router {
     router.layer(tower::ServiceBuilder::new().layer(tower_http::trace::TraceLayer::new_for_http()))
 }
 
-/// The callbacks only: every POST path is `<any prefix>/<command>`.
+/// The callbacks only: every POST path is `<any prefix>/<command>`, behind the inbound checks.
 pub fn callback_router(gw: &Gateway) -> Router {
-    layers(Router::new().fallback(callback).with_state(gw.clone()))
+    layers(callbacks(gw))
 }
 
 /// Health, metrics and the spool admin API, for the operators' port (`admin_listen`).
@@ -39,10 +41,20 @@ pub fn admin_router(gw: &Gateway) -> Router {
     layers(admin::router(gw))
 }
 
-/// Everything on one port: the callbacks plus the admin routes. Used when no `admin_listen` is
-/// configured.
+/// Everything on one port: the callbacks plus the admin routes (which keep their own token
+/// check; health and metrics stay open for probes). Used when no `admin_listen` is configured.
 pub fn app(gw: &Gateway) -> Router {
-    layers(admin::router(gw).merge(Router::new().fallback(callback).with_state(gw.clone())))
+    layers(admin::router(gw).merge(callbacks(gw)))
+}
+
+fn callbacks(gw: &Gateway) -> Router {
+    Router::new()
+        .fallback(callback)
+        .layer(axum::middleware::from_fn_with_state(
+            gw.clone(),
+            auth::callback_auth,
+        ))
+        .with_state(gw.clone())
 }
 
 /// The command is the last path segment: `<any prefix>/<command>`.
@@ -73,12 +85,27 @@ async fn callback(
         )
             .into_response();
     }
-    let max_body_bytes = gw.snapshot().max_body_bytes;
+    let snapshot = gw.snapshot();
+    // A slot before any work: past max_in_flight the body is drained (not kept) and the command
+    // gets its failure-policy envelope.
+    let permit = snapshot.in_flight.clone().try_acquire_owned().ok();
     // Read the body on every path, also when the answer does not need it: an unread body makes
-    // hyper close the keep-alive connection, and OpenIM would reconnect for every callback.
-    let body = axum::body::to_bytes(body, max_body_bytes)
-        .await
-        .map_err(|e| crate::upstream::error_chain(&e));
+    // hyper close the keep-alive connection, and OpenIM's client would see a broken pipe.
+    let read = body::read(
+        body,
+        snapshot.max_body_bytes,
+        permit.is_some(),
+        &snapshot.limits,
+    )
+    .await;
+    let close = read.close;
+    let body = match read.outcome {
+        Ok(_) if permit.is_none() => {
+            metrics::counter!("gateway_limit_total", "limit" => "max_in_flight").increment(1);
+            Err(crate::pipeline::BodyError::Shed)
+        }
+        other => other,
+    };
     let cb = Callback {
         command: command_of(&uri).to_owned(),
         path: uri.path().to_owned(),
@@ -91,6 +118,7 @@ async fn callback(
         body,
     };
     let exit = pipeline::run(&gw, cb).await;
+    drop(permit);
     let env = exit.render();
     if let Some(command) = exit.command() {
         metrics::counter!("gateway_callbacks_total", "command" => command, "outcome" => exit.decision.label())
@@ -98,12 +126,19 @@ async fn callback(
         metrics::histogram!("gateway_callback_seconds", "command" => command)
             .record(started.elapsed().as_secs_f64());
     }
-    (
+    let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         env.to_bytes(),
     )
-        .into_response()
+        .into_response();
+    if close {
+        // The rest of the body was not read: close after the answer (with a lingering close).
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[cfg(test)]

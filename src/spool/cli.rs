@@ -5,7 +5,6 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
 
 use super::admin::{CountView, EventView};
 use super::{Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
@@ -63,13 +62,16 @@ pub enum SpoolCommand {
 /// Runs an operator command, printing to stdout. With `admin` (a base URL such as
 /// `http://127.0.0.1:10006`) it calls the running gateway; otherwise it opens the spool file,
 /// which fails with [`SpoolError::AlreadyOpen`] (naming `--admin`) while the gateway runs.
+///
+/// `token` is the admin API's bearer token (`--token-file`), sent with every `--admin` call.
 pub async fn run(
     cmd: SpoolCommand,
     settings: &SpoolConfig,
     admin: Option<&str>,
+    token: Option<String>,
 ) -> Result<(), SpoolError> {
     let mut out = std::io::stdout();
-    run_to(cmd, settings, admin, &mut out, PROGRESS_EVERY).await
+    run_to(cmd, settings, admin, token, &mut out, PROGRESS_EVERY).await
 }
 
 /// [`run`], writing to `out`, with a progress line every `progress_every` events.
@@ -77,11 +79,12 @@ pub(crate) async fn run_to<W: Write + Send>(
     cmd: SpoolCommand,
     settings: &SpoolConfig,
     admin: Option<&str>,
+    token: Option<String>,
     out: &mut W,
     progress_every: usize,
 ) -> Result<(), SpoolError> {
     let backend = match admin {
-        Some(url) => Backend::Admin(AdminClient::parse(url)?),
+        Some(url) => Backend::Admin(AdminClient::parse(url, token)?),
         None => {
             let path = settings.path();
             match path.try_exists() {
@@ -364,50 +367,50 @@ impl Backend {
     }
 }
 
-/// A minimal HTTP/1.1 client for the admin API: one request per connection, plain HTTP.
+/// The admin API's client (hyper-util's HTTP/1.1 client): plain HTTP, an optional bearer token.
 struct AdminClient {
+    /// The base URL, without a trailing slash.
     url: String,
-    /// `host:port` to connect to, also sent as `Host`.
-    authority: String,
-    /// Path prefix of the base URL, without a trailing slash.
-    prefix: String,
+    token: Option<String>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
 }
 
 impl AdminClient {
-    fn parse(url: &str) -> Result<AdminClient, SpoolError> {
+    fn parse(url: &str, token: Option<String>) -> Result<AdminClient, SpoolError> {
         let bad = |detail: &str| SpoolError::Admin {
             url: url.to_owned(),
             detail: detail.to_owned(),
         };
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some((scheme, _)) => {
+        let with_scheme = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let uri: http::Uri = with_scheme
+            .parse()
+            .map_err(|_| bad("not a URL; expected e.g. http://127.0.0.1:10006"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(scheme) => {
                 return Err(bad(&format!(
                     "scheme {scheme:?} is not supported; give the admin listener's plain http:// URL"
                 )));
             }
-            None => url,
-        };
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if host.is_empty() {
+            None => return Err(bad("no scheme; expected e.g. http://127.0.0.1:10006")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
             return Err(bad("no host; expected e.g. http://127.0.0.1:10006"));
         }
-        let has_port = match host.rfind(']') {
-            Some(close) => host[close..].contains(':'),
-            None => host.contains(':'),
-        };
-        let authority = if has_port {
-            host.to_owned()
-        } else {
-            format!("{host}:80")
-        };
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         Ok(AdminClient {
-            url: url.trim_end_matches('/').to_owned(),
-            authority,
-            prefix: path.trim_end_matches('/').to_owned(),
+            url: with_scheme.trim_end_matches('/').to_owned(),
+            token,
+            client,
         })
     }
 
@@ -417,7 +420,8 @@ impl AdminClient {
         path: &str,
         query: &[(&str, Option<&str>)],
     ) -> Result<T, SpoolError> {
-        let mut target = format!("{}{path}", self.prefix);
+        use http_body_util::BodyExt as _;
+        let mut target = format!("{}{path}", self.url);
         let mut sep = '?';
         for (k, v) in query {
             if let Some(v) = v {
@@ -433,34 +437,49 @@ impl AdminClient {
             url: url.clone(),
             detail,
         };
-        let request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.authority
-        );
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(&target)
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(http_body_util::Empty::new())
+            .map_err(|e| err(format!("bad request: {e}")))?;
         let exchange = async {
-            let stream = TcpStream::connect(&self.authority).await.map_err(|e| {
+            let response = self.client.request(request).await.map_err(|e| {
                 err(format!(
-                    "cannot connect: {e}; is the gateway running, and is this its admin address?"
+                    "cannot connect: {}; is the gateway running, and is this its admin address?",
+                    crate::upstream::error_chain(&e)
                 ))
             })?;
-            write_all(&stream, request.as_bytes())
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), ADMIN_MAX_RESPONSE)
+                .collect()
                 .await
-                .map_err(|e| err(format!("sending the request: {e}")))?;
-            read_to_end(&stream, ADMIN_MAX_RESPONSE)
-                .await
-                .map_err(|e| err(format!("reading the answer: {e}")))
+                .map_err(|e| err(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, SpoolError>((status, body))
         };
-        let raw = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+        let (status, body) = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
             .await
             .map_err(|_| err(format!("no answer within {ADMIN_TIMEOUT:?}")))??;
-        let (status, body) = parse_response(&raw).map_err(err)?;
-        if !(200..300).contains(&status) {
+        if !status.is_success() {
             let detail = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
-            return Err(err(format!("HTTP {status}: {detail}")));
+            let hint = if status == http::StatusCode::UNAUTHORIZED {
+                " (the admin API needs a token: pass --token-file FILE)"
+            } else {
+                ""
+            };
+            return Err(err(format!(
+                "HTTP {}: {}{hint}",
+                status.as_u16(),
+                detail.trim()
+            )));
         }
         serde_json::from_slice(&body).map_err(|e| err(format!("unexpected answer: {e}")))
     }
@@ -476,92 +495,4 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
-}
-
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    // Bounded by the caller's timeout.
-    while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn read_to_end(stream: &TcpStream, cap: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    // Bounded by the caller's timeout and by `cap`.
-    loop {
-        stream.readable().await?;
-        match stream.try_read(&mut buf) {
-            Ok(0) => return Ok(out),
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.len() > cap {
-                    return Err(std::io::Error::other(format!(
-                        "answer larger than {cap} bytes"
-                    )));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Status code and body of an HTTP/1.1 response read to the end of the connection.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer is not an HTTP response (no end of headers)")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or("the answer has no HTTP status line")?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    // Each round consumes at least the size line, so this ends.
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunked body")?;
-        let line = String::from_utf8_lossy(&data[..eol]);
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err("truncated chunked body".to_owned());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
 }

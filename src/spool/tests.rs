@@ -999,7 +999,7 @@ async fn cli(
     admin: Option<&str>,
 ) -> Result<String, SpoolError> {
     let mut out = Vec::new();
-    run_to(cmd, s, admin, &mut out, 1).await?;
+    run_to(cmd, s, admin, None, &mut out, 1).await?;
     Ok(String::from_utf8(out).unwrap())
 }
 
