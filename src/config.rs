@@ -315,7 +315,11 @@ impl Config {
     /// Checks every value that serde cannot: references, ranges, combinations, and that every
     /// command's settings resolve. Everything a start would reject except sockets.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.admin_listen.is_some_and(|a| a == self.listen) {
+        // Port 0 (any free port, in tests) on both is two different ports.
+        if self
+            .admin_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
             return Err(invalid(
                 "admin_listen",
                 "must differ from `listen` (leave it unset to share the port)",

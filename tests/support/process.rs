@@ -14,6 +14,38 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_openim-callback-gateway");
 pub struct Gateway {
     pub child: Child,
     pub addr: String,
+    /// Every stdout line (the log) so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// The log so far, as one text.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The address of the admin port, from its log line (when `admin_listen` is set).
+    pub fn admin_addr(&self) -> Option<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("admin port"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_owned)
+    }
+
+    /// Peak resident memory of the process (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
 }
 
 impl Drop for Gateway {
@@ -42,8 +74,11 @@ pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, 
         .expect("binary starts");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line.clone());
             if line.contains("listening") {
                 if let Some(addr) = line
                     .split("addr=")
@@ -58,7 +93,7 @@ pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, 
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the gateway logs its listening address within 30 s");
-    Gateway { child, addr }
+    Gateway { child, addr, logs }
 }
 
 /// One HTTP/1.1 POST on an open connection; returns the status and the body.
@@ -98,4 +133,82 @@ pub fn connect(addr: &str) -> TcpStream {
     let c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c
+}
+
+/// A whole HTTP/1.1 response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request with extra headers on an open connection (any stream: TCP or TLS).
+pub fn request<S: Read + Write>(
+    conn: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n\
+         Content-Type: application/json; charset=utf-8\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)?;
+    read_reply(conn)
+}
+
+/// Reads one response (Content-Length bodies only, as the gateway sends).
+pub fn read_reply<S: Read>(conn: &mut S) -> std::io::Result<Reply> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {text:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body)?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
 }
