@@ -173,8 +173,10 @@ pub fn request<S: Read + Write>(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)?;
+    // One write: head and body in two writes meet Nagle and delayed ACK (40 ms a request).
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    conn.write_all(&all)?;
     read_reply(conn)
 }
 
