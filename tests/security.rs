@@ -503,3 +503,74 @@ async fn tls_with_client_certificates_and_a_certificate_that_rotates() {
     assert!(rotated, "the rotated certificate is served within 30 s");
     assert!(gw.log_text().contains("inbound TLS certificate reloaded"));
 }
+
+/// The documented config with every control on (`config/gateway.secure.yaml`), pointed at test
+/// material: a callback with TLS + client certificate + path secret + header is served; each
+/// missing piece is refused; the admin port needs its token, for `/metrics` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_secure_example_config_turns_every_control_on() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = pki();
+    let (cert, key) = leaf(&pki.ca, "gateway", true);
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    write(d, "secrets/admin-token", "adm-tok-1\n");
+    write(d, "secrets/path-secrets", "psec-a\npsec-b\n");
+    write(d, "secrets/header-secrets", "hsec-1\n");
+    write(d, "tls.crt", &cert);
+    write(d, "tls.key", &key);
+    write(d, "ca.crt", &pki.ca_pem);
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.secure.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "/run/secrets/openim-gateway/",
+        &format!("{}/secrets/", d.display()),
+    )
+    .replace("/etc/openim-gateway/tls/", &format!("{}/", d.display()))
+    .replace(
+        "/var/lib/openim-callback-gateway/spool",
+        &d.join("spool").display().to_string(),
+    )
+    .replace("http://127.0.0.1:50051", &up.uri())
+    .replace("admin_listen: 0.0.0.0:9090", "admin_listen: 127.0.0.1:0")
+    // The test's client is on loopback, not in OpenIM's 10.0.0.0/8.
+    .replace("allow_cidrs: [10.0.0.0/8]", "allow_cidrs: [127.0.0.0/8]");
+    let d = d.to_owned();
+    let ca_pem = pki.ca_pem.clone();
+    let client = pki.client.clone();
+    let (served, no_header, no_secret, admin_open, admin_ok, metrics_open) =
+        tokio::task::spawn_blocking(move || {
+            let gw = start(&d, &yaml);
+            let call = |path: &str, headers: &[(&str, &str)]| {
+                let (mut tls, _) = tls_connect(&gw.addr, &ca_pem, Some(&client)).unwrap();
+                request(&mut tls, "POST", path, headers, &payload(CREATE)).unwrap()
+            };
+            let h = [("X-Callback-Secret", "hsec-1")];
+            let admin = gw.admin_addr().unwrap();
+            (
+                call(&format!("/psec-b/{CREATE}"), &h),
+                call(&format!("/psec-b/{CREATE}"), &[]),
+                call(&format!("/{CREATE}"), &h),
+                get(&admin, "/admin/spool", &[]),
+                get(
+                    &admin,
+                    "/admin/spool",
+                    &[("Authorization", "Bearer adm-tok-1")],
+                ),
+                get(&admin, "/metrics", &[]),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(served.status, 200, "{served:?}");
+    assert_eq!(served.json()["nextCode"], 0);
+    assert_eq!(no_header.status, 401);
+    assert_eq!(no_secret.status, 401);
+    assert_eq!(admin_open.status, 401);
+    assert_eq!(admin_ok.status, 200, "{admin_ok:?}");
+    assert_eq!(metrics_open.status, 401);
+    assert_eq!(up.calls().len(), 1);
+}

@@ -84,7 +84,7 @@ pub(crate) async fn run_to<W: Write + Send>(
     progress_every: usize,
 ) -> Result<(), SpoolError> {
     let backend = match admin {
-        Some(url) => Backend::Admin(AdminClient::parse(url, token)?),
+        Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
         None => {
             let path = settings.path();
             match path.try_exists() {
@@ -269,7 +269,7 @@ pub(crate) fn utc(ms: u64) -> String {
 /// Where the commands act: the file, or a running gateway.
 enum Backend {
     Local(Spool),
-    Admin(AdminClient),
+    Admin(Box<AdminClient>),
 }
 
 impl Backend {

@@ -31,9 +31,7 @@ impl Gateway {
             .unwrap()
             .iter()
             .find(|l| l.contains("admin port"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|s| s.split_whitespace().next())
-            .map(str::to_owned)
+            .and_then(|l| addr_in(l))
     }
 
     /// Peak resident memory of the process (VmHWM), in bytes.
@@ -79,14 +77,10 @@ pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, 
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line.clone());
-            if line.contains("listening") {
-                if let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
+            if line.contains("listening")
+                && let Some(addr) = addr_in(&line)
+            {
+                let _ = tx.send(addr);
             }
         }
     });
@@ -213,4 +207,15 @@ pub fn read_reply<S: Read>(conn: &mut S) -> std::io::Result<Reply> {
         headers,
         body,
     })
+}
+
+/// The `addr` field of a log line, text (`addr=…`) or JSON (`"addr":"…"`).
+fn addr_in(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+        return rest.split('"').next().map(str::to_owned);
+    }
+    line.split("addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_owned)
 }

@@ -1,0 +1,510 @@
+//! The fuzz targets' inputs as ordinary tests: the committed seeds, adversarial bodies, replies
+//! and statuses, and (when the fuzzer finds one) each minimised crash. Every input goes through
+//! the exact function its fuzz target calls (`fuzz/src/check.rs`, included here), so every
+//! invariant the fuzzer checks is checked here too: no panic, a well-formed envelope, the design §3
+//! reply rules. See fuzz/README.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../fuzz/src/check.rs"]
+mod check;
+
+use check::Harness;
+use openim_callback_gateway::envelope;
+use prost::Message as _;
+use prost_reflect::Kind;
+use serde_json::{Value as Json, json};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/payloads")
+}
+
+fn h() -> &'static Harness {
+    static H: LazyLock<Harness> = LazyLock::new(|| Harness::new(&data()));
+    &H
+}
+
+/// A `decode` input: the command byte and the body.
+fn decode(command: &str, body: &[u8]) {
+    let mut input = vec![h().decode_byte(command)];
+    input.extend_from_slice(body);
+    check::decode(h(), &input);
+}
+
+/// The protobuf of an OpenIM reply body for `command`, as `read_reply` reads it.
+fn reply_bytes(command: &str, body: &Json) -> Vec<u8> {
+    let entry = h()
+        .entries
+        .iter()
+        .find(|e| e.row.command == command)
+        .unwrap();
+    envelope::read_reply(entry, body.as_object().unwrap())
+        .message
+        .encode_to_vec()
+}
+
+/// A `reply` input under every policy byte (fail open/closed, offlinePushInfo switch, real or
+/// empty request).
+fn reply(command: &str, bytes: &[u8]) {
+    for policy in 0..8u8 {
+        let mut input = vec![h().reply_byte(command), policy];
+        input.extend_from_slice(bytes);
+        check::reply(h(), &input);
+    }
+}
+
+/// A `status` input under every policy byte.
+fn status(command: &str, code: tonic::Code, message: &[u8], details: &[u8]) {
+    for policy in 0..8u8 {
+        let mut input = vec![
+            h().reply_byte(command),
+            policy,
+            code as u8,
+            u8::try_from(message.len()).unwrap(),
+        ];
+        input.extend_from_slice(message);
+        input.extend_from_slice(details);
+        check::status(h(), &input);
+    }
+}
+
+fn commands() -> impl Iterator<Item = &'static str> {
+    h().entries.iter().map(|e| e.row.command)
+}
+
+#[test]
+fn every_committed_seed_passes_its_target() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut n = 0;
+    for (target, run) in [
+        ("decode", check::decode as fn(&Harness, &[u8])),
+        ("reply", check::reply),
+        ("status", check::status),
+    ] {
+        for file in std::fs::read_dir(seeds.join(target)).unwrap() {
+            run(h(), &std::fs::read(file.unwrap().path()).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n >= 52, "only {n} seeds");
+}
+
+#[test]
+fn seeds_are_what_seed_sh_writes() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    for (target, name, bytes) in check::seeds(h(), &data()) {
+        let path = seeds.join(target).join(&name);
+        assert_eq!(
+            std::fs::read(&path).ok(),
+            Some(bytes),
+            "{}: run fuzz/seed.sh",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn non_objects_and_broken_json_get_the_failure_envelope() {
+    let bodies: &[&[u8]] = &[
+        b"",
+        b"\n",
+        b"null",
+        b"[]",
+        b"\"x\"",
+        b"1e999",
+        b"{",
+        b"{\"groupID\":}",
+        b"{} {}",
+        b"\xef\xbb\xbf{}", // a UTF-8 BOM
+        b"{\"groupID\":\"\xff\xfe\"}",
+        b"{\"\xc3\x28\":1}",
+        b"{\"groupID\":\"a\x00b\"}",
+    ];
+    for command in commands() {
+        for body in bodies {
+            decode(command, body);
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_without_a_stack_overflow() {
+    for depth in [127, 128, 129, 10_000, 100_000] {
+        let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        for command in commands() {
+            decode(command, format!("{{\"groupID\":{arrays}}}").as_bytes());
+            decode(command, objects.as_bytes());
+            decode(command, "[".repeat(depth).as_bytes());
+        }
+    }
+    // Nested through a real list-of-messages field, as deep as the descriptor allows and beyond.
+    for depth in [60, 200] {
+        let mut member = json!({"userID": "u"});
+        for _ in 0..depth {
+            member = json!({"userID": "u", "memberList": [member]});
+        }
+        for command in commands() {
+            decode(
+                command,
+                json!({"memberList": [member], "initMemberList": [member]})
+                    .to_string()
+                    .as_bytes(),
+            );
+        }
+    }
+}
+
+/// Every scalar field of every request, at the top level and as a `{"value": x}` wrapper, with
+/// numbers at and past every integer kind's range, as strings and as floats, and values of the
+/// wrong type.
+#[test]
+fn huge_numbers_and_wrong_types_in_every_field() {
+    let values: Vec<Json> = vec![
+        json!(0),
+        json!(-1),
+        json!(i32::MAX),
+        json!(i64::from(i32::MAX) + 1),
+        json!(i32::MIN),
+        json!(i64::from(i32::MIN) - 1),
+        json!(u32::MAX),
+        json!(u64::from(u32::MAX) + 1),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(1.5),
+        json!(-0.0),
+        json!(1e38),
+        json!(-1e38),
+        json!(1e300),
+        json!(f64::MAX),
+        json!(f64::MIN_POSITIVE),
+        json!("9223372036854775808"),
+        json!("-9223372036854775809"),
+        json!("18446744073709551616"),
+        json!("170141183460469231731687303715884105728"),
+        json!("99999999999999999999999999999999999999999999999"),
+        json!(" 42 "),
+        json!("0x10"),
+        json!("1e3"),
+        json!("NaN"),
+        json!("inf"),
+        json!(""),
+        json!(true),
+        json!([]),
+        json!([1, null, "2"]),
+        json!({}),
+        json!({"value": null}),
+        json!({"value": {"value": 1}}),
+        json!("!!not base64!!"),
+        json!("\u{0}\u{1}\u{2}"),
+    ];
+    // Past what serde_json's f64 holds: written by hand.
+    let raw = [
+        "1e400",
+        "-1e400",
+        "123456789012345678901234567890",
+        "-123456789012345678901234567890",
+        "1E+2",
+        "0.0000000000000000000000000001",
+    ];
+    for entry in &h().entries {
+        let command = entry.row.command;
+        for field in entry.request().fields() {
+            let key = field.json_name();
+            for v in &values {
+                decode(command, json!({ key: v }).to_string().as_bytes());
+                decode(command, json!({ key: {"value": v} }).to_string().as_bytes());
+                if field.is_list() {
+                    decode(command, json!({ key: [v, v] }).to_string().as_bytes());
+                }
+            }
+            for r in raw {
+                decode(command, format!("{{\"{key}\":{r}}}").as_bytes());
+                decode(command, format!("{{\"{key}\":[{r}]}}").as_bytes());
+            }
+            if let Kind::Message(m) = field.kind() {
+                for inner in m.fields() {
+                    for v in &values {
+                        let body = json!({ key: { inner.json_name(): v } });
+                        decode(command, body.to_string().as_bytes());
+                        let body = json!({ key: [{ inner.json_name(): v }] });
+                        decode(command, body.to_string().as_bytes());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn duplicate_keys_and_keys_in_another_case() {
+    for command in commands() {
+        decode(
+            command,
+            br#"{"groupID":"a","groupID":"b","GROUPID":"c","groupid":null,"GroupId":5}"#,
+        );
+        decode(
+            command,
+            br#"{"sendID":"a","SENDID":"b","sendID":{"value":"c"},"sendid":[]}"#,
+        );
+    }
+    // Each command's real payload with every key repeated, once in upper case.
+    for command in commands() {
+        let text = std::fs::read_to_string(data().join(format!("{command}.json"))).unwrap();
+        let body: Json = serde_json::from_str(&text).unwrap();
+        let mut doubled = String::from("{");
+        for (i, (k, v)) in body.as_object().unwrap().iter().enumerate() {
+            if i > 0 {
+                doubled.push(',');
+            }
+            doubled.push_str(&format!("{k:?}:{v},{:?}:{v}", k.to_uppercase()));
+        }
+        doubled.push('}');
+        decode(command, doubled.as_bytes());
+    }
+}
+
+#[test]
+fn unicode_escapes_lone_surrogates_and_control_characters() {
+    let strings = [
+        r#""\ud800""#,
+        r#""\udfff""#,
+        r#""\udc00\ud800""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud83d""#,
+        r#""\u0000""#,
+        r#""\u0002""#,
+        r#""\u003c\u003e\u0026""#,
+        r#""\uFFFF\uFFFE""#,
+        r#""\u12""#,
+        r#""\x41""#,
+        "\"\t\"",
+    ];
+    for command in commands() {
+        for s in strings {
+            decode(
+                command,
+                format!("{{\"groupID\":{s},\"sendID\":{s}}}").as_bytes(),
+            );
+            decode(command, format!("{{{s}:1}}").as_bytes());
+            decode(
+                command,
+                format!("{{\"content\":{s},\"ex\":{s}}}").as_bytes(),
+            );
+        }
+    }
+}
+
+#[test]
+fn msg_modify_content_must_be_a_json_object_string() {
+    let command = "callbackBeforeMsgModifyCommand";
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let deep_object = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    for content in [
+        "{\"content\":\"hi\"}",
+        "{}",
+        "[]",
+        "\"{}\"",
+        "",
+        " {} ",
+        "{} x",
+        "{\"a\":1,\"a\":2}",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":1e400}",
+        "null",
+        &deep,
+        &deep_object,
+    ] {
+        for extra in [
+            json!({}),
+            json!({"offlinePushInfo": {"title": "t", "desc": "d"}}),
+        ] {
+            let mut body = json!({"content": content, "ex": "e"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            reply(command, &reply_bytes(command, &body));
+        }
+    }
+}
+
+#[test]
+fn member_entries_without_user_id_and_null_request_fields() {
+    let command = "callbackBeforeMembersJoinGroupCommand";
+    let body = json!({"memberCallbackList": [
+        {"userID": "u1", "nickname": "a"},
+        {"nickname": "no user"},
+        {"userID": ""},
+        {},
+        {"userID": "u2"}
+    ]});
+    reply(command, &reply_bytes(command, &body));
+    let command = "callbackBeforeUpdateUserInfoExCommand";
+    let body = json!({"nickName": "n", "faceURL": "f", "ex": "e"});
+    reply(command, &reply_bytes(command, &body));
+    for command in [
+        "callbackBeforeSetGroupInfoCommand",
+        "callbackBeforeSetGroupInfoExCommand",
+    ] {
+        reply(command, &[]);
+        reply(command, &reply_bytes(command, &json!({"groupName": "x"})));
+    }
+}
+
+/// Replies that are not the response message: garbage, truncated, wrong wire types, invalid
+/// UTF-8 in a string, nesting past prost's recursion limit, huge length prefixes.
+#[test]
+fn undecodable_and_hostile_upstream_replies() {
+    let mut nested = Vec::new();
+    for _ in 0..200 {
+        let mut outer = vec![0x0a]; // field 1 (rejection), length-delimited
+        prost::encoding::encode_varint(nested.len() as u64, &mut outer);
+        outer.extend_from_slice(&nested);
+        nested = outer;
+    }
+    let replies: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        vec![0xff; 16],
+        vec![0x0a],
+        vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![0x0a, 0x02, 0x12, 0x05],
+        vec![0x0a, 0x04, 0x12, 0x02, 0xc3, 0x28], // rejection.message: invalid UTF-8
+        vec![0x0a, 0x02, 0x08, 0x00],             // rejection.code 0: the default code
+        [
+            &[0x0a, 0x0b, 0x08][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ]
+        .concat(), // rejection.code -1
+        vec![0x08, 0x01],                         // field 1 as a varint: wrong wire type
+        vec![0xfa, 0xff, 0xff, 0xff, 0x0f, 0x00], // an unknown field number near the limit
+        vec![0x0b, 0x0c],                         // a group
+        nested,
+    ];
+    for command in commands() {
+        for r in &replies {
+            let mut input = vec![h().reply_byte(command), 0];
+            input.extend_from_slice(r);
+            for policy in 0..8u8 {
+                input[1] = policy;
+                check::reply(h(), &input);
+            }
+        }
+    }
+}
+
+#[test]
+fn statuses_with_any_code_message_and_details() {
+    let good = openim_callback_gateway::decision::rejection_details(0, "m", "d");
+    let negative = openim_callback_gateway::decision::rejection_details(-5, "m", "d");
+    for command in commands() {
+        for code in 0..20 {
+            let code = tonic::Code::from(code);
+            for (message, details) in [
+                (&b""[..], &b""[..]),
+                (b"denied", &good[..]),
+                (b"", &negative[..]),
+                (b"\xff\xfe bad utf-8", &[0xff, 0x00][..]),
+                (b"x", &good[..good.len() - 1]),
+            ] {
+                status(command, code, message, details);
+            }
+        }
+    }
+}
+
+/// A bounded mutation-fuzz pass for CI (the coverage-guided libFuzzer runs live in `fuzz/`):
+/// every seed of every target, mutated at random (bit flips, byte edits, truncation, splices of
+/// another seed, JSON-ish tokens), through the same checks. `FUZZ_SEED` reproduces a run (the
+/// seed is printed); `FUZZ_ITERATIONS` sets its length.
+#[test]
+fn bounded_mutation_pass_over_the_seeds() {
+    let seed = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let iterations: usize = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150_000);
+    println!("bounded mutation pass: FUZZ_SEED={seed} FUZZ_ITERATIONS={iterations}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let seeds = check::seeds(h(), &data());
+    let tokens: &[&[u8]] = &[
+        b"null",
+        b"true",
+        b"[]",
+        b"{}",
+        b"\"\"",
+        b"1e400",
+        b"-1",
+        b"18446744073709551616",
+        b"\\u0000",
+        b"\\ud800",
+        b"{\"value\":",
+        b"[[[[[[[[",
+        b"\xff",
+        b",",
+        b":",
+        b"\"",
+    ];
+    for i in 0..iterations {
+        let (target, _, base) = &seeds[rng.usize(..seeds.len())];
+        let mut input = base.clone();
+        for _ in 0..rng.usize(1..=8) {
+            // Keep the leading selector bytes mostly intact so that every command is reached.
+            let lo = 1.min(input.len());
+            match rng.u8(..6) {
+                0 if input.len() > lo => {
+                    let at = rng.usize(lo..input.len());
+                    input[at] ^= 1 << rng.u8(..8);
+                }
+                1 if input.len() > lo => {
+                    let at = rng.usize(lo..input.len());
+                    input[at] = rng.u8(..);
+                }
+                2 if input.len() > lo => {
+                    let at = rng.usize(lo..=input.len());
+                    input.truncate(at);
+                }
+                3 => {
+                    let (_, _, other) = &seeds[rng.usize(..seeds.len())];
+                    if !other.is_empty() {
+                        let from = rng.usize(..other.len());
+                        let to = rng.usize(from..=other.len());
+                        let at = rng.usize(lo..=input.len());
+                        input.splice(at..at, other[from..to].iter().copied());
+                    }
+                }
+                4 => {
+                    let token = tokens[rng.usize(..tokens.len())];
+                    let at = rng.usize(lo..=input.len());
+                    input.splice(at..at, token.iter().copied());
+                }
+                _ if input.len() > lo => {
+                    let at = rng.usize(lo..input.len());
+                    let end = rng.usize(at..=input.len().min(at + 16));
+                    input.drain(at..end);
+                }
+                _ => {}
+            }
+        }
+        let run = std::panic::catch_unwind(|| match *target {
+            "decode" => check::decode(h(), &input),
+            "reply" => check::reply(h(), &input),
+            _ => check::status(h(), &input),
+        });
+        assert!(
+            run.is_ok(),
+            "iteration {i} of FUZZ_SEED={seed}: {target} failed on {:?}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+}
