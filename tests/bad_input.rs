@@ -447,3 +447,45 @@ async fn every_field_with_every_wrong_kind_and_every_malformed_body() {
     let rss = gw.peak_rss();
     assert!(rss < 150 * MIB as u64, "peak RSS {} MiB", rss / MIB as u64);
 }
+
+/// OpenIM's own Go client behaviour (`tests/openim-client`: its http.Client, pooled keep-alive
+/// connections, whole bodies written, 5 s per call): 5 MiB and 50 MiB bodies, each followed by a
+/// normal callback on the pool, ten rounds; not one call may fail as OpenIM would fail the user's
+/// operation (`90004 network`, an unreadable answer). Needs Go, so it runs in `.ci/run`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Go; run by .ci/run"]
+async fn openims_go_client_reads_every_answer_to_oversized_bodies() {
+    let up = Upstream::start().await;
+    let (gw, dir) = gateway(&up, "").await;
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, payload(CREATE)).unwrap();
+    let addr = gw.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("go")
+            .args(["run", ".", "-url"])
+            .arg(format!("http://{addr}/callbackExample"))
+            .arg("-payload")
+            .arg(&body)
+            .args(["-rounds", "10"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openim-client"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("oversized answered: 20, normal after them: 20, failures: 0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        up.calls().len(),
+        20,
+        "only the normal callbacks reached the upstream"
+    );
+}

@@ -1,0 +1,3 @@
+module openim-client
+
+go 1.21
