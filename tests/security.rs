@@ -298,6 +298,18 @@ fn check_config_never_prints_secrets() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Secrets from the environment are redacted the same way.
+    let env = Command::new(BIN)
+        .args(["--config", &cfg, "check-config"])
+        .env(
+            "OPENIM_GATEWAY_AUTH__PATH_SECRETS",
+            "[envsecret-1, envsecret-2]",
+        )
+        .output()
+        .unwrap();
+    let env_all = String::from_utf8_lossy(&env.stdout);
+    assert_eq!(env_all.matches("<redacted>").count(), 3, "{env_all}");
+    assert!(!env_all.contains("envsecret"), "{env_all}");
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
