@@ -489,3 +489,76 @@ async fn openims_go_client_reads_every_answer_to_oversized_bodies() {
         "only the normal callbacks reached the upstream"
     );
 }
+
+/// Header limits answer 431 and the gateway goes on; at `max_connections`, stalled connections
+/// are cut by the timeouts, so a new callback is still served (after them, not never).
+#[tokio::test(flavor = "multi_thread")]
+async fn header_limits_and_a_full_connection_cap() {
+    let up = Upstream::start().await;
+    let (gw, _dir) = gateway(
+        &up,
+        "limits: {max_headers: 20, max_header_bytes: 8192, max_connections: 3, header_read_timeout: 1s, idle_timeout: 2s}\n",
+    )
+    .await;
+    let addr = gw.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let many: Vec<(String, String)> =
+            (0..40).map(|i| (format!("X-H{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = request(
+            &mut connect(&addr),
+            "POST",
+            &format!("/{CREATE}"),
+            &many,
+            &payload(CREATE),
+        )
+        .unwrap();
+        assert_eq!(r.status, 431, "too many headers: {r:?}");
+        let big = "v".repeat(20_000);
+        let r = request(
+            &mut connect(&addr),
+            "POST",
+            &format!("/{CREATE}"),
+            &[("X-Big", &big)],
+            &payload(CREATE),
+        )
+        .unwrap();
+        assert_eq!(r.status, 431, "a head over max_header_bytes: {r:?}");
+        fast_ok(&mut connect(&addr), "after the header limits");
+
+        // Three stalled connections take every slot.
+        let stalled: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let mut c = connect(&addr);
+                c.write_all(b"POST /callbackBeforeCreateGroupCommand HTTP/1.1\r\nHost: gw\r\n")
+                    .unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        fast_ok(&mut connect(&addr), "behind three stalled connections");
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(6), "served after {waited:?}");
+        drop(stalled);
+    })
+    .await
+    .unwrap();
+    let m = tokio::task::spawn_blocking({
+        let addr = gw.addr.clone();
+        move || {
+            String::from_utf8(
+                request(&mut connect(&addr), "GET", "/metrics", &[], b"")
+                    .unwrap()
+                    .body,
+            )
+            .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        m.contains(r#"gateway_limit_total{limit="max_connections"}"#),
+        "{m}"
+    );
+}
