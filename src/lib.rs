@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
-//!   warnings as values.
+//!   warnings as values; the security settings and secrets (`config/security.rs`).
 //! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
 //!   crate in `crates/contract`).
 //! - [`catalog`]: the command table, one row per OpenIM command, resolved against the descriptors.
@@ -17,7 +17,8 @@
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
-//! - [`http`]: the callback and admin routers with their one layer stack, and the accept loop.
+//! - [`http`]: the callback and admin routers with their one layer stack (inbound auth, the
+//!   admin token), the limits applied while reading, inbound TLS, and the accept loop.
 //! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
 //! - [`telemetry`]: logs and metrics.
 //!
