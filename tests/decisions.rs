@@ -262,3 +262,47 @@ async fn several_endpoints_of_one_upstream_share_the_calls() {
     assert_eq!(na + nb, 40);
     assert!(na > 0 && nb > 0, "both endpoints get calls: {na} / {nb}");
 }
+
+/// An upstream marked `https://` is spoken to in TLS, never in plaintext HTTP/2: the socket sees
+/// a TLS ClientHello, and without a certificate it trusts the gateway answers by the failure
+/// policy (here: reject) instead of sending the message in clear.
+#[tokio::test]
+async fn an_https_upstream_gets_tls_never_plaintext() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        buf.truncate(n);
+        buf
+    });
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['https://localhost:{}'], connect_timeout: 2s}}}}\n\
+         defaults: {{delivery: sync, timeout: 3s, on_failure: reject, reject_code: 20500}}\n",
+        addr.port()
+    );
+    let gw = gateway(&openim_callback_gateway::config::Config::from_yaml(&yaml).unwrap());
+    let a = post_command(
+        &gw,
+        "callbackBeforeCreateGroupCommand",
+        payload("callbackBeforeCreateGroupCommand"),
+    )
+    .await;
+    assert_envelope(&a);
+    assert_eq!(a.json["errCode"], 20500, "fail closed: {:?}", a.json);
+    let bytes = first_bytes.await.unwrap();
+    assert!(
+        !bytes.starts_with(b"PRI"),
+        "plaintext HTTP/2 preface: {bytes:?}"
+    );
+    assert_eq!(
+        bytes.first(),
+        Some(&0x16),
+        "a TLS handshake record: {bytes:?}"
+    );
+}

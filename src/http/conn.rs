@@ -161,20 +161,33 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if let Some((deadline, which)) = self.deadline() {
-                    let deadline = tokio::time::Instant::from_std(deadline);
-                    if self.timer.deadline() != deadline {
-                        self.timer.as_mut().reset(deadline);
-                    }
-                    if self.timer.as_mut().poll(cx).is_ready() {
-                        metrics::counter!("gateway_limit_total", "limit" => which).increment(1);
-                        tracing::debug!(limit = which, "closing a connection that went silent");
-                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, which)));
+            Poll::Pending => loop {
+                // While a request is handled there is no deadline, but the timer stays armed as
+                // a re-check: nothing else wakes this read when the request ends and the
+                // connection turns idle.
+                let (target, limit) = match self.deadline() {
+                    Some((deadline, which)) => (deadline, Some(which)),
+                    None => (
+                        Instant::now() + self.timeouts.idle.min(self.timeouts.header),
+                        None,
+                    ),
+                };
+                let target = tokio::time::Instant::from_std(target);
+                if self.timer.deadline() != target {
+                    self.timer.as_mut().reset(target);
+                }
+                match self.timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        if let Some(which) = limit {
+                            metrics::counter!("gateway_limit_total", "limit" => which).increment(1);
+                            tracing::debug!(limit = which, "closing a connection that went silent");
+                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, which)));
+                        }
+                        // A re-check came due: compute the deadline again.
                     }
                 }
-                Poll::Pending
-            }
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata}
 
 use crate::config::UpstreamConfig;
 use std::collections::HashMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// A config value that does not make a usable upstream.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,15 @@ impl Upstreams {
                     uri: uri.clone(),
                     reason,
                 };
-                let ep = Endpoint::from_shared(uri.clone())
-                    .map_err(|e| fail(e.to_string()))?
+                let mut ep = Endpoint::from_shared(uri.clone()).map_err(|e| fail(e.to_string()))?;
+                if ep.uri().scheme_str() == Some("https") {
+                    // Never plaintext to an address marked TLS: rustls with the webpki roots.
+                    // (Custom CAs, client certificates and SNI overrides are the mesh issue's.)
+                    ep = ep
+                        .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                let ep = ep
                     .connect_timeout(cfg.connect_timeout.0)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(std::time::Duration::from_secs(30))
