@@ -182,7 +182,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                         if let Some(which) = limit {
                             metrics::counter!("gateway_limit_total", "limit" => which).increment(1);
                             tracing::debug!(limit = which, "closing a connection that went silent");
-                            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, which)));
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                which,
+                            )));
                         }
                         // A re-check came due: compute the deadline again.
                     }
