@@ -139,6 +139,7 @@ async fn five_and_fifty_mib_bodies_get_a_readable_envelope_and_the_connection_go
         "only the normal callbacks reached the upstream"
     );
     let rss = gw.peak_rss();
+    println!("peak RSS: {} MiB", rss / MIB as u64);
     assert!(
         rss > 0 && rss < 100 * MIB as u64,
         "peak RSS {} MiB: the body was not buffered",
@@ -341,6 +342,7 @@ async fn a_flood_of_connections_and_shedding_past_max_in_flight() {
     .await
     .unwrap();
     let rss = gw.peak_rss();
+    println!("peak RSS: {} MiB", rss / MIB as u64);
     assert!(
         rss < 150 * MIB as u64,
         "peak RSS {} MiB with 2 000 connections",
@@ -445,6 +447,7 @@ async fn every_field_with_every_wrong_kind_and_every_malformed_body() {
     .unwrap();
     assert!(count > 5_000, "{count} bodies sent");
     let rss = gw.peak_rss();
+    println!("peak RSS: {} MiB", rss / MIB as u64);
     assert!(rss < 150 * MIB as u64, "peak RSS {} MiB", rss / MIB as u64);
 }
 
