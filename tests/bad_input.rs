@@ -79,6 +79,12 @@ fn assert_envelope_json(env: &Json, what: &str) {
     }
 }
 
+/// The gateway's `/metrics` text.
+fn metrics(addr: &str) -> String {
+    let reply = request(&mut connect(addr), "GET", "/metrics", &[], b"").unwrap();
+    String::from_utf8(reply.body).unwrap()
+}
+
 fn fast_ok(conn: &mut TcpStream, what: &str) {
     let r = request(conn, "POST", &format!("/{CREATE}"), &[], &payload(CREATE))
         .unwrap_or_else(|e| panic!("{what}: the next callback on the connection: {e}"));
@@ -263,19 +269,12 @@ async fn slow_truncated_and_idle_clients() {
     })
     .await
     .unwrap();
-    let metrics = tokio::task::spawn_blocking({
+    let metrics = {
         let addr = gw.addr.clone();
-        move || {
-            String::from_utf8(
-                request(&mut connect(&addr), "GET", "/metrics", &[], b"")
-                    .unwrap()
-                    .body,
-            )
+        tokio::task::spawn_blocking(move || metrics(&addr))
+            .await
             .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    };
     for limit in ["header_read_timeout", "request_timeout", "idle_timeout"] {
         assert!(
             metrics.contains(&format!("gateway_limit_total{{limit=\"{limit}\"}}")),
@@ -336,7 +335,7 @@ async fn a_flood_of_connections_and_shedding_past_max_in_flight() {
         let slow = slow.join().unwrap();
         assert_eq!(slow.json()["nextCode"], 0, "the slow one was served: {slow:?}");
         drop(flood);
-        let m = String::from_utf8(request(&mut connect(&addr), "GET", "/metrics", &[], b"").unwrap().body).unwrap();
+        let m = metrics(&addr);
         assert!(m.contains(r#"gateway_limit_total{limit="max_in_flight"}"#), "{m}");
     })
     .await
@@ -547,19 +546,12 @@ async fn header_limits_and_a_full_connection_cap() {
     })
     .await
     .unwrap();
-    let m = tokio::task::spawn_blocking({
+    let m = {
         let addr = gw.addr.clone();
-        move || {
-            String::from_utf8(
-                request(&mut connect(&addr), "GET", "/metrics", &[], b"")
-                    .unwrap()
-                    .body,
-            )
+        tokio::task::spawn_blocking(move || metrics(&addr))
+            .await
             .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    };
     assert!(
         m.contains(r#"gateway_limit_total{limit="max_connections"}"#),
         "{m}"
