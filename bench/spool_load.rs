@@ -55,14 +55,6 @@ fn args() -> Args {
     a
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_gateway(binary: &str, port: u16, upstream: &str, spool: &std::path::Path) -> Child {
     Command::new(binary)
         .args([
@@ -129,9 +121,9 @@ fn ms(d: Duration) -> String {
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().unwrap();
-    let upstream_port = free_port();
+    let upstream_port = support::free_port();
     let upstream_uri = format!("http://127.0.0.1:{upstream_port}");
-    let port = free_port();
+    let port = support::free_port();
 
     // 1. Upstream stopped; the gateway acknowledges every event from its spool.
     let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path());

@@ -99,10 +99,9 @@ impl Exit {
     }
 }
 
-/// Runs one callback to its decision.
-pub async fn run(gw: &Gateway, cb: Callback) -> Exit {
-    // One snapshot for the whole request, however long it takes.
-    let snapshot = gw.snapshot();
+/// Runs one callback to its decision, on `snapshot`: the one the request started with (its body
+/// was read under the same snapshot's limits), held however long the request takes.
+pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
     let route = gw
         .catalog()
         .get(&cb.command)
@@ -123,16 +122,7 @@ pub async fn run(gw: &Gateway, cb: Callback) -> Exit {
     };
     let mut operation_id = cb.header_operation_id.clone();
     let mut request = None;
-    let decision = decide(
-        gw,
-        &snapshot,
-        entry,
-        &route,
-        cb,
-        &mut operation_id,
-        &mut request,
-    )
-    .await;
+    let decision = decide(gw, entry, &route, cb, &mut operation_id, &mut request).await;
     let exit = Exit {
         decision,
         known: Some(Known {
@@ -150,7 +140,6 @@ pub async fn run(gw: &Gateway, cb: Callback) -> Exit {
 /// `request` to the request as far as it could be read (the echo rules fill from it).
 async fn decide(
     gw: &Gateway,
-    _snapshot: &Snapshot,
     entry: &'static CommandEntry,
     route: &CommandRoute,
     cb: Callback,

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{payload_commands, read_json, wire};
+use support::{free_port, payload_commands, read_json, wire};
 
 /// How long a first `serve` may take to build (cold Maven, Go module and cargo caches).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
@@ -227,14 +227,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `examples/<lang>/serve PORT`, waits for its `listening on` line, and collects the rest

@@ -117,7 +117,7 @@ async fn callback(
             .to_owned(),
         body,
     };
-    let exit = pipeline::run(&gw, cb).await;
+    let exit = pipeline::run(&gw, snapshot, cb).await;
     drop(permit);
     let env = exit.render();
     if let Some(command) = exit.command() {

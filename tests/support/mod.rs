@@ -229,6 +229,15 @@ impl Upstream {
     }
 }
 
+/// A loopback port that was free a moment ago (for a child process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// A gateway config for tests: everything goes to `upstream_uri`, after-events synchronously.
 pub fn config(upstream_uri: &str, extra_yaml: &str) -> Config {
     let yaml = format!(
