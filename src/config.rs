@@ -5,8 +5,13 @@
 //! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
 //! logging is set up.
 
+mod mesh;
 mod security;
 
+pub use mesh::{
+    BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,
+    UpstreamTlsConfig,
+};
 pub use security::{
     AuthConfig, HeaderAuthConfig, LimitsConfig, Secret, TlsConfig, parse_net, read_admin_token,
 };
@@ -78,6 +83,22 @@ pub struct Config {
     pub admin_protect_metrics: bool,
     /// Limits applied before any work.
     pub limits: LimitsConfig,
+    /// OpenIM's webhook timeout (its `webhooks.yml`, 5s by default): the budget of one callback.
+    /// An upstream call's deadline is the command's `timeout` or what is left of this budget,
+    /// whichever is shorter.
+    pub openim_timeout: Dur,
+    /// On SIGTERM: how long in-flight callbacks may take to finish after `/readyz` turned 503 and
+    /// the listeners closed.
+    pub shutdown_grace: Dur,
+    /// How long `/readyz` answers 503 before the listeners close, so that the mesh stops sending
+    /// new callbacks first.
+    pub shutdown_delay: Dur,
+    /// The resolver of upstream host names.
+    pub dns: DnsConfig,
+    /// Traces: W3C trace context and the OTLP exporter.
+    pub tracing: TracingConfig,
+    /// Reloading the config file while running.
+    pub reload: ReloadConfig,
 }
 
 impl Default for Config {
@@ -98,6 +119,12 @@ impl Default for Config {
             admin_insecure: false,
             admin_protect_metrics: false,
             limits: LimitsConfig::default(),
+            openim_timeout: Dur(OPENIM_TIMEOUT),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            shutdown_delay: Dur(Duration::from_secs(2)),
+            dns: DnsConfig::default(),
+            tracing: TracingConfig::default(),
+            reload: ReloadConfig::default(),
         }
     }
 }
@@ -140,6 +167,39 @@ pub struct UpstreamConfig {
     /// How long to wait for a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// TLS of `https://` endpoints: a CA, a client certificate for mTLS, the name to verify.
+    #[serde(default, skip_serializing_if = "UpstreamTlsConfig::is_unset")]
+    pub tls: UpstreamTlsConfig,
+    /// Re-resolve the endpoints' host names this often and follow the addresses (a headless
+    /// Service's pods); `0s` = resolve once per connection, as the channel does by itself.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Dur,
+    /// The `grpc.health.v1` service name `/readyz` checks (`""` = the server as a whole).
+    #[serde(default)]
+    pub health_service: String,
+    /// Calls in flight to this upstream at once; more get their failure policy at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// The circuit breaker.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Retries of before calls on connection-level failures.
+    #[serde(default)]
+    pub retries: RetryConfig,
+}
+
+fn default_resolve_interval() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn default_max_concurrency() -> usize {
+    1024
+}
+
+impl UpstreamTlsConfig {
+    fn is_unset(&self) -> bool {
+        !self.is_set()
+    }
 }
 
 fn default_connect_timeout() -> Dur {
@@ -152,6 +212,12 @@ impl UpstreamConfig {
         Self {
             endpoints: vec![uri.into()],
             connect_timeout: default_connect_timeout(),
+            tls: UpstreamTlsConfig::default(),
+            resolve_interval: default_resolve_interval(),
+            health_service: String::new(),
+            max_concurrency: default_max_concurrency(),
+            breaker: BreakerConfig::default(),
+            retries: RetryConfig::default(),
         }
     }
 }
@@ -347,12 +413,31 @@ impl Config {
                     ));
                 }
             }
+            let key = format!("upstreams.{name}");
+            if up.tls.is_set() && !up.endpoints.iter().any(|u| u.starts_with("https://")) {
+                return Err(invalid(
+                    format!("{key}.tls"),
+                    "is set but no endpoint is https://: the settings would not be used",
+                ));
+            }
+            up.tls.validate(&key)?;
+            if up.max_concurrency == 0 {
+                return Err(invalid(
+                    format!("{key}.max_concurrency"),
+                    "must be at least 1",
+                ));
+            }
+            mesh::validate_breaker(&key, &up.breaker)?;
         }
         self.spool
             .validate()
             .map_err(|e| invalid(format!("spool.{}", e.key), e.problem))?;
         self.auth.validate()?;
         self.limits.validate(self.max_body_bytes)?;
+        mesh::validate_tracing(&self.tracing)?;
+        if self.openim_timeout.0.is_zero() {
+            return Err(invalid("openim_timeout", "must be longer than 0s"));
+        }
         if let Some(tls) = &self.tls {
             for (key, path) in [
                 ("tls.cert_file", Some(&tls.cert_file)),
