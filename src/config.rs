@@ -93,6 +93,8 @@ pub struct Config {
     /// How long `/readyz` answers 503 before the listeners close, so that the mesh stops sending
     /// new callbacks first.
     pub shutdown_delay: Dur,
+    /// How often the upstreams of enabled before commands are health-checked (`/readyz`).
+    pub health_check_interval: Dur,
     /// The resolver of upstream host names.
     pub dns: DnsConfig,
     /// Traces: W3C trace context and the OTLP exporter.
@@ -122,6 +124,7 @@ impl Default for Config {
             openim_timeout: Dur(OPENIM_TIMEOUT),
             shutdown_grace: Dur(Duration::from_secs(30)),
             shutdown_delay: Dur(Duration::from_secs(2)),
+            health_check_interval: Dur(Duration::from_secs(5)),
             dns: DnsConfig::default(),
             tracing: TracingConfig::default(),
             reload: ReloadConfig::default(),
@@ -435,6 +438,9 @@ impl Config {
         self.auth.validate()?;
         self.limits.validate(self.max_body_bytes)?;
         mesh::validate_tracing(&self.tracing)?;
+        if self.health_check_interval.0.is_zero() {
+            return Err(invalid("health_check_interval", "must be longer than 0s"));
+        }
         if self.openim_timeout.0.is_zero() {
             return Err(invalid("openim_timeout", "must be longer than 0s"));
         }

@@ -7,7 +7,7 @@
 
 use crate::catalog::CommandEntry;
 use crate::spool::DeliveryResult;
-use crate::upstream::CallError;
+use crate::upstream::{CallError, Refusal};
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Value};
@@ -128,6 +128,27 @@ impl Decision {
             Self::Reject {
                 failure: Some(_), ..
             } => "fail_closed",
+        }
+    }
+
+    /// The `outcome` label of `gateway_callbacks_total` and of the per-callback log line:
+    /// `continue` (also disabled and unimplemented), `rejected` (by the service), `failed-open`,
+    /// `failed-closed` (the failure policy), `spooled`, `spool-full` (the spool did not take it).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Continue { reason, .. } => match reason {
+                Reason::Spooled => "spooled",
+                Reason::FailOpen(_) => "failed-open",
+                _ => "continue",
+            },
+            Self::Reject { failure: None, .. } => "rejected",
+            Self::Reject {
+                failure: Some(Failure::Spool(_)),
+                ..
+            } => "spool-full",
+            Self::Reject {
+                failure: Some(_), ..
+            } => "failed-closed",
         }
     }
 
@@ -284,9 +305,20 @@ pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
                 DeliveryStatus::DeadLetter => DeliveryResult::Permanent(text),
             }
         }
+        // Not sent: wait for the breaker (or a free slot) without using up an attempt.
+        Err(e @ CallError::Refused(refusal)) => DeliveryResult::Deferred(
+            match refusal {
+                Refusal::BreakerOpen(wait) => *wait,
+                Refusal::MaxConcurrency => MAX_CONCURRENCY_WAIT,
+            },
+            e.to_string(),
+        ),
         Err(other) => DeliveryResult::Retry(other.to_string()),
     }
 }
+
+/// How long a delivery refused by `max_concurrency` waits before it is tried again.
+const MAX_CONCURRENCY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The failure policy's decision for a failure.
 pub fn fail(failure: Failure, policy: &Policy) -> Decision {

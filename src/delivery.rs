@@ -7,6 +7,7 @@
 use crate::decision;
 use crate::gateway::{CallIds, Gateway};
 use crate::spool::{Deliver, DeliveryResult, StoredEvent};
+use crate::upstream::Retry;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::time::{Duration, Instant};
@@ -52,8 +53,8 @@ async fn deliver(gw: &Gateway, ev: &StoredEvent, attempt: u32) -> DeliveryResult
         },
     );
     let started = Instant::now();
-    let result = upstream.call(call).await;
-    metrics::histogram!("gateway_delivery_seconds", "command" => entry.row.command)
+    let result = upstream.call(entry.row.command, call, Retry::Never).await;
+    metrics::histogram!("gateway_delivery_duration_seconds", "command" => entry.row.command)
         .record(started.elapsed().as_secs_f64());
     decision::delivery_result(&result)
 }

@@ -11,7 +11,7 @@ use crate::config::{CommandConfig, Config, LimitsConfig, Secret, read_admin_toke
 use crate::decision::Policy;
 use crate::http::auth::InboundAuth;
 use crate::spool::Spool;
-use crate::upstream::{Call, UpstreamClient, Upstreams};
+use crate::upstream::{Call, Resilient, Upstreams};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use openim_callback_contract::metadata as meta;
@@ -32,12 +32,23 @@ struct Fixed {
     spool: Option<Spool>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     unknown_keys: UnknownKeys,
+    health: crate::health::Health,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The live part, built from a [`Config`]; replaced whole, never edited.
 #[derive(Debug)]
 pub struct Snapshot {
     commands: HashMap<&'static str, CommandRoute>,
+    /// The upstreams under their controls, by name (the routes share them).
+    pub upstreams: HashMap<String, Resilient>,
+    /// OpenIM's webhook timeout: an upstream call's deadline is at most what is left of it.
+    pub openim_timeout: std::time::Duration,
+    /// The upstreams of enabled before commands, which `/readyz` checks.
+    pub health_targets: Vec<crate::health::Target>,
+    /// Which snapshot this is (counted up by every swap), so that health results of an older
+    /// one never count.
+    pub generation: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// The limits (`limits:`).
@@ -59,8 +70,8 @@ pub struct CommandRoute {
     pub settings: CommandConfig,
     /// The decision policy derived from them.
     pub policy: Policy,
-    /// The upstream client; `None` when the command is disabled.
-    pub upstream: Option<UpstreamClient>,
+    /// The upstream, under its resilience controls; `None` when the command is disabled.
+    pub upstream: Option<Resilient>,
 }
 
 /// The ids a call carries as metadata.
@@ -122,7 +133,15 @@ impl Snapshot {
     /// connecting, so no socket is opened) and resolves every command. Needs a tokio runtime.
     pub fn build(config: &Config, catalog: &Catalog) -> Result<Self, BuildError> {
         config.validate()?;
-        let upstreams = Upstreams::build(&config.upstreams)?;
+        let clients = Upstreams::build(&config.upstreams)?;
+        let upstreams: HashMap<String, Resilient> = config
+            .upstreams
+            .iter()
+            .filter_map(|(name, cfg)| {
+                let client = clients.get(name)?.clone();
+                Some((name.clone(), Resilient::new(name, client, cfg)))
+            })
+            .collect();
         let mut commands = HashMap::new();
         for entry in catalog.entries() {
             let command = entry.row.command;
@@ -153,8 +172,34 @@ impl Snapshot {
                 },
             );
         }
+        let mut checked: Vec<&str> = commands
+            .iter()
+            .filter(|(command, route)| {
+                route.upstream.is_some()
+                    && catalog
+                        .get(command)
+                        .is_some_and(|e| e.phase == crate::catalog::Phase::Before)
+            })
+            .map(|(_, route)| route.settings.upstream.as_str())
+            .collect();
+        checked.sort_unstable();
+        checked.dedup();
+        let health_targets = checked
+            .into_iter()
+            .filter_map(|name| {
+                Some(crate::health::Target {
+                    name: name.to_owned(),
+                    client: upstreams.get(name)?.client().clone(),
+                    service: config.upstreams.get(name)?.health_service.clone(),
+                })
+            })
+            .collect();
         Ok(Self {
             commands,
+            upstreams,
+            health_targets,
+            generation: 0,
+            openim_timeout: config.openim_timeout.0,
             max_body_bytes: config.max_body_bytes,
             limits: config.limits.clone(),
             in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
@@ -185,6 +230,8 @@ impl Gateway {
                 spool,
                 metrics: crate::telemetry::metrics_handle(),
                 unknown_keys: UnknownKeys::default(),
+                health: crate::health::Health::default(),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
             live: Arc::new(ArcSwap::from_pointee(snapshot)),
         })
@@ -192,9 +239,20 @@ impl Gateway {
 
     /// Builds a snapshot from `config` and swaps it in; on error the current one stays.
     pub fn swap(&self, config: &Config) -> Result<(), BuildError> {
-        let snapshot = Snapshot::build(config, self.fixed.catalog)?;
+        let mut snapshot = Snapshot::build(config, self.fixed.catalog)?;
+        snapshot.generation = self
+            .fixed
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         self.live.store(Arc::new(snapshot));
+        self.fixed.health.recheck();
         Ok(())
+    }
+
+    /// The readiness state.
+    pub fn health(&self) -> &crate::health::Health {
+        &self.fixed.health
     }
 
     /// The current snapshot; hold it for the whole of one request or delivery attempt.

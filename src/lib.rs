@@ -14,13 +14,15 @@
 //! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
 //!   part (per-command routes and policies, upstream clients, limits).
 //! - [`pipeline`]: one callback, one path, every exit a decision.
+//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`) and the upstream checks.
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
 //! - [`http`]: the callback and admin routers with their one layer stack (inbound auth, the
 //!   admin token), the limits applied while reading, inbound TLS, and the accept loop.
+//! - [`reload`]: SIGHUP and file-change reloads, refusing start-up-only changes by name.
 //! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
-//! - [`telemetry`]: logs and metrics.
+//! - [`telemetry`]: logs and the metrics recorder; [`stats`]: every metric with its help text.
 //!
 //! The Rust example hook service the embedded default serves is the `openim-callback-example`
 //! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses
@@ -32,11 +34,14 @@ pub mod decision;
 pub mod delivery;
 pub mod envelope;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod json;
 pub mod pipeline;
 pub mod proto;
+pub mod reload;
 pub mod spool;
+pub mod stats;
 pub mod telemetry;
 pub mod upstream;
 
@@ -71,22 +76,33 @@ pub enum RunError {
 /// With no upstream configured, the built-in example upstream starts in-process on a loopback
 /// port and becomes the `default` upstream (the embedded default of design §6).
 pub async fn run(
-    mut config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let _example = if config.upstreams.is_empty() {
+    run_reloadable(config, listener, shutdown, None).await
+}
+
+/// [`run`], reloading the configuration from `source` on SIGHUP and when its file changes
+/// (`crate::reload`).
+pub async fn run_reloadable(
+    mut config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    source: Option<reload::ConfigSource>,
+) -> Result<(), RunError> {
+    let (_example, example_upstream) = if config.upstreams.is_empty() {
         let (addr, task) = openim_callback_example::spawn(config.example.clone())
             .await
             .map_err(RunError::Example)?;
         tracing::info!(%addr, "no upstream configured: serving the built-in example upstream in-process");
-        config.upstreams.insert(
-            DEFAULT_UPSTREAM.into(),
-            UpstreamConfig::single(format!("http://{addr}")),
-        );
-        Some(AbortOnDrop(task))
+        let upstream = UpstreamConfig::single(format!("http://{addr}"));
+        config
+            .upstreams
+            .insert(DEFAULT_UPSTREAM.into(), upstream.clone());
+        (Some(AbortOnDrop(task)), Some(upstream))
     } else {
-        None
+        (None, None)
     };
     let tls = match &config.tls {
         Some(cfg) => Some(http::tls::acceptor(cfg)?),
@@ -114,7 +130,29 @@ pub async fn run(
     let options = http::ServeOptions {
         limits: config.limits.clone(),
         tls,
+        shutdown_grace: config.shutdown_grace.0,
+        shutdown_delay: config.shutdown_delay.0,
     };
+    let _health = AbortOnDrop(tokio::spawn(health::run_checks(
+        gateway.clone(),
+        config.health_check_interval.0,
+    )));
+    // A reloaded config without upstreams keeps the built-in example upstream the start added.
+    let prepare: Arc<dyn Fn(&mut Config) + Send + Sync> = Arc::new(move |c: &mut Config| {
+        if c.upstreams.is_empty()
+            && let Some(up) = &example_upstream
+        {
+            c.upstreams.insert(DEFAULT_UPSTREAM.into(), up.clone());
+        }
+    });
+    let _reload = source.map(|source| {
+        AbortOnDrop(tokio::spawn(reload::watch(
+            gateway.clone(),
+            source,
+            config.clone(),
+            prepare,
+        )))
+    });
     http::serve(&gateway, ports, options, shutdown)
         .await
         .map_err(RunError::Serve)?;

@@ -39,8 +39,16 @@ enum Command {
         #[command(subcommand)]
         command: openim_callback_gateway::spool::cli::SpoolCommand,
     },
-    /// Load and validate the configuration, print the effective settings, and exit.
-    CheckConfig,
+    /// Validate the configuration against the compiled contract (every key, file and upstream
+    /// URI, as a start would), print the effective settings, and exit 0 (valid) or 2 (not).
+    #[command(alias = "check-config")]
+    Check,
+    /// Print the effective route table: command → upstream, RPC, timeout, policy, delivery.
+    Routes {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the contract compiled into this binary, for generating stubs in any language.
     Proto {
         /// Directory to write the `.proto` files into (as `openim/callback/v1/*.proto`).
@@ -62,25 +70,18 @@ fn main() -> ExitCode {
     {
         return write_proto(out.as_deref(), descriptor_set.as_deref());
     }
-    let mut config = match Config::load(cli.config.as_deref()) {
+    let overrides = Overrides {
+        path: cli.config.clone(),
+        listen: cli.listen,
+        upstream: cli.upstream.clone(),
+    };
+    let config = match overrides.load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("openim-callback-gateway: invalid configuration: {e}");
+            eprintln!("openim-callback-gateway: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
-    if let Some(uri) = cli.upstream {
-        config
-            .upstreams
-            .insert(DEFAULT_UPSTREAM.into(), UpstreamConfig::single(uri));
-        if let Err(e) = config.validate() {
-            eprintln!("openim-callback-gateway: invalid --upstream: {e}");
-            return ExitCode::from(2);
-        }
-    }
     openim_callback_gateway::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,20 +95,35 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Some(Command::CheckConfig) => match serde_json::to_string_pretty(&config) {
-                Ok(text) => {
-                    println!("{text}");
-                    for warning in config.warnings() {
-                        eprintln!("warning: {warning}");
+            Some(Command::Check) => {
+                let mut built = config.clone();
+                if built.upstreams.is_empty() {
+                    // What the start adds: the built-in example upstream (no socket is opened).
+                    built.upstreams.insert(
+                        DEFAULT_UPSTREAM.into(),
+                        UpstreamConfig::single("http://127.0.0.1:1"),
+                    );
+                }
+                if let Err(e) = openim_callback_gateway::gateway::Gateway::new(&built, None) {
+                    eprintln!("openim-callback-gateway: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+                match serde_json::to_string_pretty(&config) {
+                    Ok(text) => {
+                        println!("{text}");
+                        for warning in config.warnings() {
+                            eprintln!("warning: {warning}");
+                        }
+                        eprintln!("configuration is valid (effective settings above)");
+                        ExitCode::SUCCESS
                     }
-                    eprintln!("configuration is valid (effective settings above)");
-                    ExitCode::SUCCESS
+                    Err(e) => {
+                        eprintln!("openim-callback-gateway: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-                Err(e) => {
-                    eprintln!("openim-callback-gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }
+            Some(Command::Routes { json }) => routes(&config, json),
             Some(Command::Spool {
                 admin,
                 token_file,
@@ -145,13 +161,41 @@ fn main() -> ExitCode {
                 for warning in config.warnings() {
                     tracing::warn!(key = %warning.key, "{}", warning.message);
                 }
-                serve(config).await
+                serve(config, overrides).await
             }
         }
     })
 }
 
-async fn serve(config: Config) -> ExitCode {
+/// The config file and the flags that override it: loaded once at start, and again by every
+/// reload, so that a reload sees the same overrides.
+#[derive(Debug, Clone)]
+struct Overrides {
+    path: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    upstream: Option<String>,
+}
+
+impl Overrides {
+    fn load(&self) -> Result<Config, String> {
+        let mut config = Config::load(self.path.as_deref())
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(uri) = &self.upstream {
+            config
+                .upstreams
+                .insert(DEFAULT_UPSTREAM.into(), UpstreamConfig::single(uri.clone()));
+            config
+                .validate()
+                .map_err(|e| format!("invalid --upstream: {e}"))?;
+        }
+        Ok(config)
+    }
+}
+
+async fn serve(config: Config, overrides: Overrides) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -162,7 +206,13 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match openim_callback_gateway::run(config, listener, shutdown_signal()).await {
+    let source = openim_callback_gateway::reload::ConfigSource {
+        path: overrides.path.clone(),
+        load: std::sync::Arc::new(move || overrides.load()),
+    };
+    match openim_callback_gateway::run_reloadable(config, listener, shutdown_signal(), Some(source))
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway stopped");
@@ -192,7 +242,98 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: draining in-flight callbacks");
+}
+
+/// `routes`: the table every callback is routed by, from the same code the gateway uses.
+fn routes(config: &Config, json: bool) -> ExitCode {
+    use openim_callback_gateway::catalog::{Catalog, Phase};
+    use openim_callback_gateway::config::Delivery;
+    let catalog = match Catalog::contract() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("openim-callback-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rows = Vec::new();
+    for entry in catalog.entries() {
+        let s = match config.settings(entry.row.command) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("openim-callback-gateway: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let endpoints = config
+            .upstreams
+            .get(&s.upstream)
+            .map(|u| u.endpoints.join(","))
+            .unwrap_or_else(|| "(built-in example)".into());
+        let delivery = match (entry.phase, s.delivery) {
+            (Phase::Before, _) => "sync (before)",
+            (Phase::After, Delivery::Sync) => "sync",
+            (Phase::After, Delivery::Spool) if s.ordered => "spool, ordered",
+            (Phase::After, Delivery::Spool) => "spool",
+        };
+        let policy = match s.on_failure {
+            openim_callback_gateway::config::FailurePolicy::Continue => "continue".to_owned(),
+            openim_callback_gateway::config::FailurePolicy::Reject => {
+                format!("reject {}", s.reject_code)
+            }
+        };
+        rows.push(serde_json::json!({
+            "command": entry.row.command,
+            "enabled": s.enabled,
+            "upstream": s.upstream,
+            "endpoints": endpoints,
+            "rpc": entry.path.as_str(),
+            "timeout": humantime::format_duration(s.timeout.0).to_string(),
+            "on_failure": policy,
+            "delivery": delivery,
+        }));
+    }
+    if json {
+        for row in rows {
+            println!("{row}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let cols = [
+        "command",
+        "enabled",
+        "upstream",
+        "rpc",
+        "timeout",
+        "on_failure",
+        "delivery",
+        "endpoints",
+    ];
+    let cell = |row: &serde_json::Value, c: &str| match &row[c] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (cell, w) in cells.iter().zip(&widths) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        println!("{}", out.trim_end());
+    };
+    line(cols.iter().map(|c| c.to_uppercase()).collect());
+    for row in &rows {
+        line(cols.iter().map(|c| cell(row, c)).collect());
+    }
+    ExitCode::SUCCESS
 }
 
 /// `proto`: needs no configuration, so it runs before the config is loaded.

@@ -9,6 +9,7 @@ use crate::envelope::{Envelope, Target};
 use crate::gateway::{CallIds, CommandRoute, Gateway, Snapshot};
 use crate::json;
 use crate::spool;
+use crate::upstream::Retry;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
@@ -28,6 +29,8 @@ pub struct Callback {
     pub header_operation_id: String,
     /// The body, or why it is not available.
     pub body: Result<Bytes, BodyError>,
+    /// When the request arrived: OpenIM's budget (`openim_timeout`) runs from here.
+    pub received: Instant,
 }
 
 /// Why a callback's body is not available.
@@ -122,7 +125,16 @@ pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
     };
     let mut operation_id = cb.header_operation_id.clone();
     let mut request = None;
-    let decision = decide(gw, entry, &route, cb, &mut operation_id, &mut request).await;
+    let decision = decide(
+        gw,
+        &snapshot,
+        entry,
+        &route,
+        cb,
+        &mut operation_id,
+        &mut request,
+    )
+    .await;
     let exit = Exit {
         decision,
         known: Some(Known {
@@ -140,6 +152,7 @@ pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
 /// `request` to the request as far as it could be read (the echo rules fill from it).
 async fn decide(
     gw: &Gateway,
+    snapshot: &Snapshot,
     entry: &'static CommandEntry,
     route: &CommandRoute,
     cb: Callback,
@@ -148,6 +161,7 @@ async fn decide(
 ) -> Decision {
     let command = entry.row.command;
     let policy = &route.policy;
+    let budget = snapshot.openim_timeout;
     let bad_input = |problem: String, operation_id: &str| {
         metrics::counter!("gateway_bad_requests_total", "command" => command).increment(1);
         tracing::warn!(command, operation_id, %problem, "bad callback body: answering by the failure policy");
@@ -223,7 +237,7 @@ async fn decide(
             };
         }
     }
-    let call = route.call(
+    let mut call = route.call(
         entry,
         payload,
         CallIds {
@@ -232,12 +246,20 @@ async fn decide(
             delivery: None,
         },
     );
-    let started = Instant::now();
-    let result = upstream.call(call).await;
-    metrics::histogram!("gateway_upstream_seconds", "command" => command)
-        .record(started.elapsed().as_secs_f64());
+    // The deadline sent as grpc-timeout: the command's, or what is left of OpenIM's budget.
+    let left = budget.saturating_sub(cb.received.elapsed());
+    call.timeout = call.timeout.min(left.saturating_sub(ANSWER_MARGIN));
+    let retry = match entry.phase {
+        Phase::Before => Retry::Allowed,
+        Phase::After => Retry::Never,
+    };
+    let result = upstream.call(command, call, retry).await;
     decision::decide(entry, result, policy)
 }
+
+/// Kept back from OpenIM's budget for writing the answer, so that OpenIM gets the failure
+/// policy's envelope before it gives up itself.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The one log line of a decision worth logging.
 fn log(exit: &Exit, command: &'static str) {

@@ -1,7 +1,7 @@
 //! Logs and metrics: the tracing subscriber and the Prometheus recorder behind `/metrics`.
 
 use crate::config::{LogConfig, LogFormat};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
@@ -29,9 +29,13 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = crate::stats::builder().build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            let installed = metrics::set_global_recorder(recorder).ok().map(|()| handle);
+            if installed.is_some() {
+                crate::stats::describe();
+            }
+            installed
         })
         .clone()
 }

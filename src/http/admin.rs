@@ -14,7 +14,13 @@ pub(super) fn router(gw: &Gateway) -> Router {
     let token = || axum::middleware::from_fn_with_state(gw.clone(), super::auth::admin_token);
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .with_state(gw.clone())
+        // The gateway's own grpc.health.v1 (h2c), for meshes that probe gRPC: SERVING when ready.
+        .route_service(
+            "/grpc.health.v1.Health/{*method}",
+            gw.health().grpc_service(),
+        );
     let metrics = Router::new()
         .route("/metrics", get(render_metrics))
         .layer(axum::middleware::from_fn_with_state(
@@ -29,8 +35,19 @@ pub(super) fn router(gw: &Gateway) -> Router {
     }
 }
 
-async fn readyz() -> &'static str {
-    "ready"
+/// 200 `ready`, or 503 with one line per reason (which upstream reports what).
+async fn readyz(State(gw): State<Gateway>) -> Response {
+    match gw.health().readiness(&gw) {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(problems) => {
+            let mut body = String::from("not ready\n");
+            for p in problems {
+                body.push_str(&p);
+                body.push('\n');
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
+    }
 }
 
 async fn render_metrics(State(gw): State<Gateway>) -> Response {

@@ -14,7 +14,7 @@ mod conn;
 mod serve;
 pub mod tls;
 
-pub use serve::{Ports, SHUTDOWN_GRACE, ServeOptions, serve};
+pub use serve::{Ports, ServeOptions, serve};
 
 use crate::gateway::Gateway;
 use crate::pipeline::{self, Callback};
@@ -86,6 +86,7 @@ async fn callback(
             .into_response();
     }
     let snapshot = gw.snapshot();
+    let _in_flight = InFlight::enter();
     // A slot before any work: past max_in_flight the body is drained (not kept) and the command
     // gets its failure-policy envelope.
     let permit = snapshot.in_flight.clone().try_acquire_owned().ok();
@@ -102,6 +103,8 @@ async fn callback(
     let body = match read.outcome {
         Ok(_) if permit.is_none() => {
             metrics::counter!("gateway_limit_total", "limit" => "max_in_flight").increment(1);
+            metrics::counter!("gateway_resilience_trips_total", "control" => "max_in_flight", "upstream" => "")
+                .increment(1);
             Err(crate::pipeline::BodyError::Shed)
         }
         other => other,
@@ -116,14 +119,15 @@ async fn callback(
             .unwrap_or("")
             .to_owned(),
         body,
+        received: started,
     };
     let exit = pipeline::run(&gw, snapshot, cb).await;
     drop(permit);
     let env = exit.render();
     if let Some(command) = exit.command() {
-        metrics::counter!("gateway_callbacks_total", "command" => command, "outcome" => exit.decision.label())
+        metrics::counter!("gateway_callbacks_total", "command" => command, "outcome" => exit.decision.outcome())
             .increment(1);
-        metrics::histogram!("gateway_callback_seconds", "command" => command)
+        metrics::histogram!("gateway_callback_duration_seconds", "command" => command)
             .record(started.elapsed().as_secs_f64());
     }
     let mut response = (
@@ -139,6 +143,22 @@ async fn callback(
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Counts a callback in `gateway_in_flight` while it is handled.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("gateway_in_flight").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_in_flight").decrement(1.0);
+    }
 }
 
 #[cfg(test)]

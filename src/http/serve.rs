@@ -1,8 +1,9 @@
 //! The accept loop for both ports: the callback port OpenIM reaches (optionally TLS) and, when
 //! `admin_listen` is set, the operators' port. Per connection: the `max_connections` cap, the
 //! idle / header-read timeouts and lingering close of `conn.rs`, hyper's header count and size
-//! limits, and the peer address for the auth layer. One shutdown signal stops both ports;
-//! in-flight requests finish within [`SHUTDOWN_GRACE`].
+//! limits, and the peer address for the auth layer. One shutdown signal stops both ports:
+//! readiness goes first (`/readyz` 503 for `shutdown_delay`, so the mesh stops sending), then the
+//! listeners close and in-flight requests finish within `shutdown_grace`.
 
 use super::conn::{ConnClock, Guarded, Timeouts};
 use super::{admin_router, app, callback_router};
@@ -26,9 +27,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
 
-/// How long in-flight requests may take to finish after the shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-
 /// The bound listeners: the callback port, and the admin port when it is separate.
 #[derive(Debug)]
 pub struct Ports {
@@ -45,6 +43,10 @@ pub struct ServeOptions {
     pub limits: LimitsConfig,
     /// TLS on the callback port.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How long in-flight requests may take to finish once the listeners closed.
+    pub shutdown_grace: Duration,
+    /// How long readiness is 503 before the listeners close.
+    pub shutdown_delay: Duration,
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish on both ports.
@@ -55,8 +57,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let drain = gw.clone();
+    let delay = options.shutdown_delay;
+    let grace = options.shutdown_grace;
     let signal = tokio::spawn(async move {
         shutdown.await;
+        drain.health().begin_drain();
+        tracing::info!(
+            shutdown_delay = %humantime::format_duration(delay),
+            shutdown_grace = %humantime::format_duration(grace),
+            "shutting down: /readyz answers 503 now; the listeners close after shutdown_delay, then in-flight callbacks get shutdown_grace"
+        );
+        tokio::time::sleep(delay).await;
         let _ = stop_tx.send(true);
     });
     let mut tasks = Vec::new();
@@ -87,6 +99,7 @@ pub async fn serve(
         };
         tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at {scheme}://{addr}/callbackExample");
     }
+    gw.health().set_listening();
     let served = accept_loop(ports.callback, callback, options, stop_rx).await;
     signal.abort();
     for task in tasks {
@@ -184,11 +197,15 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    let grace = options.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after shutdown; closing them");
+        tracing::warn!(
+            shutdown_grace = %humantime::format_duration(grace),
+            "connections still open after shutdown_grace; closing them"
+        );
     }
     Ok(())
 }

@@ -281,6 +281,8 @@ async fn attempt(
         );
         metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
             .increment(1);
+        metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "dead")
+            .increment(1);
         send(
             &inner,
             Cmd::Dead {
@@ -294,6 +296,8 @@ async fn attempt(
         DeliveryResult::Delivered => {
             metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
                 .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "delivered")
+                .increment(1);
             tracing::debug!(
                 delivery_id,
                 command,
@@ -302,6 +306,13 @@ async fn attempt(
             );
             send(&inner, Cmd::Delivered { id });
             inner.shared.sched.finish(&entry);
+        }
+        DeliveryResult::Deferred(wait, why) => {
+            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "deferred")
+                .increment(1);
+            // The attempt did not happen: its number is not used up.
+            inner.shared.sched.retry(entry, Instant::now() + wait);
         }
         DeliveryResult::Permanent(error) => {
             dead(
@@ -312,6 +323,8 @@ async fn attempt(
         }
         DeliveryResult::Retry(error) => {
             metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
+                .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "retry")
                 .increment(1);
             let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
             if number >= s.max_attempts {

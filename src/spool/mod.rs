@@ -228,6 +228,9 @@ pub enum DeliveryResult {
     Retry(String),
     /// A failure that retrying will not fix (INVALID_ARGUMENT, …): the event becomes a dead letter.
     Permanent(String),
+    /// Not attempted (the upstream's circuit breaker is open): tried again after the wait,
+    /// without using up an attempt.
+    Deferred(Duration, String),
 }
 
 /// Delivers one event to its upstream; implemented by the gateway (`crate::delivery`), faked in

@@ -39,6 +39,12 @@ pub enum CallError {
     /// The upstream could not be reached or the connection failed before a status arrived.
     #[error("upstream unreachable: {}", error_chain(.0.as_ref()))]
     Unreachable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// Not sent: a resilience control of the upstream refused it (`upstream::resilience`).
+    #[error("not sent: {}", match .0 {
+        super::Refusal::BreakerOpen(_) => "the upstream's circuit breaker is open",
+        super::Refusal::MaxConcurrency => "the upstream has max_concurrency calls in flight",
+    })]
+    Refused(super::Refusal),
 }
 
 impl CallError {
@@ -48,6 +54,8 @@ impl CallError {
             Self::Status(_) => "status",
             Self::Timeout(_) => "timeout",
             Self::Unreachable(_) => "unreachable",
+            Self::Refused(super::Refusal::BreakerOpen(_)) => "breaker_open",
+            Self::Refused(super::Refusal::MaxConcurrency) => "max_concurrency",
         }
     }
 }
@@ -63,6 +71,11 @@ impl UpstreamClient {
     /// A client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Self { channel }
+    }
+
+    /// The channel (for the health checks, which speak another service).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
     }
 
     /// Makes one call (the service is always ready: the channel queues internally).

@@ -6,10 +6,13 @@
 //!
 //! - `mod.rs` (this file): [`Upstreams`], the channels by name.
 //! - `call.rs`: [`Call`], [`CallError`] and [`UpstreamClient`], the one typed call.
+//! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
 
 mod call;
+pub mod resilience;
 
 pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
+pub use resilience::{Refusal, Resilient, Retry};
 
 use crate::config::UpstreamConfig;
 use std::collections::HashMap;

@@ -78,6 +78,7 @@ impl Call {
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
+    health_checks: usize,
     behaviors: HashMap<String, Behavior>,
 }
 
@@ -105,17 +106,33 @@ impl tonic::server::UnaryService<Bytes> for Handler {
         Box::pin(async move {
             let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
             let (metadata, _, body) = request.into_parts();
+            let health = path.starts_with("/grpc.health.v1.Health/");
             let behavior = {
                 let mut s = state.lock().unwrap();
-                s.calls.push(Call {
-                    rpc: rpc.clone(),
-                    path: path.clone(),
-                    metadata,
-                    body,
-                });
+                // The gateway's readiness probes are not calls of the contract.
+                if health {
+                    s.health_checks += 1;
+                } else {
+                    s.calls.push(Call {
+                        rpc: rpc.clone(),
+                        path: path.clone(),
+                        metadata,
+                        body,
+                    });
+                }
                 s.behaviors.get(&rpc).cloned()
             };
-            let mut behavior = behavior.unwrap_or(Behavior::Reply(Bytes::new()));
+            // Unscripted, the health service is absent, as in a server without it.
+            let default = if health {
+                Behavior::Status(
+                    tonic::Code::Unimplemented,
+                    "no health service".into(),
+                    Bytes::new(),
+                )
+            } else {
+                Behavior::Reply(Bytes::new())
+            };
+            let mut behavior = behavior.unwrap_or(default);
             loop {
                 match behavior {
                     Behavior::Reply(bytes) => return Ok(tonic::Response::new(bytes)),
@@ -192,6 +209,11 @@ impl Upstream {
     /// Scripts one RPC to answer with a generated message.
     pub fn reply<M: prost::Message>(&self, rpc: &str, message: M) {
         self.on(rpc, Behavior::Reply(message.encode_to_vec().into()));
+    }
+
+    /// How many `grpc.health.v1.Health` calls arrived (they are not in [`Upstream::calls`]).
+    pub fn health_checks(&self) -> usize {
+        self.state.lock().unwrap().health_checks
     }
 
     /// Every call so far.

@@ -62,6 +62,8 @@ pub fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
 pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
     let mut child = Command::new(BIN)
         .args(args)
+        // No pause between /readyz 503 and closing the listeners, unless a test asks for one.
+        .env("OPENIM_GATEWAY_SHUTDOWN_DELAY", "0s")
         .envs(env.iter().copied())
         .env("OPENIM_GATEWAY_SPOOL__DIR", spool_dir)
         .env("RUST_LOG", "info")

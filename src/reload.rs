@@ -1,0 +1,211 @@
+//! Reloading the configuration while running: on SIGHUP, and when the config file changes
+//! (`reload.watch`, checked every `reload.poll_interval`). The new file is loaded, validated and
+//! built into a complete snapshot, then swapped in atomically ([`Gateway::swap`]); requests in
+//! flight finish on the snapshot they started with. A file that does not load, validate or build
+//! is refused with a log line and `gateway_config_reloads_total{result="error"}`, and the old
+//! configuration keeps serving. Settings that only take effect at start-up are named in the
+//! refusal ([`restart_only_changes`]), never silently ignored.
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Where a new configuration comes from: the file (for watching) and the loader, which applies
+/// the same environment and flag overrides as the start did.
+#[derive(Clone)]
+pub struct ConfigSource {
+    /// The config file, when there is one (no file: SIGHUP reloads the environment only).
+    pub path: Option<PathBuf>,
+    /// Loads and validates the configuration as the start did.
+    pub load: Arc<dyn Fn() -> Result<Config, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings that only take effect at start-up, by key, as JSON for comparing.
+fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
+    let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
+    let l = &c.limits;
+    vec![
+        ("listen", j(serde_json::to_value(c.listen))),
+        ("admin_listen", j(serde_json::to_value(c.admin_listen))),
+        ("spool", j(serde_json::to_value(&c.spool))),
+        ("tls", j(serde_json::to_value(&c.tls))),
+        ("log", j(serde_json::to_value(&c.log))),
+        ("tracing", j(serde_json::to_value(&c.tracing))),
+        ("reload", j(serde_json::to_value(&c.reload))),
+        ("example", j(serde_json::to_value(&c.example))),
+        ("shutdown_grace", j(serde_json::to_value(c.shutdown_grace))),
+        ("shutdown_delay", j(serde_json::to_value(c.shutdown_delay))),
+        (
+            "health_check_interval",
+            j(serde_json::to_value(c.health_check_interval)),
+        ),
+        (
+            "limits.idle_timeout",
+            j(serde_json::to_value(l.idle_timeout)),
+        ),
+        (
+            "limits.header_read_timeout",
+            j(serde_json::to_value(l.header_read_timeout)),
+        ),
+        (
+            "limits.max_connections",
+            j(serde_json::to_value(l.max_connections)),
+        ),
+        ("limits.max_headers", j(serde_json::to_value(l.max_headers))),
+        (
+            "limits.max_header_bytes",
+            j(serde_json::to_value(l.max_header_bytes)),
+        ),
+    ]
+}
+
+/// The start-up-only keys whose value differs between `running` and `new`.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    restart_only(running)
+        .into_iter()
+        .zip(restart_only(new))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((key, _), _)| key)
+        .collect()
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new configuration serves.
+    Applied,
+    /// Refused; the old configuration keeps serving.
+    Refused(String),
+}
+
+/// Loads, checks, builds and swaps in a new configuration. `running` is updated when applied.
+/// `prepare` makes a loaded config comparable with the running one (the built-in example
+/// upstream, which the start added).
+pub fn reload(
+    gw: &Gateway,
+    source: &ConfigSource,
+    running: &mut Config,
+    prepare: &(dyn Fn(&mut Config) + Send + Sync),
+    trigger: &str,
+) -> Outcome {
+    let outcome = match (source.load)() {
+        Err(e) => Outcome::Refused(format!("invalid configuration: {e}")),
+        Ok(mut new) => {
+            prepare(&mut new);
+            let changed = restart_only_changes(running, &new);
+            if !changed.is_empty() {
+                Outcome::Refused(format!(
+                    "these settings only take effect at start-up; restart to change them: {}",
+                    changed.join(", ")
+                ))
+            } else {
+                match gw.swap(&new) {
+                    Ok(()) => {
+                        for warning in new.warnings() {
+                            tracing::warn!(key = %warning.key, "{}", warning.message);
+                        }
+                        *running = new;
+                        Outcome::Applied
+                    }
+                    Err(e) => Outcome::Refused(format!("cannot build the configuration: {e}")),
+                }
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Applied => {
+            metrics::counter!("gateway_config_reloads_total", "result" => "ok").increment(1);
+            tracing::info!(trigger, "configuration reloaded");
+        }
+        Outcome::Refused(why) => {
+            metrics::counter!("gateway_config_reloads_total", "result" => "error").increment(1);
+            tracing::error!(trigger, error = %why, "configuration reload refused; the previous configuration keeps serving");
+        }
+    }
+    outcome
+}
+
+/// Reloads on SIGHUP and (with `reload.watch`) when the file changes, until aborted.
+pub async fn watch(
+    gw: Gateway,
+    source: ConfigSource,
+    mut running: Config,
+    prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
+) {
+    let interval = running
+        .reload
+        .poll_interval
+        .0
+        .max(Duration::from_millis(50));
+    let watching = running.reload.watch && source.path.is_some();
+    let mut seen = fingerprint(source.path.as_deref());
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let trigger = tokio::select! {
+            () = hangup => "SIGHUP",
+            () = tokio::time::sleep(interval), if watching => {
+                let now = fingerprint(source.path.as_deref());
+                if now == seen {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        // A SIGHUP also re-reads the file: remember what it looked like.
+        seen = fingerprint(source.path.as_deref());
+        reload(&gw, &source, &mut running, &*prepare, trigger);
+    }
+}
+
+/// What identifies a version of the file: modification time, length and contents' hash (a
+/// ConfigMap update replaces a symlink, which a content hash sees whatever the times say).
+fn fingerprint(path: Option<&std::path::Path>) -> Option<(Option<SystemTime>, u64)> {
+    let path = path?;
+    let bytes = std::fs::read(path).ok()?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some((modified, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_and_spool_dir_are_restart_only_timeouts_are_not() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.defaults.timeout = crate::config::Dur(Duration::from_millis(700));
+        b.max_body_bytes = 4096;
+        assert!(restart_only_changes(&a, &b).is_empty());
+        b.listen = "127.0.0.1:1".parse().unwrap();
+        b.spool.dir = "/elsewhere".into();
+        assert_eq!(restart_only_changes(&a, &b), vec!["listen", "spool"]);
+    }
+}

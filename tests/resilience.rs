@@ -1,0 +1,320 @@
+//! The resilience controls of issue #8 through the real gateway and a real tonic upstream: the
+//! circuit breaker opening and closing, the per-upstream concurrency limit, retries of before
+//! calls only, the deadline as min(command timeout, OpenIM's budget), and the spool waiting on an
+//! open breaker instead of burning its attempts. Every control answers with the command's failure
+//! policy and is counted in `gateway_resilience_trips_total{control}`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use openim_callback_gateway::config::Config;
+use openim_callback_gateway::gateway::Gateway;
+use openim_callback_gateway::spool::{Spool, Which};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const CREATE: &str = "callbackBeforeCreateGroupCommand";
+const QUIT: &str = "callbackAfterQuitGroupCommand";
+
+fn scrape(gw: &Gateway) -> String {
+    gw.metrics().expect("recorder installed").render()
+}
+
+/// The value of one sample line, `name{labels} value`, summed over the lines that match all parts.
+fn sample(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn fail_closed(a: &Answer, code: i64) {
+    assert_envelope(a);
+    assert_eq!(a.json["nextCode"], 1, "rejected: {}", a.json);
+    assert_eq!(a.json["errCode"], code, "{}", a.json);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_consecutive_failures_answers_at_once_and_closes_after_a_probe() {
+    let up = Upstream::start().await;
+    up.on(
+        "BeforeCreateGroup",
+        Behavior::Status(tonic::Code::Unavailable, "down".into(), Default::default()),
+    );
+    let yaml = format!(
+        "upstreams: {{breaking: {{endpoints: ['{}'], breaker: {{consecutive_failures: 3, cool_down: 300ms}}, retries: {{max_retries: 0}}}}}}\n\
+         defaults: {{upstream: breaking, on_failure: reject, reject_code: 20077}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    for _ in 0..3 {
+        fail_closed(&post_command(&gw, CREATE, payload(CREATE)).await, 20077);
+    }
+    assert_eq!(up.calls().len(), 3);
+    // Open: answered by the failure policy without a call.
+    let before = sample(
+        &scrape(&gw),
+        "gateway_resilience_trips_total",
+        &["control=\"breaker\"", "upstream=\"breaking\""],
+    );
+    for _ in 0..5 {
+        let a = post_command(&gw, CREATE, payload(CREATE)).await;
+        fail_closed(&a, 20077);
+        assert_eq!(a.json["errDlt"], "breaker_open");
+    }
+    assert_eq!(up.calls().len(), 3, "an open breaker sends nothing");
+    let text = scrape(&gw);
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_resilience_trips_total",
+            &["control=\"breaker\"", "upstream=\"breaking\""]
+        ) - before,
+        5.0
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("gateway_breaker_state{upstream=\"breaking\"}") && l.ends_with(" 2")
+        ),
+        "breaker state 2 (open) exported:\n{text}"
+    );
+    // The upstream recovers; after the cool-down one probe closes the breaker.
+    up.on("BeforeCreateGroup", Behavior::Reply(Default::default()));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let a = post_command(&gw, CREATE, payload(CREATE)).await;
+    assert_eq!(a.json["errCode"], 0, "{}", a.json);
+    for _ in 0..3 {
+        assert_eq!(
+            post_command(&gw, CREATE, payload(CREATE)).await.json["errCode"],
+            0
+        );
+    }
+    assert_eq!(up.calls().len(), 7, "closed again: every call goes through");
+    let text = scrape(&gw);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("gateway_breaker_state{upstream=\"breaking\"}") && l.ends_with(" 0")
+        ),
+        "breaker state 0 (closed):\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_service_rejection_never_opens_the_breaker() {
+    let up = Upstream::start().await;
+    up.on(
+        "BeforeCreateGroup",
+        Behavior::Status(
+            tonic::Code::PermissionDenied,
+            "no".into(),
+            Default::default(),
+        ),
+    );
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}'], breaker: {{consecutive_failures: 2}}}}}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    for _ in 0..6 {
+        let a = post_command(&gw, CREATE, payload(CREATE)).await;
+        assert_eq!(a.json["nextCode"], 1, "{}", a.json);
+    }
+    assert_eq!(
+        up.calls().len(),
+        6,
+        "rejections are answers; all six went through"
+    );
+}
+
+#[tokio::test]
+async fn max_concurrency_answers_the_extra_call_at_once_by_the_failure_policy() {
+    let up = Upstream::start().await;
+    up.on(
+        "BeforeCreateGroup",
+        Behavior::Delay(
+            Duration::from_millis(600),
+            Box::new(Behavior::Reply(Default::default())),
+        ),
+    );
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}'], max_concurrency: 1}}}}\n\
+         defaults: {{on_failure: reject, reject_code: 20078}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { post_command(&gw, CREATE, payload(CREATE)).await })
+    };
+    up.wait_calls(1, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let a = post_command(&gw, CREATE, payload(CREATE)).await;
+    let shed_in = started.elapsed();
+    fail_closed(&a, 20078);
+    assert_eq!(a.json["errDlt"], "max_concurrency");
+    let first = slow.await.unwrap();
+    assert_eq!(first.json["errCode"], 0, "the call in flight is unaffected");
+    assert!(
+        shed_in < Duration::from_millis(600),
+        "shed while the first call was still in flight ({shed_in:?})"
+    );
+    assert_eq!(up.calls().len(), 1);
+    assert!(
+        sample(
+            &scrape(&gw),
+            "gateway_resilience_trips_total",
+            &["control=\"max_concurrency\""]
+        ) >= 1.0
+    );
+}
+
+/// Connection-level failures of a before call are retried within the deadline; after calls are
+/// not (the spool retries those).
+#[tokio::test]
+async fn before_calls_retry_connection_failures_after_calls_do_not() {
+    // A port that refuses connections, kept reserved meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = socket.local_addr().unwrap();
+    let yaml = format!(
+        "upstreams: {{retrying: {{endpoints: ['http://{dead}'], connect_timeout: 200ms, retries: {{max_retries: 2, backoff: 10ms}}, breaker: {{enabled: false}}}}}}\n\
+         defaults: {{upstream: retrying, delivery: sync, on_failure: reject}}\n"
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let retries = |gw: &Gateway| {
+        sample(
+            &scrape(gw),
+            "gateway_upstream_retries_total",
+            &["upstream=\"retrying\""],
+        )
+    };
+    let a = post_command(&gw, CREATE, payload(CREATE)).await;
+    fail_closed(&a, 20001);
+    assert_eq!(a.json["errDlt"], "unreachable");
+    assert_eq!(retries(&gw), 2.0, "two retries of the before call");
+    let a = post_command(&gw, QUIT, payload(QUIT)).await;
+    assert_envelope(&a);
+    assert_eq!(retries(&gw), 2.0, "no retry of an after call");
+    // A retried call that succeeds: the upstream comes up on that port between attempts is not
+    // deterministic; instead a slow-to-refuse budget: the deadline bounds the retries.
+    let yaml = format!(
+        "upstreams: {{retrying: {{endpoints: ['http://{dead}'], retries: {{max_retries: 50, backoff: 100ms}}, breaker: {{enabled: false}}}}}}\n\
+         defaults: {{upstream: retrying, on_failure: reject, timeout: 350ms}}\n"
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let before = retries(&gw);
+    let started = Instant::now();
+    fail_closed(&post_command(&gw, CREATE, payload(CREATE)).await, 20001);
+    let took = started.elapsed();
+    let done = retries(&gw) - before;
+    assert!(
+        (1.0..=4.0).contains(&done),
+        "retries stop at the deadline: {done} retries in {took:?}"
+    );
+}
+
+/// The deadline sent as grpc-timeout is min(command timeout, what is left of OpenIM's budget).
+#[tokio::test]
+async fn grpc_timeout_is_the_command_timeout_or_what_is_left_of_openims_budget() {
+    let up = Upstream::start().await;
+    let timeout_ms = |call: &support::Call| -> f64 {
+        let v = call.meta("grpc-timeout").expect("grpc-timeout sent");
+        let (n, unit) = v.split_at(v.len() - 1);
+        let n: f64 = n.parse().unwrap();
+        match unit {
+            "H" => n * 3_600_000.0,
+            "M" => n * 60_000.0,
+            "S" => n * 1000.0,
+            "m" => n,
+            "u" => n / 1000.0,
+            "n" => n / 1_000_000.0,
+            other => panic!("unit {other}"),
+        }
+    };
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}']}}}}\n\
+         openim_timeout: 5s\n\
+         defaults: {{timeout: 800ms}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    post_command(&gw, CREATE, payload(CREATE)).await;
+    let ms = timeout_ms(&up.only_call());
+    assert!(ms <= 800.0 && ms > 500.0, "command timeout wins: {ms} ms");
+
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}']}}}}\n\
+         openim_timeout: 1s\n\
+         defaults: {{timeout: 3s}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    post_command(&gw, CREATE, payload(CREATE)).await;
+    let ms = timeout_ms(&up.only_call());
+    assert!(ms < 1000.0, "OpenIM's budget wins: {ms} ms");
+}
+
+/// An open breaker delays spooled deliveries instead of using up their attempts: with the
+/// upstream failing for longer than `max_attempts` retries would last, nothing becomes a dead
+/// letter, the deliveries are counted as deferred, and all arrive once the upstream recovers.
+#[tokio::test]
+async fn the_spool_waits_on_an_open_breaker_instead_of_burning_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    up.on(
+        "AfterQuitGroup",
+        Behavior::Status(tonic::Code::Unavailable, "down".into(), Default::default()),
+    );
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}'], breaker: {{consecutive_failures: 2, cool_down: 400ms}}}}}}\n\
+         defaults: {{timeout: 1s}}\n\
+         spool: {{dir: '{}', max_attempts: 6, backoff_initial: 10ms, backoff_max: 20ms}}\n",
+        up.uri(),
+        dir.path().display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let spool = Spool::open(&config.spool).unwrap();
+    let gw = Gateway::new(&config, Some(spool.clone())).unwrap();
+    let delivery = spool.start(Arc::new(gw.clone()));
+    for i in 0..5 {
+        let mut body = read_json(&format!("payloads/{QUIT}.json"));
+        body["userID"] = format!("user-{i}").into();
+        let a = post_command(&gw, QUIT, wire(&body)).await;
+        assert_eq!(a.json["actionCode"], 0);
+    }
+    // Without the breaker, 6 attempts 10-20 ms apart would dead-letter all five within ~100 ms.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = scrape(&gw);
+    assert!(
+        sample(
+            &text,
+            "gateway_delivery_attempts_total",
+            &["result=\"deferred\""]
+        ) > 0.0,
+        "deliveries were deferred:\n{text}"
+    );
+    assert_eq!(
+        spool.count(Which::Dead, None).unwrap(),
+        0,
+        "no dead letters"
+    );
+    let sent = up.calls().len();
+    assert!(
+        sent < 5 * 6,
+        "the breaker held deliveries back: {sent} calls"
+    );
+    up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spool.count(Which::Pending, None).unwrap() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "all five delivered after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spool.count(Which::Dead, None).unwrap(), 0);
+    delivery.abort();
+}
