@@ -88,6 +88,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: Arc<tokio::task::JoinHandle<()>>,
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 struct Handler {
@@ -179,16 +180,20 @@ impl Upstream {
         });
         let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(svc));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_routes(routes)
-                .serve_with_incoming(incoming)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
                 .await;
         });
         Self {
             addr,
             state,
             task: Arc::new(task),
+            shutdown: Arc::new(shutdown),
         }
     }
 
@@ -247,7 +252,9 @@ impl Upstream {
 
     /// Stops serving.
     pub fn stop(&self) {
-        self.task.abort();
+        // A graceful stop: no new connections, and the open ones get GOAWAY and close once
+        // their calls are done (an abort of the accept task alone would leave them serving).
+        let _ = self.shutdown.send(true);
     }
 }
 
