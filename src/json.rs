@@ -73,7 +73,7 @@ pub fn decode_object(desc: &MessageDescriptor, map: &Map<String, Json>) -> Decod
         unknown: &mut out.unknown_keys,
         errors: &mut out.errors,
     };
-    read_message(&mut out.message, map, "", &mut ctx);
+    read_message(&mut out.message, map, &Path::Root, &mut ctx);
     out
 }
 
@@ -83,19 +83,50 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, path: &str, problem: String) {
+    fn error(&mut self, path: &Path<'_>, problem: String) {
         self.errors.push(FieldError {
-            path: path.to_owned(),
+            path: path.render(true),
             problem,
         });
     }
 }
 
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}.{key}")
+/// Where a value sits in the body, built on the stack as decoding descends and rendered only
+/// when an error or an unknown key needs it (no `String` per key on the hot path).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl Path<'_> {
+    /// `initMemberList[1].roleLevel`; with `indexes: false`, `initMemberList[].roleLevel`.
+    fn render(&self, indexes: bool) -> String {
+        let mut out = String::new();
+        self.write(&mut out, indexes);
+        out
+    }
+
+    fn write(&self, out: &mut String, indexes: bool) {
+        match self {
+            Path::Root => {}
+            Path::Key(parent, key) => {
+                parent.write(out, indexes);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Path::Index(parent, i) => {
+                parent.write(out, indexes);
+                if indexes {
+                    out.push_str(&format!("[{i}]"));
+                } else {
+                    out.push_str("[]");
+                }
+            }
+        }
     }
 }
 
@@ -107,12 +138,18 @@ pub fn field_for_key(desc: &MessageDescriptor, key: &str) -> Option<FieldDescrip
     })
 }
 
-fn read_message(msg: &mut DynamicMessage, map: &Map<String, Json>, prefix: &str, ctx: &mut Ctx) {
+fn read_message(
+    msg: &mut DynamicMessage,
+    map: &Map<String, Json>,
+    prefix: &Path<'_>,
+    ctx: &mut Ctx,
+) {
     let desc = msg.descriptor();
     for (key, json) in map {
-        let path = join(prefix, key);
+        let path = Path::Key(prefix, key);
         let Some(field) = field_for_key(&desc, key) else {
-            ctx.unknown.push(unknown_path(prefix, key));
+            // Without list indexes, so that unknown keys count per key, not per element.
+            ctx.unknown.push(path.render(false));
             continue;
         };
         if json.is_null() {
@@ -125,25 +162,12 @@ fn read_message(msg: &mut DynamicMessage, map: &Map<String, Json>, prefix: &str,
     }
 }
 
-/// Unknown keys are reported without list indexes so that they count per key, not per element.
-fn unknown_path(prefix: &str, key: &str) -> String {
-    let mut p = String::with_capacity(prefix.len() + key.len() + 1);
-    let mut in_index = false;
-    for c in prefix.chars() {
-        match c {
-            '[' => {
-                in_index = true;
-                p.push_str("[]");
-            }
-            ']' => in_index = false,
-            _ if in_index => {}
-            _ => p.push(c),
-        }
-    }
-    join(&p, key)
-}
-
-fn read_field(field: &FieldDescriptor, json: &Json, path: &str, ctx: &mut Ctx) -> Option<Value> {
+fn read_field(
+    field: &FieldDescriptor,
+    json: &Json,
+    path: &Path<'_>,
+    ctx: &mut Ctx,
+) -> Option<Value> {
     if field.is_map() {
         return read_map(field, json, path, ctx);
     }
@@ -155,7 +179,7 @@ fn read_field(field: &FieldDescriptor, json: &Json, path: &str, ctx: &mut Ctx) -
         let kind = field.kind();
         let mut list = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let item_path = format!("{path}[{i}]");
+            let item_path = Path::Index(path, i);
             if item.is_null() {
                 // A nil element of a Go slice of pointers: keep the position with a default value.
                 list.push(Value::default_value(&kind));
@@ -170,7 +194,7 @@ fn read_field(field: &FieldDescriptor, json: &Json, path: &str, ctx: &mut Ctx) -
     read_single(&field.kind(), json, path, ctx)
 }
 
-fn read_map(field: &FieldDescriptor, json: &Json, path: &str, ctx: &mut Ctx) -> Option<Value> {
+fn read_map(field: &FieldDescriptor, json: &Json, path: &Path<'_>, ctx: &mut Ctx) -> Option<Value> {
     let Json::Object(obj) = json else {
         ctx.error(path, format!("expected an object, got {}", type_name(json)));
         return None;
@@ -182,7 +206,7 @@ fn read_map(field: &FieldDescriptor, json: &Json, path: &str, ctx: &mut Ctx) -> 
     let value_kind = entry.map_entry_value_field().kind();
     let mut out = std::collections::HashMap::with_capacity(obj.len());
     for (k, v) in obj {
-        let item_path = format!("{path}.{k}");
+        let item_path = Path::Key(path, k);
         let key = match key_kind {
             Kind::String => MapKey::String(k.clone()),
             Kind::Bool => match k.as_str() {
@@ -222,7 +246,7 @@ fn map_key_of(v: Value) -> Option<MapKey> {
     }
 }
 
-fn read_single(kind: &Kind, json: &Json, path: &str, ctx: &mut Ctx) -> Option<Value> {
+fn read_single(kind: &Kind, json: &Json, path: &Path<'_>, ctx: &mut Ctx) -> Option<Value> {
     if let Kind::Message(desc) = kind {
         let Json::Object(obj) = json else {
             ctx.error(path, format!("expected an object, got {}", type_name(json)));

@@ -48,6 +48,9 @@ pub enum Retry {
 #[derive(Debug, Clone)]
 pub struct Resilient {
     name: Arc<str>,
+    /// The per-upstream metric handles, looked up once (not per call).
+    in_flight: metrics::Gauge,
+    retried: metrics::Counter,
     client: UpstreamClient,
     limit: Arc<Semaphore>,
     breaker: Arc<Breaker>,
@@ -60,6 +63,8 @@ impl Resilient {
         let name: Arc<str> = Arc::from(name);
         Self {
             breaker: Arc::new(Breaker::new(name.clone(), cfg.breaker.clone())),
+            in_flight: metrics::gauge!("gateway_upstream_in_flight", "upstream" => name.to_string()),
+            retried: metrics::counter!("gateway_upstream_retries_total", "upstream" => name.to_string()),
             name,
             client,
             limit: Arc::new(Semaphore::new(cfg.max_concurrency)),
@@ -111,8 +116,7 @@ impl Resilient {
                 return Err(CallError::Refused(Refusal::BreakerOpen(wait)));
             }
         };
-        let in_flight =
-            metrics::gauge!("gateway_upstream_in_flight", "upstream" => upstream.to_owned());
+        let in_flight = &self.in_flight;
         in_flight.increment(1.0);
         let started = Instant::now();
         let budget = call.timeout;
@@ -128,8 +132,7 @@ impl Resilient {
                 break result;
             }
             retries_left -= 1;
-            metrics::counter!("gateway_upstream_retries_total", "upstream" => upstream.to_owned())
-                .increment(1);
+            self.retried.increment(1);
             tracing::debug!(
                 upstream,
                 command,
