@@ -223,12 +223,14 @@ impl Gateway {
     /// `delivery: spool`; without one those commands are delivered synchronously.
     pub fn new(config: &Config, spool: Option<Spool>) -> Result<Self, BuildError> {
         let catalog = Catalog::contract().map_err(BuildError::Catalog)?;
+        // The recorder first: the snapshot looks up metric handles it keeps.
+        let metrics = crate::telemetry::metrics_handle();
         let snapshot = Snapshot::build(config, catalog)?;
         Ok(Self {
             fixed: Arc::new(Fixed {
                 catalog,
                 spool,
-                metrics: crate::telemetry::metrics_handle(),
+                metrics,
                 unknown_keys: UnknownKeys::default(),
                 health: crate::health::Health::default(),
                 generation: std::sync::atomic::AtomicU64::new(0),
