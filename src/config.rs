@@ -344,7 +344,8 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // `OPENIM_GATEWAY_CONFIG` names the file (the `--config` flag), it is not a key.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))?;

@@ -455,3 +455,26 @@ fn routes_prints_the_effective_table_and_check_exits_2_on_a_bad_file() {
         "{out:?}"
     );
 }
+
+/// The container image sets `OPENIM_GATEWAY_CONFIG`; it names the file and is not a config key.
+/// The Kubernetes config file passes `check` (with its admin token file pointed at a temp file).
+#[test]
+fn the_config_file_from_the_environment_and_the_kubernetes_config_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let k8s =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gateway.yaml");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("OPENIM_GATEWAY_CONFIG", &k8s)
+        .env("OPENIM_GATEWAY_ADMIN_TOKEN_FILE", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        effective["listen"], "0.0.0.0:10006",
+        "the file named by the variable was read"
+    );
+}
