@@ -122,7 +122,7 @@ impl Snapshot {
     /// connecting, so no socket is opened) and resolves every command. Needs a tokio runtime.
     pub fn build(config: &Config, catalog: &Catalog) -> Result<Self, BuildError> {
         config.validate()?;
-        let upstreams = Upstreams::build(&config.upstreams)?;
+        let upstreams = Upstreams::build(&config.upstreams, &config.dns)?;
         let mut commands = HashMap::new();
         for entry in catalog.entries() {
             let command = entry.row.command;
