@@ -133,7 +133,7 @@ impl Snapshot {
     /// connecting, so no socket is opened) and resolves every command. Needs a tokio runtime.
     pub fn build(config: &Config, catalog: &Catalog) -> Result<Self, BuildError> {
         config.validate()?;
-        let clients = Upstreams::build(&config.upstreams)?;
+        let clients = Upstreams::build(&config.upstreams, &config.dns)?;
         let upstreams: HashMap<String, Resilient> = config
             .upstreams
             .iter()

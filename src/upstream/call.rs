@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::transport::Channel;
+
+use super::Transport;
 
 /// One unary call of the contract, as encoded bytes.
 #[derive(Debug, Clone)]
@@ -60,21 +61,21 @@ impl CallError {
     }
 }
 
-/// The client of one upstream: a `tower::Service<Call>` over a lazily connecting tonic channel.
-/// Cheap to clone; every clone shares the channel's connections.
+/// The client of one upstream: a `tower::Service<Call>` over its balanced, lazily connecting
+/// [`Transport`]. Cheap to clone; every clone shares the connections.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    channel: Channel,
+    channel: Transport,
 }
 
 impl UpstreamClient {
     /// A client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Transport) -> Self {
         Self { channel }
     }
 
-    /// The channel (for the health checks, which speak another service).
-    pub fn channel(&self) -> &Channel {
+    /// The transport (for the health checks, which speak another service).
+    pub fn channel(&self) -> &Transport {
         &self.channel
     }
 
@@ -99,7 +100,7 @@ impl tower::Service<Call> for UpstreamClient {
     }
 }
 
-async fn unary(channel: Channel, call: Call) -> Result<Bytes, CallError> {
+async fn unary(channel: Transport, call: Call) -> Result<Bytes, CallError> {
     let Call {
         path,
         payload,
@@ -108,9 +109,7 @@ async fn unary(channel: Channel, call: Call) -> Result<Bytes, CallError> {
     } = call;
     let mut grpc = tonic::client::Grpc::new(channel);
     let exchange = async move {
-        grpc.ready()
-            .await
-            .map_err(|e| CallError::Unreachable(Box::new(e)))?;
+        grpc.ready().await.map_err(CallError::Unreachable)?;
         let mut req = tonic::Request::from_parts(metadata, tonic::Extensions::default(), payload);
         req.set_timeout(timeout);
         grpc.unary(req, path, RawCodec)

@@ -1,33 +1,61 @@
 //! Upstreams: named gRPC hook services, built from the config into cheaply cloned clients.
 //!
-//! `Config` stays plain data; this is the live handle built from it (linkerd's split). A channel
-//! connects lazily and reconnects by itself, so a dead upstream at start-up is not an error: calls
-//! fail by the command's failure policy until it comes up. Several endpoints are balanced.
+//! `Config` stays plain data; this is the live handle built from it (linkerd's split). Members
+//! connect lazily and reconnect by themselves, so a dead upstream at start-up is not an error:
+//! calls fail by the command's failure policy until it comes up. Building opens no socket and
+//! resolves no name.
 //!
-//! - `mod.rs` (this file): [`Upstreams`], the channels by name.
+//! - `mod.rs` (this file): [`Upstreams`], the clients by name.
 //! - `call.rs`: [`Call`], [`CallError`] and [`UpstreamClient`], the one typed call.
 //! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
+//! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address,
+//!   and the per-address health that takes a refusing address out of the rotation.
+//! - `discovery.rs`: the task per upstream that re-resolves the endpoints, probes refusing
+//!   addresses and re-reads the TLS files.
+//! - `resolve.rs`: the [`resolve::Resolve`] trait, the system resolver and the DNS one.
+//! - `tls.rs`: the TLS files and the client TLS settings made from them.
 
 mod call;
+mod discovery;
 pub mod resilience;
+pub mod resolve;
+mod tls;
+mod transport;
 
 pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
 pub use resilience::{Refusal, Resilient, Retry};
+pub use tls::TlsError;
+pub use transport::{ConnectError, Transport};
 
-use crate::config::UpstreamConfig;
+use crate::config::{DnsConfig, UpstreamConfig};
+use resolve::Resolve;
 use std::collections::HashMap;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use std::sync::Arc;
 
 /// A config value that does not make a usable upstream.
 #[derive(Debug, thiserror::Error)]
-#[error("upstreams.{name}.endpoints: `{uri}` is not a valid endpoint URI: {reason}")]
-pub struct UpstreamError {
-    /// The upstream's name.
-    pub name: String,
-    /// The bad URI.
-    pub uri: String,
-    /// Why.
-    pub reason: String,
+pub enum UpstreamError {
+    /// An endpoint URI cannot be used.
+    #[error("upstreams.{name}.endpoints: `{uri}` is not a valid endpoint URI: {reason}")]
+    Endpoint {
+        /// The upstream's name.
+        name: String,
+        /// The bad URI.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS files cannot be read or used.
+    #[error("upstreams.{name}.tls.{source}")]
+    Tls {
+        /// The upstream's name.
+        name: String,
+        /// What is wrong (it names the key).
+        source: TlsError,
+    },
+    /// `dns:` does not make a resolver.
+    #[error(transparent)]
+    Resolver(#[from] resolve::ResolverSetupError),
 }
 
 /// The upstreams by name.
@@ -37,37 +65,33 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds a lazily connecting channel per upstream. Must run inside a tokio runtime.
-    pub fn build(configs: &HashMap<String, UpstreamConfig>) -> Result<Self, UpstreamError> {
+    /// Builds the client of every upstream, resolving host names as `dns` says. Must run inside
+    /// a tokio runtime; opens no socket and does not wait for a resolution (only the TLS files
+    /// are read).
+    pub fn build(
+        configs: &HashMap<String, UpstreamConfig>,
+        dns: &DnsConfig,
+    ) -> Result<Self, UpstreamError> {
+        Self::build_with_resolver(configs, resolve::from_config(dns)?)
+    }
+
+    /// [`Upstreams::build`] with a given resolver. Each upstream's discovery task holds a
+    /// reference to it until the upstream's last client is dropped.
+    pub fn build_with_resolver(
+        configs: &HashMap<String, UpstreamConfig>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, UpstreamError> {
+        let mut discoveries = Vec::with_capacity(configs.len());
         let mut clients = HashMap::with_capacity(configs.len());
         for (name, cfg) in configs {
-            let mut endpoints = Vec::with_capacity(cfg.endpoints.len());
-            for uri in &cfg.endpoints {
-                let fail = |reason: String| UpstreamError {
-                    name: name.clone(),
-                    uri: uri.clone(),
-                    reason,
-                };
-                let mut ep = Endpoint::from_shared(uri.clone()).map_err(|e| fail(e.to_string()))?;
-                if ep.uri().scheme_str() == Some("https") {
-                    // Never plaintext to an address marked TLS: rustls with the webpki roots.
-                    // (Custom CAs, client certificates and SNI overrides are the mesh issue's.)
-                    ep = ep
-                        .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                        .map_err(|e| fail(e.to_string()))?;
-                }
-                let ep = ep
-                    .connect_timeout(cfg.connect_timeout.0)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(std::time::Duration::from_secs(30))
-                    .keep_alive_while_idle(true);
-                endpoints.push(ep);
-            }
-            let channel = match endpoints.len() {
-                1 => endpoints.remove(0).connect_lazy(),
-                _ => Channel::balance_list(endpoints.into_iter()),
-            };
-            clients.insert(name.clone(), UpstreamClient::new(channel));
+            let capacity = transport::BUFFER.max(cfg.endpoints.len());
+            let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+            discoveries.push(discovery::Discovery::new(name, cfg, resolver.clone(), tx)?);
+            clients.insert(name.clone(), UpstreamClient::new(Transport::new(rx)));
+        }
+        // Only once every upstream built: a refused config starts nothing.
+        for d in discoveries {
+            d.spawn();
         }
         Ok(Self { clients })
     }

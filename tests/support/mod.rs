@@ -39,6 +39,8 @@ pub struct Call {
     pub rpc: String,
     /// The gRPC path.
     pub path: String,
+    /// The request's `:authority` (the name the gateway addressed, not the socket address).
+    pub authority: String,
     /// Request metadata.
     pub metadata: MetadataMap,
     /// The encoded request.
@@ -94,6 +96,7 @@ pub struct Upstream {
 struct Handler {
     state: Arc<Mutex<State>>,
     path: String,
+    authority: String,
 }
 
 impl tonic::server::UnaryService<Bytes> for Handler {
@@ -104,6 +107,7 @@ impl tonic::server::UnaryService<Bytes> for Handler {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let state = self.state.clone();
         let path = self.path.clone();
+        let authority = self.authority.clone();
         Box::pin(async move {
             let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
             let (metadata, _, body) = request.into_parts();
@@ -117,6 +121,7 @@ impl tonic::server::UnaryService<Bytes> for Handler {
                     s.calls.push(Call {
                         rpc: rpc.clone(),
                         path: path.clone(),
+                        authority,
                         metadata,
                         body,
                     });
@@ -166,6 +171,22 @@ impl Upstream {
 
     /// Starts on a given listener (to restart on the same address).
     pub async fn start_on(listener: tokio::net::TcpListener) -> Self {
+        Self::start_with(listener, None).await
+    }
+
+    /// Starts on a given listener, serving TLS (and requiring a client certificate when `tls`
+    /// has a client CA).
+    pub async fn start_tls(
+        listener: tokio::net::TcpListener,
+        tls: tonic::transport::ServerTlsConfig,
+    ) -> Self {
+        Self::start_with(listener, Some(tls)).await
+    }
+
+    async fn start_with(
+        listener: tokio::net::TcpListener,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let s = state.clone();
@@ -173,16 +194,30 @@ impl Upstream {
             let state = s.clone();
             async move {
                 let path = req.uri().path().to_owned();
+                let authority = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 let mut grpc = tonic::server::Grpc::new(RawCodec);
-                let resp = grpc.unary(Handler { state, path }, req).await;
+                let handler = Handler {
+                    state,
+                    path,
+                    authority,
+                };
+                let resp = grpc.unary(handler, req).await;
                 Ok::<_, Infallible>(resp.map(Body::new))
             }
         });
         let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(svc));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).expect("server TLS config");
+        }
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.wait_for(|s| *s).await;

@@ -1,0 +1,406 @@
+//! The transport of one upstream: a power-of-two-choices balancer ([`tower::balance::p2c`]) over
+//! one lazily connecting tonic channel per member (a resolved address of an endpoint, or an
+//! endpoint whose connector resolves per connection), behind a buffer so that it is cheap to
+//! clone. The discovery task (`discovery.rs`) inserts and removes members.
+//!
+//! Why not tonic's own `Channel::balance_channel`: its members are lazy connections that report
+//! ready even when their address refuses connections (the error comes back from the call), so a
+//! dead pod keeps getting its share of the calls until the next resolution. Here each member's
+//! connector records whether its address accepted the last connection ([`Health`]), and a member
+//! whose address refused is not ready while another member is up: it leaves the rotation at its
+//! first failed connect, and comes back when the discovery task's probe reaches it again.
+//! Each member is still a tonic [`Channel`], so TLS, `:authority`, HTTP/2 keep-alive and
+//! reconnects are tonic's.
+
+use super::resolve::Resolve;
+use futures_util::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::util::BoxService;
+use tower::{BoxError, Service};
+
+/// Requests queued in front of the balancer (and in front of each member's connection).
+pub(crate) const BUFFER: usize = 1024;
+
+type Request = http::Request<Body>;
+type Response = http::Response<Body>;
+
+/// One member of an upstream's balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key {
+    /// The endpoint's index in `upstreams.<name>.endpoints`.
+    pub(crate) endpoint: usize,
+    /// The resolved address; `None` for an endpoint whose connector resolves per connection.
+    pub(crate) addr: Option<SocketAddr>,
+}
+
+/// A member as the balancer holds it.
+pub(crate) type Balanced = PendingRequests<Member, CompleteOnResponse>;
+
+/// The balanced, buffered client side of one upstream. Cheap to clone; every clone shares the
+/// members and their connections. When the last clone is dropped the balancer goes, and with it
+/// the receiving end the discovery task watches, so the task ends too.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Buffer<Request, BoxFuture<'static, Result<Response, BoxError>>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// A transport fed by `changes`. Must run inside a tokio runtime (the buffer's worker).
+    pub(crate) fn new(changes: mpsc::Receiver<Change<Key, Balanced>>) -> Self {
+        let balance = Balance::new(Changes(changes));
+        let inner = Buffer::new(BoxService::new(balance), BUFFER);
+        Self { inner }
+    }
+}
+
+impl Service<Request> for Transport {
+    type Response = Response;
+    type Error = BoxError;
+    type Future =
+        tower::buffer::future::ResponseFuture<BoxFuture<'static, Result<Response, BoxError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+/// The discovery task's changes as the stream `tower::discover` expects. A closed sender leaves
+/// the members as they are.
+struct Changes(mpsc::Receiver<Change<Key, Balanced>>);
+
+impl futures_util::Stream for Changes {
+    type Item = Result<Change<Key, Balanced>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.0.poll_recv(cx) {
+            Poll::Ready(Some(change)) => Poll::Ready(Some(Ok(change))),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// One member: a tonic channel whose readiness also says whether its address is up.
+pub(crate) struct Member {
+    key: Key,
+    channel: Channel,
+    health: Arc<Health>,
+}
+
+impl Member {
+    /// A member over `channel`, whose connector reports to `health`.
+    pub(crate) fn balanced(key: Key, channel: Channel, health: Arc<Health>) -> Balanced {
+        PendingRequests::new(
+            Self {
+                key,
+                channel,
+                health,
+            },
+            CompleteOnResponse::default(),
+        )
+    }
+}
+
+impl Service<Request> for Member {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.health.admit(&self.key, cx.waker()) {
+            return Poll::Pending;
+        }
+        self.channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let call = self.channel.call(req);
+        Box::pin(async move { call.await.map_err(Into::into) })
+    }
+}
+
+/// Which members of one upstream refused their last connection. A member that is down is not
+/// ready while some other member is up; when every member is down, all are ready again, so that
+/// calls fail at once (and the first address that answers is back) instead of waiting for their
+/// deadline.
+#[derive(Debug)]
+pub(crate) struct Health {
+    upstream: String,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    /// The members the discovery task has inserted (and not removed).
+    members: HashSet<Key>,
+    /// Those of them whose last connection attempt failed; always a subset of `members`.
+    down: HashSet<Key>,
+    /// Members waiting for a change.
+    wakers: Vec<Waker>,
+}
+
+impl Health {
+    /// No members yet.
+    pub(crate) fn new(upstream: &str) -> Self {
+        Self {
+            upstream: upstream.to_owned(),
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn admit(&self, key: &Key, waker: &Waker) -> bool {
+        let mut s = self.lock();
+        if !s.down.contains(key) || s.down.len() >= s.members.len() {
+            return true;
+        }
+        if !s.wakers.iter().any(|w| w.will_wake(waker)) {
+            s.wakers.push(waker.clone());
+        }
+        false
+    }
+
+    fn wake(s: &mut HealthState) {
+        for w in s.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The members now in the balancer.
+    pub(crate) fn set_members(&self, members: impl IntoIterator<Item = Key>) {
+        let mut s = self.lock();
+        s.members = members.into_iter().collect();
+        let HealthState { members, down, .. } = &mut *s;
+        down.retain(|k| members.contains(k));
+        Self::wake(&mut s);
+    }
+
+    /// A connection to `key` failed.
+    pub(crate) fn mark_down(&self, key: Key, label: &str, error: &ConnectError) {
+        let mut s = self.lock();
+        if s.members.contains(&key) && s.down.insert(key) {
+            let up = s.members.len() - s.down.len();
+            tracing::warn!(upstream = %self.upstream, endpoint = %label, error = %error, members_up = up,
+                "upstream address refused a connection: out of the rotation until it accepts again");
+            Self::wake(&mut s);
+        }
+    }
+
+    /// A connection to `key` was established.
+    pub(crate) fn mark_up(&self, key: Key, label: &str) {
+        let mut s = self.lock();
+        if s.down.remove(&key) {
+            tracing::info!(upstream = %self.upstream, endpoint = %label, "upstream address accepts connections again: back in the rotation");
+            Self::wake(&mut s);
+        }
+    }
+
+    /// The members that are down.
+    pub(crate) fn down(&self) -> Vec<Key> {
+        self.lock().down.iter().copied().collect()
+    }
+}
+
+/// Where a member connects.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// One resolved address.
+    Addr(SocketAddr),
+    /// A host name resolved at each connection (`resolve_interval: 0s`); its addresses are
+    /// tried in turn.
+    Host {
+        /// The name.
+        host: String,
+        /// The port.
+        port: u16,
+        /// Who resolves it.
+        resolver: Arc<dyn Resolve>,
+    },
+}
+
+/// A TCP connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No address answered (or the name did not resolve).
+    #[error("connect to {target}: {reason}")]
+    Failed {
+        /// The address or name.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// No connection within `connect_timeout`.
+    #[error("connect to {target}: no connection within {timeout:?}")]
+    Timeout {
+        /// The address or name.
+        target: String,
+        /// `connect_timeout`.
+        timeout: Duration,
+    },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Self::Addr(addr) => addr.to_string(),
+            Self::Host { host, port, .. } => format!("{host}:{port}"),
+        }
+    }
+
+    async fn connect_once(&self) -> Result<TcpStream, ConnectError> {
+        let failed = |reason: String| ConnectError::Failed {
+            target: self.describe(),
+            reason,
+        };
+        let addrs = match self {
+            Self::Addr(addr) => vec![*addr],
+            Self::Host {
+                host,
+                port,
+                resolver,
+            } => resolver
+                .resolve(host, *port)
+                .await
+                .map_err(|e| failed(e.to_string()))?,
+        };
+        let mut last = failed("the name has no address".into());
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    // Small unary messages: do not wait to fill a segment.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = failed(format!("{addr}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    /// One TCP connection within `timeout`.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        match tokio::time::timeout(timeout, self.connect_once()).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout {
+                target: self.describe(),
+                timeout,
+            }),
+        }
+    }
+}
+
+/// The connector of one member's channel: dials its [`Target`] whatever the URI says (the URI
+/// stays the configured one, for `:authority` and the TLS name), within `connect_timeout`, and
+/// reports the outcome to [`Health`]. tonic layers TLS over it for `https://` endpoints.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    /// Where to connect.
+    pub(crate) target: Target,
+    /// The member.
+    pub(crate) key: Key,
+    /// The endpoint and address, for logs.
+    pub(crate) label: Arc<str>,
+    /// `connect_timeout`.
+    pub(crate) timeout: Duration,
+    /// Where outcomes go.
+    pub(crate) health: Arc<Health>,
+}
+
+impl Service<http::Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = BoxFuture<'static, Result<Self::Response, ConnectError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            match this.target.connect(this.timeout).await {
+                Ok(stream) => {
+                    this.health.mark_up(this.key, &this.label);
+                    Ok(TokioIo::new(stream))
+                }
+                Err(e) => {
+                    this.health.mark_down(this.key, &this.label, &e);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Wake;
+
+    struct Flag(std::sync::atomic::AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn key(n: u16) -> Key {
+        Key {
+            endpoint: 0,
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], n))),
+        }
+    }
+
+    #[test]
+    fn a_down_member_waits_while_another_is_up_and_all_down_admits_all() {
+        let health = Health::new("u");
+        health.set_members([key(1), key(2)]);
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let err = ConnectError::Failed {
+            target: "x".into(),
+            reason: "refused".into(),
+        };
+        assert!(health.admit(&key(1), &waker));
+        health.mark_down(key(1), "a", &err);
+        assert!(!health.admit(&key(1), &waker), "down while another is up");
+        assert!(health.admit(&key(2), &waker));
+        health.mark_down(key(2), "b", &err);
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(health.admit(&key(1), &waker), "all down: fail fast");
+        health.mark_up(key(2), "b");
+        assert!(!health.admit(&key(1), &waker));
+        health.set_members([key(1)]);
+        assert!(health.admit(&key(1), &waker), "the only member");
+        // A key that is not a member is never marked down.
+        health.mark_down(key(3), "c", &err);
+        assert_eq!(health.down(), vec![key(1)]);
+    }
+}
