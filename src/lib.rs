@@ -20,7 +20,8 @@
 //! - [`http`]: the callback and admin routers with their one layer stack (inbound auth, the
 //!   admin token), the limits applied while reading, inbound TLS, and the accept loop.
 //! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
-//! - [`telemetry`]: logs and metrics.
+//! - [`telemetry`]: logs (one line per callback, redacted), traces (W3C trace context, the
+//!   `callback` and `delivery` spans, the OTLP exporter) and metrics.
 //!
 //! The Rust example hook service the embedded default serves is the `openim-callback-example`
 //! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses

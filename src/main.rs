@@ -81,7 +81,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    openim_callback_gateway::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,7 +91,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there.
+    let telemetry = {
+        let _rt = runtime.enter();
+        openim_callback_gateway::telemetry::init(&config.log, &config.tracing)
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openim-callback-gateway: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async move {
         match cli.command {
             Some(Command::CheckConfig) => match serde_json::to_string_pretty(&config) {
                 Ok(text) => {
@@ -148,7 +159,10 @@ fn main() -> ExitCode {
                 serve(config).await
             }
         }
-    })
+    });
+    // The runtime's workers still run: the last batch of spans is exported on them.
+    telemetry.shutdown();
+    code
 }
 
 async fn serve(config: Config) -> ExitCode {

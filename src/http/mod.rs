@@ -115,6 +115,8 @@ async fn callback(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned(),
+        trace: crate::telemetry::TraceContext::from_headers(&headers),
+        received: started,
         body,
     };
     let exit = pipeline::run(&gw, snapshot, cb).await;
