@@ -140,6 +140,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `openim_callback_gateway=debug`. `RUST_LOG` wins when set.
     pub filter: String,
+    /// Keep message content and user data out of the logs: no payload, no message text, no
+    /// rejection text or gRPC status message from a service (which can echo what a user wrote),
+    /// no value quoted from a bad body. `false` logs them, for debugging.
+    pub redact: bool,
 }
 
 impl Default for LogConfig {
@@ -147,6 +151,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             filter: "info".into(),
+            redact: true,
         }
     }
 }
@@ -657,6 +662,11 @@ mod tests {
             c.settings("callbackAfterSendGroupMsgCommand")
                 .expect("settings")
                 .ordered
+        );
+        assert!(c.log.redact);
+        assert_eq!(
+            c.tracing.otlp.as_ref().map(|o| o.protocol),
+            Some(crate::config::OtlpProtocol::Http)
         );
     }
 

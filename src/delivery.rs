@@ -7,10 +7,12 @@
 use crate::decision;
 use crate::gateway::{CallIds, Gateway};
 use crate::spool::{Deliver, DeliveryResult, StoredEvent};
+use crate::telemetry::{self, TraceContext};
 use crate::upstream::Retry;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 impl Deliver for Gateway {
     fn deadline(&self, ev: &StoredEvent) -> Duration {
@@ -21,7 +23,13 @@ impl Deliver for Gateway {
     }
 
     fn deliver<'a>(&'a self, ev: &'a StoredEvent, attempt: u32) -> BoxFuture<'a, DeliveryResult> {
-        Box::pin(deliver(self, ev, attempt))
+        let span = telemetry::delivery_span(
+            &ev.event.command,
+            &ev.delivery_id,
+            attempt,
+            ev.event.trace.as_ref(),
+        );
+        Box::pin(deliver(self, ev, attempt).instrument(span))
     }
 }
 
@@ -43,6 +51,8 @@ async fn deliver(gw: &Gateway, ev: &StoredEvent, attempt: u32) -> DeliveryResult
             "`{command}` is disabled in the current config; the event waits for it to be enabled"
         ));
     };
+    // The attempt's span: the upstream sees it as the parent.
+    let trace = TraceContext::of(&tracing::Span::current());
     let call = route.call(
         entry,
         Bytes::copy_from_slice(&ev.event.payload),
@@ -50,11 +60,22 @@ async fn deliver(gw: &Gateway, ev: &StoredEvent, attempt: u32) -> DeliveryResult
             operation_id: &ev.event.operation_id,
             key: ev.event.openim_key.as_deref(),
             delivery: Some((&ev.delivery_id, attempt)),
+            trace: trace.as_ref(),
         },
     );
     let started = Instant::now();
     let result = upstream.call(entry.row.command, call, Retry::Never).await;
     metrics::histogram!("gateway_delivery_duration_seconds", "command" => entry.row.command)
         .record(started.elapsed().as_secs_f64());
-    decision::delivery_result(&result)
+    let span = tracing::Span::current();
+    let status = telemetry::call_status(&result);
+    let verdict = decision::delivery_result(&result);
+    let outcome = match &verdict {
+        DeliveryResult::Delivered => "delivered",
+        DeliveryResult::Retry(_) => "retry",
+        DeliveryResult::Permanent(_) => "dead_letter",
+        DeliveryResult::Deferred(..) => "deferred",
+    };
+    telemetry::record_delivery(&span, status, outcome);
+    verdict
 }

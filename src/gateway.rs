@@ -83,6 +83,9 @@ pub struct CallIds<'a> {
     pub key: Option<&'a str>,
     /// A spooled event's delivery id and attempt number.
     pub delivery: Option<(&'a str, u32)>,
+    /// The W3C trace context of the callback's (or the delivery's) span, sent as `traceparent`
+    /// and `tracestate`.
+    pub trace: Option<&'a crate::telemetry::TraceContext>,
 }
 
 impl CommandRoute {
@@ -96,6 +99,14 @@ impl CommandRoute {
             (meta::KEY, ids.key.unwrap_or("")),
             (meta::DELIVERY_ID, ids.delivery.map_or("", |(id, _)| id)),
             (meta::DELIVERY_ATTEMPT, &attempt),
+            (
+                crate::telemetry::TRACEPARENT,
+                ids.trace.map_or("", |t| t.traceparent.as_str()),
+            ),
+            (
+                crate::telemetry::TRACESTATE,
+                ids.trace.map_or("", |t| t.tracestate.as_str()),
+            ),
         ]);
         Call {
             path: entry.path.clone(),

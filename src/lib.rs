@@ -22,7 +22,9 @@
 //!   admin token), the limits applied while reading, inbound TLS, and the accept loop.
 //! - [`reload`]: SIGHUP and file-change reloads, refusing start-up-only changes by name.
 //! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
-//! - [`telemetry`]: logs and the metrics recorder; [`stats`]: every metric with its help text.
+//! - [`telemetry`]: logs (one line per callback, redacted), traces (W3C trace context, the
+//!   `callback` and `delivery` spans, the OTLP exporter) and the metrics recorder; [`stats`]:
+//!   every metric with its help text.
 //!
 //! The Rust example hook service the embedded default serves is the `openim-callback-example`
 //! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses

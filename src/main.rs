@@ -87,7 +87,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    openim_callback_gateway::telemetry::init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,7 +97,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there.
+    let telemetry = {
+        let _rt = runtime.enter();
+        openim_callback_gateway::telemetry::init(&config.log, &config.tracing)
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openim-callback-gateway: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async move {
         match cli.command {
             Some(Command::Check) => {
                 let mut built = config.clone();
@@ -169,7 +180,10 @@ fn main() -> ExitCode {
                 serve(config, overrides).await
             }
         }
-    })
+    });
+    // The runtime's workers still run: the last batch of spans is exported on them.
+    telemetry.shutdown();
+    code
 }
 
 /// The config file and the flags that override it: loaded once at start, and again by every

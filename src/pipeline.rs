@@ -9,12 +9,14 @@ use crate::envelope::{Envelope, Target};
 use crate::gateway::{CallIds, CommandRoute, Gateway, Snapshot};
 use crate::json;
 use crate::spool;
+use crate::telemetry::{self, TraceContext};
 use crate::upstream::Retry;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 /// A callback as the HTTP layer read it.
 #[derive(Debug)]
@@ -27,10 +29,13 @@ pub struct Callback {
     pub key: Option<String>,
     /// The `operationID` header, empty when absent.
     pub header_operation_id: String,
+    /// The W3C trace context the request brought (`traceparent`, `tracestate`), if any.
+    pub trace: Option<TraceContext>,
+    /// When the request arrived: the log line's latency and OpenIM's budget (`openim_timeout`)
+    /// count from here.
+    pub received: Instant,
     /// The body, or why it is not available.
     pub body: Result<Bytes, BodyError>,
-    /// When the request arrived: OpenIM's budget (`openim_timeout`) runs from here.
-    pub received: Instant,
 }
 
 /// Why a callback's body is not available.
@@ -103,28 +108,41 @@ impl Exit {
 }
 
 /// Runs one callback to its decision, on `snapshot`: the one the request started with (its body
-/// was read under the same snapshot's limits), held however long the request takes.
+/// was read under the same snapshot's limits), held however long the request takes. Runs in the
+/// callback's span (a child of the request's trace context) and logs the one line of the callback.
 pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
+    let span = telemetry::callback_span(&cb.command, cb.trace.as_ref());
+    run_in_span(gw, snapshot, cb).instrument(span).await
+}
+
+async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
+    let received = cb.received;
     let route = gw
         .catalog()
         .get(&cb.command)
         .and_then(|entry| Some((entry, snapshot.route(entry.row.command)?.clone())));
     let Some((entry, route)) = route else {
         metrics::counter!("gateway_unknown_commands_total").increment(1);
+        let decision = Decision::continue_for(Reason::UnknownCommand);
+        // The callback's one line.
         tracing::warn!(
             command = %cb.command.chars().take(120).collect::<String>(),
             path = %cb.path.chars().take(200).collect::<String>(),
             operation_id = %cb.header_operation_id,
+            outcome = decision.outcome(),
+            latency_ms = latency_ms(received),
+            trace_id = telemetry::trace_id(&tracing::Span::current()),
             "unknown callback command: answering continue; check OpenIM's webhooks.yml url (the command must be the last path segment)"
         );
         return Exit {
-            decision: Decision::continue_for(Reason::UnknownCommand),
+            decision,
             known: None,
             operation_id: cb.header_operation_id,
         };
     };
     let mut operation_id = cb.header_operation_id.clone();
     let mut request = None;
+    let mut grpc_status = None;
     let decision = decide(
         gw,
         &snapshot,
@@ -133,6 +151,7 @@ pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
         cb,
         &mut operation_id,
         &mut request,
+        &mut grpc_status,
     )
     .await;
     let exit = Exit {
@@ -144,12 +163,15 @@ pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
         }),
         operation_id,
     };
-    log(&exit, entry.row.command);
+    log(&exit, entry.row.command, &route, grpc_status, received);
     exit
 }
 
-/// The steps of a known command. Sets `operation_id` from the body when the header had none, and
-/// `request` to the request as far as it could be read (the echo rules fill from it).
+/// The steps of a known command. Sets `operation_id` from the body when the header had none,
+/// `request` to the request as far as it could be read (the echo rules fill from it), and
+/// `grpc_status` to the upstream's status when a call got one.
+// The three out-parameters are what the log line and the envelope need from the way.
+#[allow(clippy::too_many_arguments)]
 async fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
@@ -158,29 +180,29 @@ async fn decide(
     cb: Callback,
     operation_id: &mut String,
     request_out: &mut Option<DynamicMessage>,
+    grpc_status: &mut Option<tonic::Code>,
 ) -> Decision {
     let command = entry.row.command;
     let policy = &route.policy;
     let budget = snapshot.openim_timeout;
-    let bad_input = |problem: String, operation_id: &str| {
+    // Logged by the callback's one line (`log`).
+    let bad_input = |problem: String| {
         metrics::counter!("gateway_bad_requests_total", "command" => command).increment(1);
-        tracing::warn!(command, operation_id, %problem, "bad callback body: answering by the failure policy");
         decision::fail(Failure::BadInput(problem), policy)
     };
     let bytes = match cb.body {
         Ok(b) => b,
         Err(BodyError::Shed) => {
-            tracing::warn!(command, operation_id = %operation_id, "over limits.max_in_flight: answering by the failure policy");
             return decision::fail(
                 Failure::Overloaded("over limits.max_in_flight".into()),
                 policy,
             );
         }
-        Err(e) => return bad_input(e.to_string(), operation_id),
+        Err(e) => return bad_input(e.to_string()),
     };
     let decoded = match json::decode(&entry.request(), &bytes) {
         Ok(d) => d,
-        Err(e) => return bad_input(e.to_string(), operation_id),
+        Err(e) => return bad_input(e.to_string()),
     };
     if operation_id.is_empty() {
         *operation_id = decoded
@@ -192,25 +214,31 @@ async fn decide(
     gw.note_unknown_keys(command, &decoded.unknown_keys, operation_id);
     let request = request_out.insert(decoded.message);
     if let Some(first) = decoded.errors.first() {
+        // The problem can quote a value: redacted unless `log.redact: false`.
+        let first = telemetry::field_problem(first);
         let problem = if decoded.errors.len() > 1 {
             format!("{first} (and {} more)", decoded.errors.len() - 1)
         } else {
-            first.to_string()
+            first
         };
-        return bad_input(problem, operation_id);
+        return bad_input(problem);
     }
     let Some(upstream) = route.upstream.as_ref() else {
         return Decision::continue_for(Reason::Disabled);
     };
     let payload: Bytes = request.encode_to_vec().into();
-    if entry.phase == Phase::After && route.settings.delivery == Delivery::Spool {
-        if let Some(spool) = gw.spool() {
+    if entry.phase == Phase::After
+        && route.settings.delivery == Delivery::Spool
+        && let Some(spool) = gw.spool()
+    {
+        {
             let event = spool::NewEvent {
                 command: command.to_owned(),
                 order_key: route.settings.ordered.then(|| order_key(entry, request)),
                 operation_id: operation_id.clone(),
                 openim_key: cb.key,
                 payload: payload.to_vec(),
+                trace: TraceContext::of(&tracing::Span::current()),
             };
             return match spool.append(event).await {
                 Ok(_) => Decision::continue_for(Reason::Spooled),
@@ -237,6 +265,7 @@ async fn decide(
             };
         }
     }
+    let trace = TraceContext::of(&tracing::Span::current());
     let mut call = route.call(
         entry,
         payload,
@@ -244,6 +273,7 @@ async fn decide(
             operation_id,
             key: cb.key.as_deref(),
             delivery: None,
+            trace: trace.as_ref(),
         },
     );
     // The deadline sent as grpc-timeout: the command's, or what is left of OpenIM's budget.
@@ -254,6 +284,7 @@ async fn decide(
         Phase::After => Retry::Never,
     };
     let result = upstream.call(command, call, retry).await;
+    *grpc_status = telemetry::call_status(&result);
     decision::decide(entry, result, policy)
 }
 
@@ -261,38 +292,112 @@ async fn decide(
 /// policy's envelope before it gives up itself.
 const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The one log line of a decision worth logging.
-fn log(exit: &Exit, command: &'static str) {
-    let operation_id = exit.operation_id.as_str();
-    match &exit.decision {
+/// The one log line of a callback: at info level, or warn / error when something failed. User
+/// content (the service's rejection text, its status message, values quoted from a bad body) only
+/// with `log.redact: false`.
+fn log(
+    exit: &Exit,
+    command: &'static str,
+    route: &CommandRoute,
+    grpc_status: Option<tonic::Code>,
+    received: Instant,
+) {
+    let span = tracing::Span::current();
+    let decision = &exit.decision;
+    let outcome = decision.outcome();
+    let failure = decision.failure();
+    let (level, message) = match decision {
         Decision::Continue {
             reason: Reason::FailOpen(f),
             ..
-        } => {
-            tracing::warn!(command, operation_id, failure = %f, "upstream failed: continuing (on_failure: continue)")
-        }
+        } => (tracing::Level::WARN, failed_message(f, true)),
         Decision::Reject {
-            failure: Some(Failure::Spool(e)),
+            failure: Some(Failure::Spool(_)),
             ..
-        } => {
-            tracing::error!(command, operation_id, error = %e, "after-event NOT accepted by the spool")
+        } => (
+            tracing::Level::ERROR,
+            "after-event NOT accepted by the spool",
+        ),
+        Decision::Reject {
+            failure: Some(f), ..
+        } => (tracing::Level::WARN, failed_message(f, false)),
+        Decision::Reject { failure: None, .. } => {
+            (tracing::Level::INFO, "service rejected the operation")
         }
+        Decision::Continue { reason, .. } => (
+            tracing::Level::INFO,
+            match reason {
+                Reason::Spooled => "after-event spooled",
+                Reason::Disabled => "command disabled: continue",
+                Reason::Unimplemented => "service does not implement it: continue",
+                _ => "service answered",
+            },
+        ),
+    };
+    let (err_code, err_msg) = match decision {
         Decision::Reject {
-            failure: Some(Failure::BadInput(_)),
-            ..
-        } => {}
-        Decision::Reject {
-            failure: Some(f),
+            failure: None,
             code,
+            message,
             ..
-        } => {
-            tracing::warn!(command, operation_id, failure = %f, code, "upstream failed: rejecting (on_failure: reject)")
-        }
-        Decision::Reject { code, message, .. } => {
-            tracing::info!(command, operation_id, code, err_msg = %message, "service rejected the operation")
-        }
-        Decision::Continue { .. } => tracing::debug!(command, operation_id, "service answered"),
+        } => (Some(*code), Some(telemetry::user_text(message))),
+        _ => (None, None),
+    };
+    let upstream = route
+        .upstream
+        .as_ref()
+        .map(|_| route.settings.upstream.as_str());
+    let latency_ms = latency_ms(received);
+    let grpc_status_name = grpc_status.map(telemetry::grpc_code_name);
+    let trace_id = telemetry::trace_id(&span);
+    let failure_label = failure.map(Failure::label);
+    let error = failure.map(telemetry::failure_text);
+    telemetry::record_outcome(
+        &span,
+        &exit.operation_id,
+        outcome,
+        grpc_status,
+        failure.is_some(),
+    );
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                command,
+                operation_id = exit.operation_id.as_str(),
+                upstream,
+                outcome,
+                latency_ms,
+                grpc_status = grpc_status_name,
+                trace_id = trace_id.as_deref(),
+                failure = failure_label,
+                error = error.as_deref(),
+                err_code,
+                err_msg,
+                "{message}"
+            )
+        };
     }
+    match level {
+        tracing::Level::ERROR => line!(error),
+        tracing::Level::WARN => line!(warn),
+        _ => line!(info),
+    }
+}
+
+/// The message of a failure's line; `open`: the failure policy let the operation go on.
+fn failed_message(f: &Failure, open: bool) -> &'static str {
+    match f {
+        Failure::BadInput(_) => "bad callback body: answering by the failure policy",
+        Failure::Overloaded(_) => "over limits.max_in_flight: answering by the failure policy",
+        _ if open => "upstream failed: continuing (on_failure: continue)",
+        _ => "upstream failed: rejecting (on_failure: reject)",
+    }
+}
+
+/// Milliseconds since `from`, with microseconds.
+fn latency_ms(from: Instant) -> f64 {
+    // Whole microseconds: `1.234`, not float noise.
+    from.elapsed().as_micros() as f64 / 1000.0
 }
 
 /// The ordering key of an after-event (the catalogue row's `order_by`).

@@ -132,6 +132,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Reloads of an upstream's TLS files, by upstream and result.",
     ),
     (
+        "gateway_upstream_resolve_failures_total",
+        Kind::Counter,
+        "Failed or empty re-resolutions of an upstream's host names (the last known addresses stay), by upstream.",
+    ),
+    (
         "gateway_config_reloads_total",
         Kind::Counter,
         "Config reloads (SIGHUP or file change), by result (ok, error).",

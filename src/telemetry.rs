@@ -1,25 +1,242 @@
-//! Logs and metrics: the tracing subscriber and the Prometheus recorder behind `/metrics`.
+//! Logs, traces and metrics: the tracing subscriber (text or JSON lines, plus the OpenTelemetry
+//! layer), the redaction rule of the logs, and the Prometheus recorder behind `/metrics`.
+//!
+//! - `telemetry.rs` (this file): [`init`] and its [`Telemetry`] guard (flushes spans on
+//!   shutdown), [`redact`] and the redacted texts, [`metrics_handle`].
+//! - `telemetry/trace.rs`: W3C trace context ([`TraceContext`]), the `callback` and `delivery`
+//!   spans.
+//! - `telemetry/export.rs`: the tracer provider and the OTLP exporter (`tracing.otlp`).
 
-use crate::config::{LogConfig, LogFormat};
+mod export;
+mod trace;
+
+pub use trace::{TRACEPARENT, TRACESTATE, TraceContext, callback_span, delivery_span, trace_id};
+
+use crate::config::{LogConfig, LogFormat, TracingConfig};
+use crate::decision::Failure;
+use crate::upstream::CallError;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// Installs the global log subscriber once; later calls do nothing. `RUST_LOG` wins over the config.
-pub fn init_logging(cfg: &LogConfig) {
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter of `tracing.otlp` cannot be built.
+    #[error("tracing.otlp: {0}")]
+    Exporter(String),
+}
+
+/// What [`init`] set up; [`Telemetry::shutdown`] (or dropping it) exports the spans still
+/// batched. Keep it until the gateway has stopped.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is batched and stops the exporter. Blocks until done (bounded by the
+    /// exporter's timeout); with an OTLP exporter, call it while the tokio runtime is still
+    /// running (its export runs there) and not from a task of a current-thread runtime.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("openim-callback-gateway: exporting the last spans failed: {e}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Installs the global subscriber once (later calls leave it as it is and return an inert
+/// guard): log lines in `log.format` filtered by `log.filter` (`RUST_LOG` wins), and the
+/// OpenTelemetry layer that turns the `callback` and `delivery` spans into real spans, exported
+/// when `tracing.otlp` is set. The spans exist whatever the log filter says, so trace context is
+/// propagated to the upstreams with or without an exporter.
+///
+/// With `tracing.otlp` set it must run inside a tokio runtime, which then carries the exports.
+pub fn init(log: &LogConfig, tracing: &TracingConfig) -> Result<Telemetry, TelemetryError> {
+    REDACT.store(log.redact, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.filter))
+        .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(ansi);
-    let _ = match cfg.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = match log.format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        // One flat object per line: the per-callback line carries its own ids, so the span
+        // objects would only repeat them.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
     };
+    let provider = export::provider(tracing)?;
+    let otel = trace::layer(&provider);
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    Ok(Telemetry {
+        provider: installed.then_some(provider),
+    })
+}
+
+/// [`init`] with logs only (no exporter), for programs that embed the gateway and tests.
+pub fn init_logging(cfg: &LogConfig) {
+    if let Ok(t) = init(cfg, &TracingConfig::default()) {
+        // Nothing to flush without an exporter; the subscriber stays installed.
+        std::mem::forget(t);
+    }
+}
+
+static REDACT: AtomicBool = AtomicBool::new(true);
+
+/// Whether user data is kept out of the logs (`log.redact`, on unless [`init`] was told
+/// otherwise).
+pub fn redact() -> bool {
+    REDACT.load(Ordering::Relaxed)
+}
+
+/// What a redacted value is logged as.
+pub const REDACTED: &str = "<redacted>";
+
+/// A text that can hold user content (a service's rejection message): itself, or [`REDACTED`].
+pub fn user_text(text: &str) -> &str {
+    if redact() { REDACTED } else { text }
+}
+
+/// A failure as the logs show it: a gRPC status message from the service (which can echo user
+/// content) and the problem of a bad body (which can quote values) are redacted.
+pub fn failure_text(f: &Failure) -> String {
+    if !redact() {
+        return f.to_string();
+    }
+    match f {
+        Failure::Call(CallError::Status(s)) => {
+            format!("upstream status {}: {REDACTED}", grpc_code_name(s.code()))
+        }
+        // A bad body's problem was built redacted already ([`field_problem`]).
+        other => other.to_string(),
+    }
+}
+
+/// A field problem of a bad body as the logs show it: the field's path (key names, from the
+/// contract) stays, what it held goes unless `log.redact: false`.
+pub fn field_problem(e: &crate::json::FieldError) -> String {
+    if redact() {
+        format!("field `{}`: {REDACTED}", e.path)
+    } else {
+        e.to_string()
+    }
+}
+
+/// A spool delivery's failure text (or dead-letter reason) as the logs show it. The text stays
+/// whole in the spool (`last_error`, for operators, beside the payload); in a log line the gRPC
+/// status message the service sent (`… Unavailable: <message>`, as `crate::decision` words it)
+/// is redacted, since it can echo user content.
+pub fn delivery_error(text: &str) -> std::borrow::Cow<'_, str> {
+    if !redact() {
+        return text.into();
+    }
+    let mut from = 0;
+    while let Some(at) = text[from..].find(": ").map(|i| from + i) {
+        let word_start = text[..at].rfind(' ').map_or(0, |i| i + 1);
+        let word = &text[word_start..at];
+        if (0..=16).any(|n| format!("{:?}", tonic::Code::from_i32(n)) == word) {
+            return format!("{}: {REDACTED}", &text[..at]).into();
+        }
+        from = at + 2;
+    }
+    text.into()
+}
+
+/// The gRPC status of an upstream call's result: `OK` for a reply, the status the upstream sent,
+/// or `None` when no status came (timeout, unreachable).
+pub fn call_status(result: &Result<bytes::Bytes, CallError>) -> Option<tonic::Code> {
+    match result {
+        Ok(_) => Some(tonic::Code::Ok),
+        Err(CallError::Status(s)) => Some(s.code()),
+        Err(_) => None,
+    }
+}
+
+/// Puts a callback's outcome on its span: the `operation_id`, `outcome` and `grpc_status`
+/// attributes, and an error status when something failed.
+pub fn record_outcome(
+    span: &tracing::Span,
+    operation_id: &str,
+    outcome: &'static str,
+    grpc_status: Option<tonic::Code>,
+    failed: bool,
+) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !operation_id.is_empty() {
+        span.set_attribute("operation_id", operation_id.to_owned());
+    }
+    span.set_attribute("outcome", outcome);
+    if let Some(code) = grpc_status {
+        span.set_attribute("grpc_status", grpc_code_name(code));
+    }
+    if failed {
+        span.set_status(opentelemetry::trace::Status::error(outcome));
+    }
+}
+
+/// Puts a delivery attempt's result on its span: the `grpc_status` and `outcome` attributes, and
+/// an error status unless delivered.
+pub fn record_delivery(span: &tracing::Span, status: Option<tonic::Code>, outcome: &'static str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Some(code) = status {
+        span.set_attribute("grpc_status", grpc_code_name(code));
+    }
+    span.set_attribute("outcome", outcome);
+    if outcome != "delivered" {
+        span.set_status(opentelemetry::trace::Status::error(outcome));
+    }
+}
+
+/// The canonical name of a gRPC status code (`UNAVAILABLE`), as logs and traces show it.
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -38,4 +255,45 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
             installed
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision;
+
+    #[test]
+    fn a_delivery_error_loses_the_status_message_only() {
+        assert!(redact(), "on by default");
+        let text = decision::delivery_result(&Err(CallError::Status(tonic::Status::new(
+            tonic::Code::Unavailable,
+            "cannot store: hello bob",
+        ))));
+        let crate::spool::DeliveryResult::Retry(text) = text else {
+            panic!("{text:?}");
+        };
+        assert_eq!(delivery_error(&text), "Unavailable: <redacted>");
+        let reason = format!("gave up after 3 attempts: {text}");
+        assert_eq!(
+            delivery_error(&reason),
+            "gave up after 3 attempts: Unavailable: <redacted>"
+        );
+        let plain = "gave up after 3 attempts: upstream did not answer within 1s";
+        assert_eq!(delivery_error(plain), plain);
+    }
+
+    #[test]
+    fn every_grpc_code_has_its_canonical_name() {
+        let names: Vec<&str> = (0..=16)
+            .map(|n| grpc_code_name(tonic::Code::from_i32(n)))
+            .collect();
+        assert_eq!(names[0], "OK");
+        assert_eq!(names[3], "INVALID_ARGUMENT");
+        assert_eq!(names[14], "UNAVAILABLE");
+        assert_eq!(names[16], "UNAUTHENTICATED");
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 17);
+    }
 }

@@ -107,10 +107,10 @@ fn the_grafana_dashboard_queries_only_exported_names() {
                 for (k, v) in m {
                     if (k == "expr" || k == "query") && v.is_string() {
                         out.push(v.as_str().unwrap().to_owned());
-                    } else if k == "query" && v.is_object() {
-                        if let Some(q) = v.get("query").and_then(|q| q.as_str()) {
-                            out.push(q.to_owned());
-                        }
+                    } else if k == "query"
+                        && let Some(q) = v.get("query").and_then(|q| q.as_str())
+                    {
+                        out.push(q.to_owned());
                     }
                     walk(v, out);
                 }

@@ -118,8 +118,9 @@ async fn callback(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned(),
-        body,
+        trace: crate::telemetry::TraceContext::from_headers(&headers),
         received: started,
+        body,
     };
     let exit = pipeline::run(&gw, snapshot, cb).await;
     drop(permit);

@@ -276,7 +276,7 @@ async fn attempt(
             command,
             operation_id,
             attempts = number,
-            reason,
+            reason = crate::telemetry::delivery_error(&reason).as_ref(),
             "after-callback moved to the dead letters; replay it with `spool replay`"
         );
         metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
@@ -347,7 +347,8 @@ async fn attempt(
                 // Every failure is counted; the log shows the first and then every power of two.
                 if number.is_power_of_two() {
                     tracing::warn!(
-                        delivery_id, command, operation_id, attempt = number, error,
+                        delivery_id, command, operation_id, attempt = number,
+                        error = crate::telemetry::delivery_error(&error).as_ref(),
                         retry_in = %format_duration(wait),
                         "after-callback delivery failed; will retry"
                     );

@@ -190,6 +190,8 @@ pub struct NewEvent {
     pub openim_key: Option<String>,
     /// The protobuf-encoded request message.
     pub payload: Vec<u8>,
+    /// The W3C trace context of the callback's span: every delivery attempt is its child.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 /// An event as stored in the spool, handed to [`Deliver::deliver`] and returned by [`Spool::list`].

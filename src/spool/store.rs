@@ -71,6 +71,12 @@ pub(crate) struct Record {
     /// Start of the age that `max_age` limits: `first_seen_ms`, or the time of the last replay.
     #[prost(uint64, tag = "13")]
     pub(crate) since_ms: u64,
+    /// The callback's W3C `traceparent` (absent in records of 0.1.0 and of untraced callbacks).
+    #[prost(string, optional, tag = "14")]
+    pub(crate) traceparent: Option<String>,
+    /// The callback's W3C `tracestate`.
+    #[prost(string, optional, tag = "15")]
+    pub(crate) tracestate: Option<String>,
 }
 
 /// The fields of [`Record`] needed to schedule and filter, decoded without copying the payload.
@@ -84,6 +90,13 @@ pub(crate) struct RecordHead {
 
 impl Record {
     pub(crate) fn new(ev: NewEvent, now_ms: u64) -> Record {
+        let (traceparent, tracestate) = match ev.trace {
+            Some(t) => (
+                Some(t.traceparent),
+                Some(t.tracestate).filter(|s| !s.is_empty()),
+            ),
+            None => (None, None),
+        };
         Record {
             delivery_id: String::new(),
             command: ev.command,
@@ -95,6 +108,8 @@ impl Record {
             first_seen_ms: now_ms,
             last_error: None,
             since_ms: now_ms,
+            traceparent,
+            tracestate,
         }
     }
 
@@ -111,6 +126,12 @@ impl Record {
                 operation_id: self.operation_id,
                 openim_key: self.openim_key,
                 payload: self.payload,
+                trace: self
+                    .traceparent
+                    .map(|traceparent| crate::telemetry::TraceContext {
+                        traceparent,
+                        tracestate: self.tracestate.unwrap_or_default(),
+                    }),
             },
         }
     }

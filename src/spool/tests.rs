@@ -35,6 +35,7 @@ fn event(command: &str, n: u32) -> NewEvent {
         operation_id: format!("op-{n}"),
         openim_key: Some("k".to_owned()),
         payload: n.to_be_bytes().to_vec(),
+        trace: None,
     }
 }
 
@@ -434,6 +435,40 @@ async fn reopened_spool_delivers_pending_events_with_the_same_ids() {
         r.delivery_id.split_once('-').unwrap().0,
         refs[0].delivery_id.split_once('-').unwrap().0
     );
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_is_stored_with_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let spool = Spool::open(&s).unwrap();
+    let trace = crate::telemetry::TraceContext {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: "congo=t61rcWkgMzE".into(),
+    };
+    let only_parent = crate::telemetry::TraceContext {
+        tracestate: String::new(),
+        ..trace.clone()
+    };
+    for t in [Some(trace.clone()), Some(only_parent.clone()), None] {
+        spool
+            .append(NewEvent {
+                trace: t,
+                ..event("callbackAfterX", 1)
+            })
+            .await
+            .unwrap();
+    }
+    drop(spool);
+    let spool = Spool::open(&s).unwrap();
+    let stored: Vec<_> = spool
+        .list(Which::Pending, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.trace)
+        .collect();
+    assert_eq!(stored, vec![Some(trace), Some(only_parent), None]);
     close(spool).await;
 }
 
