@@ -5,11 +5,6 @@ use openim_callback_gateway::config::{Config, DEFAULT_UPSTREAM, UpstreamConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc malloc: the request path allocates many small, short-lived buffers,
-/// and glibc's malloc/free showed up at about 9 % of the CPU under load (README "Performance").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// OpenIM webhook callbacks in, typed gRPC calls out.
 ///
 /// With no arguments it listens on 127.0.0.1:10006 and serves the built-in example upstream.
