@@ -315,6 +315,12 @@ pub enum AppendError {
     /// The write transaction failed (disk full, I/O error).
     #[error("writing to the spool failed, the event was not stored: {0}")]
     Storage(String),
+    /// The backend cannot take the event now (Redis unreachable or too slow) and its policy
+    /// (`spool.redis.when_unreachable: sync`) asks the caller to deliver it synchronously
+    /// instead, so that it is not lost. The event may still have reached Redis (a write that
+    /// timed out), in which case it is delivered a second time, with its own delivery id.
+    #[error("the spool backend is unavailable ({0}); deliver the event synchronously")]
+    Unavailable(String),
 }
 
 /// Errors of opening the spool and of the operator commands; each says what to do.
