@@ -61,6 +61,47 @@ fn spool_cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// One HTTP/1.1 GET on a fresh connection; the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+/// Waits (bounded) until `/readyz` of `addr` does or does not name the spool.
+fn wait_readyz_spool(addr: &str, named: bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(addr, "/readyz");
+        if body.contains("spool:") == named {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz of {addr} should {}name the spool: {body}",
+            if named { "" } else { "not " }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn send(addr: String, from: usize, to: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut conn = connect(&addr);
@@ -109,8 +150,25 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
         "every acknowledged event is pending in Redis"
     );
 
-    // 2. Redis is killed with -9 and restarted from its AOF: nothing pending is lost.
+    // 2. Redis is killed with -9: both gateways' /readyz say so. It restarts from its AOF:
+    // nothing pending is lost, and readiness no longer names the spool.
+    redis.kill();
+    let (aa, ba) = (a.addr.clone(), b.addr.clone());
+    let body = tokio::task::spawn_blocking(move || {
+        wait_readyz_spool(&ba, true);
+        wait_readyz_spool(&aa, true)
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("unreachable"), "{body}");
     redis.restart();
+    let (aa, ba) = (a.addr.clone(), b.addr.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_readyz_spool(&aa, false);
+        wait_readyz_spool(&ba, false);
+    })
+    .await
+    .unwrap();
     assert_eq!(
         redis.int(&["ZCARD", "{proof}:idx"]),
         EVENTS as i64,
@@ -184,7 +242,19 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
         all_in.as_secs_f64()
     );
 
-    // 5. Operator commands on Redis directly while b runs.
+    let (_, metrics) = get(&b.addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_spool_reclaimed_total") && !l.ends_with(" 0")),
+        "the survivor counts what it took over"
+    );
+
+    // 5. Operator commands on Redis, through b's admin API and directly while b runs.
+    let admin = format!("http://{}", b.addr);
+    let (code, out, err) = spool_cli(&url, &["--admin", &admin, "count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("pending: 0"), "{out}");
     let (code, out, err) = spool_cli(&url, &["count"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("pending: 0"), "{out}");
@@ -199,4 +269,80 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     assert_ne!(code, Some(0));
     assert!(err.contains("cannot connect"), "{err}");
     drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_after_events_are_delivered_synchronously_or_rejected_per_policy() {
+    let redis = RedisServer::not_started();
+    let url = redis.url();
+    let up = Upstream::start().await;
+    let uri = up.uri();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (sync_calls, reject_answer, readyz, metrics) = tokio::task::spawn_blocking(move || {
+        let mut env = redis_env(&url);
+        env.push(("OPENIM_GATEWAY_SPOOL__REDIS__TIMEOUT", "300ms".to_owned()));
+        let env_sync: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let gw = spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &uri],
+            &d.join("s"),
+            &env_sync,
+        );
+        let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
+        body["userID"] = "sync-user".into();
+        let mut conn = connect(&gw.addr);
+        let (code, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &wire(&body),
+        );
+        assert_eq!((code, json), (200, allow()));
+        let readyz = wait_readyz_spool(&gw.addr, true);
+        let (_, metrics) = get(&gw.addr, "/metrics");
+        drop(gw);
+
+        env.push((
+            "OPENIM_GATEWAY_SPOOL__REDIS__WHEN_UNREACHABLE",
+            "reject".to_owned(),
+        ));
+        let env_reject: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let gw = spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &uri],
+            &d.join("r"),
+            &env_reject,
+        );
+        body["userID"] = "rejected-user".into();
+        let mut conn = connect(&gw.addr);
+        let (_, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &wire(&body),
+        );
+        (1, json, readyz, metrics)
+    })
+    .await
+    .unwrap();
+    let _ = sync_calls;
+    // sync: the upstream got the event during the callback, without a delivery id (not spooled).
+    let calls = up.calls();
+    let users: Vec<String> = calls
+        .iter()
+        .map(|c| c.decode::<pb::AfterQuitGroupRequest>().user_id)
+        .collect();
+    assert_eq!(users, vec!["sync-user".to_owned()], "reject: not delivered");
+    assert!(calls[0].meta("openim-delivery-id").is_none());
+    assert!(readyz.contains("spool:"), "{readyz}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_spool_unavailable_total")
+                && l.contains("policy=\"sync\"")),
+        "counted"
+    );
+    assert_ne!(
+        reject_answer,
+        allow(),
+        "reject: OpenIM gets a rejection envelope"
+    );
+    drop(redis);
 }

@@ -52,6 +52,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn check_now(&self) -> Result<(), SpoolError> {
         Ok(())
     }
+    /// Reads the shared counters again now (Redis: other replicas change them), blocking.
+    fn refresh(&self) -> Result<(), SpoolError> {
+        Ok(())
+    }
 }
 
 impl Backend for RedbSpool {
@@ -166,6 +170,13 @@ impl Spool {
     /// Current counters.
     pub fn stats(&self) -> SpoolStats {
         self.backend.stats()
+    }
+
+    /// [`Spool::stats`] with the shared counters read again first (for Redis, whose counters
+    /// other replicas change; [`Spool::stats`] may be up to a second old there). Blocking.
+    pub fn stats_now(&self) -> Result<SpoolStats, SpoolError> {
+        self.backend.refresh()?;
+        Ok(self.backend.stats())
     }
 
     /// `Ok` while the backend takes events; `Err(why)` while it cannot (Redis unreachable or

@@ -284,7 +284,7 @@ enum Backend {
 impl Backend {
     async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         match self {
-            Backend::Local(s) => Ok(s.stats()),
+            Backend::Local(s) => s.stats_now(),
             Backend::Admin(a) => a.call("GET", "/admin/spool", &[]).await,
         }
     }

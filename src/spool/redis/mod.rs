@@ -735,4 +735,8 @@ impl Backend for RedisSpool {
     fn check_now(&self) -> Result<(), SpoolError> {
         RedisSpool::check_now(self)
     }
+
+    fn refresh(&self) -> Result<(), SpoolError> {
+        self.core.with_sync(|conn| self.core.refresh_sync(conn))
+    }
 }
