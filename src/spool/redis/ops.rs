@@ -48,11 +48,10 @@ fn pending_ids(
         .map_err(|e| core.storage(describe(&e)))
 }
 
-fn records(
-    core: &Core,
-    conn: &mut redis::Connection,
-    ids: &[u64],
-) -> Result<Vec<(u64, Option<Vec<u8>>)>, SpoolError> {
+/// Event ids with their records (`None`: gone meanwhile).
+type Records = Vec<(u64, Option<Vec<u8>>)>;
+
+fn records(core: &Core, conn: &mut redis::Connection, ids: &[u64]) -> Result<Records, SpoolError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
