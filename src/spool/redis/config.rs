@@ -43,13 +43,15 @@ pub enum Unreachable {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS, rustls, system roots plus
-    /// `ca_file`). A password in the URL works, `password_file` is better.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS, rustls; the system's
+    /// roots, or only `ca_file`). A password in the URL works (`check-config` shows it as
+    /// `<redacted>`), `password_file` is better.
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     /// File holding the password (trailing newline ignored), e.g. a mounted Kubernetes Secret;
     /// overrides one in the URL.
     pub password_file: Option<PathBuf>,
-    /// Extra PEM CA certificates trusted for `rediss://` (a private CA).
+    /// PEM CA certificates trusted for `rediss://` instead of the system's roots (a private CA).
     pub ca_file: Option<PathBuf>,
     /// Prefix of every key: `{<key_prefix>}:…` (one hash slot). Gateways sharing a prefix share
     /// one spool; give each gateway deployment its own.
@@ -161,4 +163,35 @@ impl RedisConfig {
         }
         Ok(())
     }
+}
+
+/// The URL with the password of its user part replaced: what `check-config` prints.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let redacted = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            let password = if authority.contains(':') && authority.find(':') < authority.rfind('@')
+            {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            format!("{user}{password}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{redacted}/{p}"),
+        None => format!("{scheme}://{redacted}"),
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact(url))
 }

@@ -681,4 +681,18 @@ fn settings_are_validated_with_their_key() {
     assert_eq!(yaml.redis.claim_idle, Duration::from_secs(2));
     assert_eq!(yaml.redis.when_unreachable, Unreachable::Reject);
     assert!(serde_json::from_str::<SpoolConfig>(r#"{"redis":{"urll":"x"}}"#).is_err());
+    // check-config prints the settings: never a password in the URL.
+    let mut s = SpoolConfig::default();
+    s.redis.url = "rediss://gw:s3cret@redis:6380/2".into();
+    let shown = serde_json::to_string(&s).unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("rediss://gw:<redacted>@redis:6380/2"),
+        "{shown}"
+    );
+    assert_eq!(
+        super::config::redact("redis://:pw@h:1"),
+        "redis://:<redacted>@h:1"
+    );
+    assert_eq!(super::config::redact("redis://h:1"), "redis://h:1");
 }
