@@ -61,6 +61,60 @@ impl RedisServer {
         }
     }
 
+    /// A TLS-only server (`--port 0 --tls-port`), with a password (`--requirepass`). Ready
+    /// once it accepts TCP connections (PING needs TLS).
+    pub fn start_tls(cert: &Path, key: &Path, password: &str) -> RedisServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = loopback_port();
+        let extra: Vec<String> = [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(tmp.path())
+            .args(["--appendonly", "yes", "--save", "", "--loglevel", "warning"])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server runs (apt-get install -y redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server TLS port did not open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer {
+            child: Some(child),
+            port,
+            dir: tmp.path().to_owned(),
+            extra,
+            _tmp: Some(tmp),
+        }
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .arg("--port")

@@ -696,3 +696,51 @@ fn settings_are_validated_with_their_key() {
     );
     assert_eq!(super::config::redact("redis://h:1"), "redis://h:1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test redis CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = write("ca.pem", &ca_cert.pem());
+    let cert = write("cert.pem", &cert.pem());
+    let key = write("key.pem", &key.serialize_pem());
+    let password = write("password", "s3cret\n");
+    let redis = RedisServer::start_tls(&cert, &key, "s3cret");
+    let url = format!("rediss://localhost:{}", redis.port);
+    let mut s = settings(&url, "tls", "a");
+    s.redis.ca_file = Some(ca);
+    s.redis.password_file = Some(password);
+    let spool = Spool::open(&s).unwrap();
+    assert_eq!(spool.health(), Ok(()));
+    let stored = spool.append(event("cmd", 1, None)).await.unwrap();
+    let sp = spool.clone();
+    let listed = blocking(move || sp.list(Which::Pending, 10).unwrap()).await;
+    assert_eq!(listed[0].delivery_id, stored.delivery_id);
+    // Without the private CA (the system's roots) the server is not trusted.
+    let mut untrusted = s.clone();
+    untrusted.redis.ca_file = None;
+    untrusted.redis.timeout = Duration::from_millis(500);
+    let spool = Spool::open(&untrusted).unwrap();
+    assert!(spool.health().is_err());
+    // Without the password Redis refuses.
+    let mut anonymous = s.clone();
+    anonymous.redis.password_file = None;
+    let spool = Spool::open(&anonymous).unwrap();
+    let err = spool.health().unwrap_err();
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+}
