@@ -219,3 +219,26 @@ redis.call('XDEL', P..':dead', entry)
 redis.call('DECRBY', P..':bytes', len)
 return 1
 ";
+
+/// Forgets consumers (stopped replicas) that hold no token and were idle longer than ARGV[3] ms,
+/// so that the group does not collect one consumer per pod ever started. Atomic: a consumer's
+/// pending entries are checked and the consumer deleted in one step, so no token is ever lost (a
+/// live consumer that was forgotten is made again by its next read). ARGV: P, group, idle ms.
+/// Returns how many were forgotten.
+pub(crate) const FORGET_CONSUMERS: &str = r"
+local P = ARGV[1]
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', P..':q', ARGV[2])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if name and pending == 0 and idle and idle > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', P..':q', ARGV[2], name)
+    n = n + 1
+  end
+end
+return n
+";

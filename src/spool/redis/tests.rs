@@ -251,6 +251,20 @@ async fn a_dead_consumers_event_is_reclaimed_with_its_attempts_and_delivery_id()
     .await;
     let got = delivered(&seen);
     assert_eq!(got[0].replica, "b");
+    // a holds nothing now: the cleanup forgets it (a consumer with a token is never forgotten;
+    // one forgotten while alive is made again by its next read, as b's next delivery shows).
+    let cleaner = super::RedisSpool::open(&settings(&redis.url(), "t2", "cleaner")).unwrap();
+    let forgotten = super::worker::forget_consumers(&cleaner.core, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(forgotten >= 1, "the stopped consumer a is forgotten");
+    b.append(event("cmd", 8, None)).await.unwrap();
+    wait_for(
+        "b delivers after the cleanup",
+        Duration::from_secs(10),
+        || delivered(&seen).iter().any(|s| s.n == 8),
+    )
+    .await;
     assert_eq!(got[0].delivery_id, r.delivery_id, "delivery id unchanged");
     assert_eq!(
         got[0].attempt, 2,

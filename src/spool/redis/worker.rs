@@ -207,13 +207,49 @@ async fn read_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
     }
 }
 
+/// A consumer idle this much longer than `claim_idle` (and at least [`FORGET_MIN`]) with no
+/// token is a stopped replica: it is removed from the group.
+const FORGET_FACTOR: u32 = 10;
+
+/// See [`FORGET_FACTOR`].
+const FORGET_MIN: Duration = Duration::from_secs(3600);
+
+/// Removes stopped consumers that hold nothing; returns how many.
+pub(crate) async fn forget_consumers(
+    core: &Core,
+    idle: Duration,
+) -> Result<u64, redis::RedisError> {
+    let mut conn = core.work().await?;
+    redis::Script::new(scripts::FORGET_CONSUMERS)
+        .arg(&core.prefix)
+        .arg(&core.settings.redis.group)
+        .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut conn)
+        .await
+}
+
 async fn claim_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
     let rc = &core.settings.redis;
     let every = (rc.claim_idle / 2).max(Duration::from_millis(50));
+    let forget_idle = (rc.claim_idle * FORGET_FACTOR).max(FORGET_MIN);
     let mut cursor = "0-0".to_owned();
+    let mut rounds = 0u64;
     loop {
         if pause(&core, every).await {
             return;
+        }
+        rounds += 1;
+        if rounds % 120 == 0 {
+            match forget_consumers(&core, forget_idle).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    n,
+                    "spool: removed stopped consumers without tokens from the group"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %describe(&e), "spool: cleaning up consumers failed")
+                }
+            }
         }
         // Claims only as many tokens as there are free workers: the rest stay for later. The
         // semaphore is fair: waiting here gets the permits the reader hands back after its
