@@ -86,8 +86,13 @@ fn start_gateway(
 ) -> Child {
     let mut cmd = Command::new(binary);
     if let Some(url) = redis {
+        // One consumer name across the restart, like a pod that comes back under its name: the
+        // restarted process resumes the deliveries its predecessor had in flight at once. (Under
+        // a new name another replica takes them over after spool.redis.claim_idle, as
+        // tests/spool_redis.rs shows.)
         cmd.env("OPENIM_GATEWAY_SPOOL__BACKEND", "redis")
-            .env("OPENIM_GATEWAY_SPOOL__REDIS__URL", url);
+            .env("OPENIM_GATEWAY_SPOOL__REDIS__URL", url)
+            .env("OPENIM_GATEWAY_SPOOL__REDIS__CONSUMER", "spool-load");
     }
     cmd.args([
         "--listen",
@@ -140,6 +145,35 @@ async fn post(conn: &mut BufReader<TcpStream>, path: &str, body: &[u8]) -> Vec<u
     out
 }
 
+/// `delivered 10000, retry 12, deferred 300` from the gateway's `/metrics`.
+async fn attempts_by_result(port: u16) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let req = "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    let mut by: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("gateway_delivery_attempts_total{")
+            && let Some((labels, value)) = rest.rsplit_once(' ')
+            && let Some(result) = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("result=\""))
+                .map(|r| r.trim_end_matches(['"', '}']).to_owned())
+        {
+            *by.entry(result).or_default() += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    by.iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -151,6 +185,8 @@ fn ms(d: Duration) -> String {
 
 /// What one backend measured.
 struct Measured {
+    /// Delivery attempts by result, from the gateway's /metrics.
+    attempts: String,
     latencies: Vec<Duration>,
     ack_wall: Duration,
     distinct: usize,
@@ -264,6 +300,7 @@ async fn run(a: &Args, redis: Option<String>) -> Measured {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deliver_wall = up_started.elapsed();
+    let attempts = attempts_by_result(port).await;
     let calls = up.calls().len();
     gw.kill().unwrap();
     gw.wait().unwrap();
@@ -280,6 +317,7 @@ async fn run(a: &Args, redis: Option<String>) -> Measured {
         .all(|ids| ids.iter().all(|id| *id == ids[0]));
 
     Measured {
+        attempts,
         latencies,
         ack_wall,
         distinct: by_user.len(),
@@ -326,6 +364,7 @@ fn print(a: &Args, results: &[(&str, Measured)]) {
             )
         },
     );
+    row("delivery attempts by result", &|m| m.attempts.clone());
     row("deliveries without openim-delivery-id", &|m| {
         m.missing_id.to_string()
     });
