@@ -5,7 +5,13 @@
 //! SIGKILL, restarts it, starts the upstream, and waits until every event arrived with its delivery
 //! id. Prints a table. Run it with `bash bench/spool-load.sh` (it builds the release binary first).
 //!
-//! Usage: spool_load <gateway-binary> [--events N] [--connections C]
+//! `--backend redb` (the default) uses the local spool file; `--backend redis` a `redis-server`
+//! it starts on a free loopback port (AOF on, `appendfsync always`: acknowledged = on disk, as
+//! with redb; `--redis-fsync everysec` for Redis's default); `--backend both` runs redb, then
+//! Redis, in the same run, and prints one column each.
+//!
+//! Usage: spool_load <gateway-binary> [--events N] [--connections C] [--backend redb|redis|both]
+//!        [--redis-fsync always|everysec]
 
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +23,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +36,8 @@ struct Args {
     binary: String,
     events: usize,
     connections: usize,
+    backends: Vec<&'static str>,
+    redis_fsync: String,
 }
 
 fn args() -> Args {
@@ -35,6 +46,8 @@ fn args() -> Args {
         binary: String::new(),
         events: 10_000,
         connections: 16,
+        backends: vec!["redb"],
+        redis_fsync: "always".to_owned(),
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -45,30 +58,54 @@ fn args() -> Args {
                     .and_then(|v| v.parse().ok())
                     .expect("--connections C")
             }
+            "--backend" => {
+                a.backends = match it.next().as_deref() {
+                    Some("redb") => vec!["redb"],
+                    Some("redis") => vec!["redis"],
+                    Some("both") => vec!["redb", "redis"],
+                    other => panic!("--backend redb|redis|both, not {other:?}"),
+                }
+            }
+            "--redis-fsync" => a.redis_fsync = it.next().expect("--redis-fsync always|everysec"),
             other => a.binary = other.to_owned(),
         }
     }
     assert!(
         !a.binary.is_empty(),
-        "usage: spool_load <gateway-binary> [--events N] [--connections C]"
+        "usage: spool_load <gateway-binary> [--events N] [--connections C] [--backend redb|redis|both]"
     );
     a
 }
 
-fn start_gateway(binary: &str, port: u16, upstream: &str, spool: &std::path::Path) -> Child {
-    Command::new(binary)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            upstream,
-        ])
-        .env("OPENIM_GATEWAY_SPOOL__DIR", spool)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("gateway starts")
+fn start_gateway(
+    binary: &str,
+    port: u16,
+    upstream: &str,
+    spool: &std::path::Path,
+    redis: Option<&str>,
+) -> Child {
+    let mut cmd = Command::new(binary);
+    if let Some(url) = redis {
+        // One consumer name across the restart, like a pod that comes back under its name: the
+        // restarted process resumes the deliveries its predecessor had in flight at once. (Under
+        // a new name another replica takes them over after spool.redis.claim_idle, as
+        // tests/spool_redis.rs shows.)
+        cmd.env("OPENIM_GATEWAY_SPOOL__BACKEND", "redis")
+            .env("OPENIM_GATEWAY_SPOOL__REDIS__URL", url)
+            .env("OPENIM_GATEWAY_SPOOL__REDIS__CONSUMER", "spool-load");
+    }
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--upstream",
+        upstream,
+    ])
+    .env("OPENIM_GATEWAY_SPOOL__DIR", spool)
+    .env("RUST_LOG", "error")
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("gateway starts")
 }
 
 async fn wait_listening(port: u16) {
@@ -108,6 +145,35 @@ async fn post(conn: &mut BufReader<TcpStream>, path: &str, body: &[u8]) -> Vec<u
     out
 }
 
+/// `delivered 10000, retry 12, deferred 300` from the gateway's `/metrics`.
+async fn attempts_by_result(port: u16) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let req = "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text).await;
+    let mut by: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("gateway_delivery_attempts_total{")
+            && let Some((labels, value)) = rest.rsplit_once(' ')
+            && let Some(result) = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("result=\""))
+                .map(|r| r.trim_end_matches(['"', '}']).to_owned())
+        {
+            *by.entry(result).or_default() += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    by.iter()
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -117,19 +183,54 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// What one backend measured.
+struct Measured {
+    /// Delivery attempts by result, from the gateway's /metrics.
+    attempts: String,
+    latencies: Vec<Duration>,
+    ack_wall: Duration,
+    distinct: usize,
+    first: Duration,
+    deliver_wall: Duration,
+    missing_id: usize,
+    duplicates: usize,
+    dup_same_id: bool,
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
+    let mut results = Vec::new();
+    for backend in &a.backends {
+        let redis = (*backend == "redis")
+            .then(|| redis_server::RedisServer::start_with(&["--appendfsync", &a.redis_fsync]));
+        let m = run(&a, redis.as_ref().map(redis_server::RedisServer::url)).await;
+        results.push((*backend, m));
+        drop(redis);
+    }
+    print(&a, &results);
+    if results
+        .iter()
+        .any(|(_, m)| m.distinct != a.events || m.missing_id > 0 || !m.dup_same_id)
+    {
+        eprintln!("FAILED: events were lost or lacked a stable delivery id");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: &Args, redis: Option<String>) -> Measured {
+    let redis = redis.as_deref();
     let dir = tempfile::tempdir().unwrap();
     let upstream_port = support::free_port();
     let upstream_uri = format!("http://127.0.0.1:{upstream_port}");
     let port = support::free_port();
 
     // 1. Upstream stopped; the gateway acknowledges every event from its spool.
-    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path());
+    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path(), redis);
     wait_listening(port).await;
     let template = support::read_json("payloads/callbackAfterQuitGroupCommand.json");
     let per_conn = a.events.div_ceil(a.connections);
+    let events = a.events;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.connections {
@@ -139,7 +240,7 @@ async fn main() {
             stream.set_nodelay(true).unwrap();
             let mut conn = BufReader::new(stream);
             let mut latencies = Vec::with_capacity(per_conn);
-            for i in (c * per_conn)..((c + 1) * per_conn).min(a.events) {
+            for i in (c * per_conn)..((c + 1) * per_conn).min(events) {
                 let mut body = template.clone();
                 body["userID"] = format!("user-{i}").into();
                 let t = Instant::now();
@@ -166,7 +267,7 @@ async fn main() {
     // 2. kill -9, restart; the upstream comes up; everything arrives.
     gw.kill().unwrap();
     gw.wait().unwrap();
-    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path());
+    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path(), redis);
     wait_listening(port).await;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", upstream_port))
         .await
@@ -199,6 +300,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let deliver_wall = up_started.elapsed();
+    let attempts = attempts_by_result(port).await;
     let calls = up.calls().len();
     gw.kill().unwrap();
     gw.wait().unwrap();
@@ -214,39 +316,60 @@ async fn main() {
         .filter(|ids| ids.len() > 1)
         .all(|ids| ids.iter().all(|id| *id == ids[0]));
 
-    println!("| metric | value |");
-    println!("|---|---|");
-    println!(
-        "| events sent (after callbacks, upstream stopped) | {} |",
-        a.events
-    );
-    println!("| connections | {} |", a.connections);
-    println!("| ack latency p50 | {} |", ms(percentile(&latencies, 0.50)));
-    println!("| ack latency p90 | {} |", ms(percentile(&latencies, 0.90)));
-    println!("| ack latency p99 | {} |", ms(percentile(&latencies, 0.99)));
-    println!("| ack latency max | {} |", ms(*latencies.last().unwrap()));
-    println!(
-        "| acks per second | {:.0} |",
-        a.events as f64 / ack_wall.as_secs_f64()
-    );
-    println!(
-        "| after kill -9 + restart: distinct events delivered | {} of {} |",
-        by_user.len(),
-        a.events
-    );
-    let first = first_delivery.unwrap_or_default();
-    println!(
-        "| upstream up → first delivery (reconnect + retry backoff) | {} |",
-        ms(first)
-    );
-    println!(
-        "| delivered per second (first delivery → all arrived) | {:.0} |",
-        by_user.len() as f64 / (deliver_wall - first).as_secs_f64().max(1e-9)
-    );
-    println!("| deliveries without openim-delivery-id | {missing_id} |");
-    println!("| duplicate deliveries (allowed; same delivery id: {dup_same_id}) | {duplicates} |");
-    if by_user.len() != a.events || missing_id > 0 || !dup_same_id {
-        eprintln!("FAILED: events were lost or lacked a stable delivery id");
-        std::process::exit(1);
+    Measured {
+        attempts,
+        latencies,
+        ack_wall,
+        distinct: by_user.len(),
+        first: first_delivery.unwrap_or_default(),
+        deliver_wall,
+        missing_id,
+        duplicates,
+        dup_same_id,
     }
+}
+
+fn print(a: &Args, results: &[(&str, Measured)]) {
+    let head: Vec<String> = results.iter().map(|(b, _)| (*b).to_owned()).collect();
+    println!("| metric | {} |", head.join(" | "));
+    println!("|---|{}", "---|".repeat(results.len()));
+    let row = |name: &str, f: &dyn Fn(&Measured) -> String| {
+        let cells: Vec<String> = results.iter().map(|(_, m)| f(m)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    row("events sent (after callbacks, upstream stopped)", &|_| {
+        a.events.to_string()
+    });
+    row("connections", &|_| a.connections.to_string());
+    row("ack latency p50", &|m| ms(percentile(&m.latencies, 0.50)));
+    row("ack latency p90", &|m| ms(percentile(&m.latencies, 0.90)));
+    row("ack latency p99", &|m| ms(percentile(&m.latencies, 0.99)));
+    row("ack latency max", &|m| ms(*m.latencies.last().unwrap()));
+    row("acks per second", &|m| {
+        format!("{:.0}", a.events as f64 / m.ack_wall.as_secs_f64())
+    });
+    row("after kill -9 + restart: distinct events delivered", &|m| {
+        format!("{} of {}", m.distinct, a.events)
+    });
+    row(
+        "upstream up → first delivery (reconnect + retry backoff)",
+        &|m| ms(m.first),
+    );
+    row(
+        "delivered per second (first delivery → all arrived)",
+        &|m| {
+            format!(
+                "{:.0}",
+                m.distinct as f64 / (m.deliver_wall - m.first).as_secs_f64().max(1e-9)
+            )
+        },
+    );
+    row("delivery attempts by result", &|m| m.attempts.clone());
+    row("deliveries without openim-delivery-id", &|m| {
+        m.missing_id.to_string()
+    });
+    row(
+        "duplicate deliveries (allowed; all with the same delivery id)",
+        &|m| format!("{} ({})", m.duplicates, m.dup_same_id),
+    );
 }

@@ -1,7 +1,7 @@
 //! Readiness: what `/readyz` and the gateway's own `grpc.health.v1` service (on the admin port)
 //! say. Ready = the config is loaded, the listeners are bound, the spool is open (a gateway with
-//! a spool is only built once it is), the gateway is not draining, and every upstream that
-//! serves an enabled before command passes its health check.
+//! a spool is only built once it is) and its backend answers (Redis reachable), the gateway is
+//! not draining, and every upstream that serves an enabled before command passes its health check.
 //!
 //! One background task ([`run_checks`]) checks those upstreams every `health_check_interval` with
 //! the standard `grpc.health.v1.Health/Check` (`upstreams.<name>.health_service`, `""` = the
@@ -115,6 +115,9 @@ impl Health {
         }
         if !self.listening.load(Ordering::SeqCst) {
             problems.push("listeners not bound yet".to_owned());
+        }
+        if let Some(Err(e)) = gw.spool().map(crate::spool::Spool::health) {
+            problems.push(format!("spool: {e}"));
         }
         let snapshot = gw.snapshot();
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());

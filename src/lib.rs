@@ -112,7 +112,12 @@ pub async fn run_reloadable(
     };
     let spool = if config.uses_spool() {
         let spool = spool::Spool::open(&config.spool)?;
-        tracing::info!(dir = %config.spool.dir.display(), "after-event spool open");
+        match config.spool.backend {
+            spool::BackendKind::Redb => {
+                tracing::info!(dir = %config.spool.dir.display(), "after-event spool open");
+            }
+            spool::BackendKind::Redis => tracing::info!("after-event spool open (redis)"),
+        }
         Some(spool)
     } else {
         None

@@ -236,12 +236,20 @@ async fn decide(
                 command: command.to_owned(),
                 order_key: route.settings.ordered.then(|| order_key(entry, request)),
                 operation_id: operation_id.clone(),
-                openim_key: cb.key,
+                openim_key: cb.key.clone(),
                 payload: payload.to_vec(),
                 trace: TraceContext::of(&tracing::Span::current()),
             };
-            return match spool.append(event).await {
-                Ok(_) => Decision::continue_for(Reason::Spooled),
+            match spool.append(event).await {
+                Ok(_) => return Decision::continue_for(Reason::Spooled),
+                // The backend cannot store it now (Redis unreachable, `when_unreachable: sync`):
+                // deliver it synchronously below rather than lose it.
+                Err(spool::AppendError::Unavailable(why)) => {
+                    tracing::warn!(command, operation_id, error = %why,
+                        "spool backend unavailable: delivering the after-event synchronously");
+                    metrics::counter!("gateway_spool_unavailable_total", "command" => command, "policy" => "sync")
+                        .increment(1);
+                }
                 Err(e) => {
                     let message = match e {
                         spool::AppendError::Full { .. } => {
@@ -250,19 +258,19 @@ async fn decide(
                         spool::AppendError::Closed => {
                             "gateway is shutting down: event not accepted"
                         }
-                        spool::AppendError::Storage(_) => {
+                        spool::AppendError::Storage(_) | spool::AppendError::Unavailable(_) => {
                             "gateway spool cannot write: event not accepted"
                         }
                     };
                     // OpenIM ignores after replies; the rejection tells a person reading traffic.
-                    Decision::Reject {
+                    return Decision::Reject {
                         code: route.settings.reject_code,
                         message: message.to_owned(),
                         detail: e.to_string(),
                         failure: Some(Failure::Spool(e)),
-                    }
+                    };
                 }
-            };
+            }
         }
     }
     let trace = TraceContext::of(&tracing::Span::current());

@@ -162,6 +162,26 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "After-events written to the spool, by command.",
     ),
     (
+        "gateway_spool_unavailable_total",
+        Kind::Counter,
+        "After-events the spool backend could not take (Redis unreachable or slow), by command and policy (sync: delivered synchronously; reject: refused).",
+    ),
+    (
+        "gateway_spool_backend_up",
+        Kind::Gauge,
+        "1 while the spool backend takes events (always 1 for redb; Redis reachable and answering for redis).",
+    ),
+    (
+        "gateway_spool_backend_errors_total",
+        Kind::Counter,
+        "Failed Redis commands of the spool backend, by operation (append, read, finish, claim, poll, health).",
+    ),
+    (
+        "gateway_spool_reclaimed_total",
+        Kind::Counter,
+        "Events in delivery by a consumer that stopped (XAUTOCLAIM after spool.redis.claim_idle) taken over by this replica.",
+    ),
+    (
         "gateway_spool_rejected_total",
         Kind::Counter,
         "After-events the spool did not take (full, closed, write error).",

@@ -149,8 +149,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-async fn stats(State(spool): State<Spool>) -> Json<SpoolStats> {
-    Json(spool.stats())
+async fn stats(State(spool): State<Spool>) -> Result<Json<SpoolStats>, ApiError> {
+    Ok(Json(blocking(spool, Spool::stats_now).await?))
 }
 
 async fn events(

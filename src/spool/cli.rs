@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::admin::{CountView, EventView};
-use super::{Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
+use super::{BackendKind, Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
 
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
@@ -85,6 +85,12 @@ pub(crate) async fn run_to<W: Write + Send>(
 ) -> Result<(), SpoolError> {
     let backend = match admin {
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
+        None if settings.backend == BackendKind::Redis => {
+            // Redis has no lock: the commands work beside running gateways, from anywhere.
+            let spool = Spool::open(settings)?;
+            spool.check()?;
+            Backend::Local(spool)
+        }
         None => {
             let path = settings.path();
             match path.try_exists() {
@@ -161,6 +167,9 @@ async fn execute<W: Write + Send>(
                 }
             }
             let when = match backend {
+                Backend::Local(s) if s.backend() == BackendKind::Redis => {
+                    "the running gateways deliver them"
+                }
                 Backend::Local(_) => "the gateway delivers them when it starts",
                 Backend::Admin(_) => "the gateway is delivering them",
             };
@@ -275,7 +284,7 @@ enum Backend {
 impl Backend {
     async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         match self {
-            Backend::Local(s) => Ok(s.stats()),
+            Backend::Local(s) => s.stats_now(),
             Backend::Admin(a) => a.call("GET", "/admin/spool", &[]).await,
         }
     }

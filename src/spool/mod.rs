@@ -31,15 +31,20 @@
 //! latest [`FLUSH_EVERY`] later.
 
 pub mod admin;
+mod backend;
 pub mod cli;
 mod delivery;
+pub mod redis;
 mod store;
 mod writer;
+
+pub use self::backend::Spool;
+pub use self::redis::{Durability, RedisConfig, Unreachable};
 
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,11 +82,26 @@ pub enum FullPolicy {
     DropOldest,
 }
 
+/// Where the spool keeps its events (`spool.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A local redb file in `spool.dir`: one process, no other service needed.
+    #[default]
+    Redb,
+    /// Redis Streams at `spool.redis.url`, shared by every replica of the gateway.
+    Redis,
+}
+
 /// Configuration of the durable spool (`spool:` in the gateway's config).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct SpoolConfig {
-    /// Directory holding the spool file `spool.redb`; created when missing.
+    /// `redb` (a local file, the default) or `redis` (shared by replicas).
+    pub backend: BackendKind,
+    /// The Redis backend's settings (`spool.redis`), used with `backend: redis`.
+    pub redis: RedisConfig,
+    /// Directory holding the spool file `spool.redb` (redb backend); created when missing.
     pub dir: PathBuf,
     /// The spool is full when this many events are pending (not counting dead letters).
     pub max_events: u64,
@@ -110,6 +130,8 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
+            backend: BackendKind::Redb,
+            redis: RedisConfig::default(),
             dir: PathBuf::from("data/spool"),
             max_events: 1_000_000,
             max_bytes: 1 << 30,
@@ -157,6 +179,9 @@ impl SpoolConfig {
         }
         if self.backoff_max < self.backoff_initial {
             return bad("backoff_max", "must not be shorter than backoff_initial");
+        }
+        if self.backend == BackendKind::Redis {
+            self.redis.validate()?;
         }
         Ok(())
     }
@@ -317,6 +342,12 @@ pub enum AppendError {
     /// The write transaction failed (disk full, I/O error).
     #[error("writing to the spool failed, the event was not stored: {0}")]
     Storage(String),
+    /// The backend cannot take the event now (Redis unreachable or too slow) and its policy
+    /// (`spool.redis.when_unreachable: sync`) asks the caller to deliver it synchronously
+    /// instead, so that it is not lost. The event may still have reached Redis (a write that
+    /// timed out), in which case it is delivered a second time, with its own delivery id.
+    #[error("the spool backend is unavailable ({0}); deliver the event synchronously")]
+    Unavailable(String),
 }
 
 /// Errors of opening the spool and of the operator commands; each says what to do.
@@ -403,9 +434,9 @@ pub enum SpoolError {
     Output(#[from] std::io::Error),
 }
 
-/// The live spool: cheap to clone, shared by the HTTP path, the workers and the admin API.
+/// The redb backend: the live spool file, cheap to clone. [`Spool`] dispatches to it.
 #[derive(Clone)]
-pub struct Spool {
+pub(crate) struct RedbSpool {
     inner: Arc<SpoolCore>,
 }
 
@@ -454,13 +485,13 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl Spool {
+impl RedbSpool {
     /// Opens (or creates) the spool in `settings.dir` and starts its writer thread. Every event
     /// pending in the file is queued for delivery, which begins with [`Spool::start`].
     ///
     /// Fails with a clear [`SpoolError`] when the directory cannot be created, the file cannot be
     /// read, is not a spool or is corrupted, or is already open. Needs no tokio runtime.
-    pub fn open(settings: &SpoolConfig) -> Result<Spool, SpoolError> {
+    pub(crate) fn open(settings: &SpoolConfig) -> Result<RedbSpool, SpoolError> {
         settings
             .validate()
             .map_err(|e| SpoolError::Config(e.to_string()))?;
@@ -504,7 +535,7 @@ impl Spool {
             "spool opened"
         );
         writer::publish_gauges(&shared);
-        Ok(Spool {
+        Ok(RedbSpool {
             inner: Arc::new(SpoolCore {
                 sem: Arc::new(Semaphore::new(settings.workers)),
                 settings: settings.clone(),
@@ -518,15 +549,10 @@ impl Spool {
         })
     }
 
-    /// Path of the spool file.
-    pub fn path(&self) -> &Path {
-        &self.inner.shared.path
-    }
-
     /// Stores an after-event. Returns once it is durable (its group commit is synced to disk),
     /// so the caller may acknowledge it to OpenIM. Under `when_full: reject` a full spool answers
     /// [`AppendError::Full`] at once, without waiting for the disk.
-    pub async fn append(&self, ev: NewEvent) -> Result<StoredEventRef, AppendError> {
+    pub(crate) async fn append(&self, ev: NewEvent) -> Result<StoredEventRef, AppendError> {
         let s = &self.inner.settings;
         if s.when_full == FullPolicy::Reject {
             // Fast path so that a full spool never makes OpenIM wait; the writer checks again.
@@ -550,7 +576,7 @@ impl Spool {
     /// Starts delivery: a dispatcher task that runs attempts on at most `workers` tasks. Every
     /// event pending when the spool was opened is already queued (restart safety). Call once,
     /// inside a tokio runtime; the task ends on [`Spool::shutdown`] or when the spool is dropped.
-    pub fn start(&self, deliverer: Arc<dyn Deliver>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn start(&self, deliverer: Arc<dyn Deliver>) -> tokio::task::JoinHandle<()> {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             tracing::warn!("spool delivery already started; ignoring the second start");
             return tokio::spawn(async {});
@@ -567,7 +593,7 @@ impl Spool {
     /// Stops taking work: no new attempts start, attempts already running get up to
     /// [`SHUTDOWN_GRACE`] to finish, then everything is synced to disk and the writer stops
     /// (later appends fail with [`AppendError::Closed`]; reads keep working).
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let workers = u32::try_from(self.inner.settings.workers).unwrap_or(u32::MAX);
         match tokio::time::timeout(SHUTDOWN_GRACE, self.inner.sem.acquire_many(workers)).await {
@@ -592,7 +618,7 @@ impl Spool {
     }
 
     /// Current counters.
-    pub fn stats(&self) -> SpoolStats {
+    pub(crate) fn stats(&self) -> SpoolStats {
         let s = &self.inner.shared;
         SpoolStats {
             pending: s.pending.load(Ordering::Relaxed),
@@ -605,12 +631,12 @@ impl Spool {
 
     /// The first `limit` pending events or dead letters, oldest first. A record that does not
     /// decode is listed with the command `<undecodable>` and the decode error as `last_error`.
-    pub fn list(&self, which: Which, limit: usize) -> Result<Vec<StoredEvent>, SpoolError> {
+    pub(crate) fn list(&self, which: Which, limit: usize) -> Result<Vec<StoredEvent>, SpoolError> {
         store::list(&self.inner.db, which, limit).map_err(|e| self.storage(e))
     }
 
     /// Counts pending events or dead letters, of one command if given.
-    pub fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
+    pub(crate) fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
         match command {
             None => Ok(match which {
                 Which::Pending => self.inner.shared.pending.load(Ordering::Relaxed),
@@ -620,22 +646,9 @@ impl Spool {
         }
     }
 
-    /// Moves dead letters (of one command if given) back to pending with their attempts reset;
-    /// running workers pick them up, keeping their ids and delivery ids. Returns how many.
-    /// Blocking: call it from a blocking context (the admin API uses `spawn_blocking`).
-    pub fn replay_dead(&self, command: Option<&str>) -> Result<u64, SpoolError> {
-        self.all_chunks(|after| self.replay_dead_chunk(command, after, CHUNK))
-    }
-
-    /// Deletes pending events or dead letters (of one command if given). Returns how many.
-    /// Pending events being delivered at the moment may still be delivered once. Blocking.
-    pub fn purge(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
-        self.all_chunks(|after| self.purge_chunk(which, command, after, CHUNK))
-    }
-
     /// One step of [`Spool::replay_dead`]: replays at most `max` dead letters with an id above
     /// `after`, in one transaction. Operator tools loop on it to show progress.
-    pub fn replay_dead_chunk(
+    pub(crate) fn replay_dead_chunk(
         &self,
         command: Option<&str>,
         after: Option<u64>,
@@ -651,7 +664,7 @@ impl Spool {
     }
 
     /// One step of [`Spool::purge`]: deletes at most `max` events with an id above `after`.
-    pub fn purge_chunk(
+    pub(crate) fn purge_chunk(
         &self,
         which: Which,
         command: Option<&str>,
@@ -665,23 +678,6 @@ impl Spool {
             after,
             max: max.max(1),
         })
-    }
-
-    fn all_chunks(
-        &self,
-        mut step: impl FnMut(Option<u64>) -> Result<Progress, SpoolError>,
-    ) -> Result<u64, SpoolError> {
-        let mut total = 0;
-        let mut after = None;
-        // Each step advances `after` past at least one id, so this ends.
-        loop {
-            let chunk = step(after)?;
-            total += chunk.count;
-            match chunk.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(total),
-            }
-        }
     }
 
     fn call_chunk(&self, op: ChunkOp) -> Result<Progress, SpoolError> {
@@ -702,4 +698,4 @@ impl Spool {
 }
 
 /// Events per transaction of a replay or purge.
-const CHUNK: usize = 10_000;
+pub(crate) const CHUNK: usize = 10_000;

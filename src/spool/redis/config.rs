@@ -1,0 +1,197 @@
+//! `spool.redis`: the settings of the Redis Streams backend.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spool::SpoolConfigError;
+
+/// What an append waits for after Redis took the write (`spool.redis.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The primary's answer to the write: the event is in its memory (and in its AOF buffer).
+    /// Lost if the primary crashes before its next AOF fsync (`appendfsync everysec`: up to
+    /// about 1 s of events), or on a failover to a replica that had not received it yet.
+    #[default]
+    Ack,
+    /// Also `WAIT replicas wait_timeout`: at least `replicas` replicas have the write in
+    /// memory. Survives the primary's crash and a failover to one of them; lost only if the
+    /// primary and those replicas all die before any of them fsynced.
+    Replicas,
+    /// Also `WAITAOF 1 0 wait_timeout` (Redis 7.2 or later): the primary fsynced its AOF. Survives
+    /// a crash or restart of the primary; a failover to a replica that had not received the write
+    /// still loses it (combine with `appendfsync always` replicas, or use `replicas`).
+    Fsync,
+}
+
+/// What an after-event gets when Redis cannot take it (`spool.redis.when_unreachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unreachable {
+    /// Delivered synchronously, as if the command had `delivery: sync`, so that nothing is
+    /// silently lost: OpenIM waits for the upstream, a failure follows the command's policy.
+    #[default]
+    Sync,
+    /// Refused like a full spool: the gateway answers OpenIM with the command's `reject_code`
+    /// and logs the operation id (OpenIM does not retry after callbacks: the event is lost).
+    Reject,
+}
+
+/// Settings of the Redis backend (`spool.redis:`), used with `spool.backend: redis`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS, rustls; the system's
+    /// roots, or only `ca_file`). A password in the URL works (`check-config` shows it as
+    /// `<redacted>`), `password_file` is better.
+    #[serde(serialize_with = "redacted_url")]
+    pub url: String,
+    /// File holding the password (trailing newline ignored), e.g. a mounted Kubernetes Secret;
+    /// overrides one in the URL.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for `rediss://` instead of the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key: `{<key_prefix>}:…` (one hash slot). Gateways sharing a prefix share
+    /// one spool; give each gateway deployment its own.
+    pub key_prefix: String,
+    /// The consumer group every replica reads from.
+    pub group: String,
+    /// This replica's consumer name; empty: `<hostname>-<pid>` (the pod name in Kubernetes).
+    pub consumer: String,
+    /// An event in delivery by a consumer that made no progress this long (it died) is taken
+    /// over by another replica (`XAUTOCLAIM` minimum idle time).
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
+    /// What an append waits for: `ack`, `replicas` or `fsync`.
+    pub durability: Durability,
+    /// With `durability: replicas`: how many replicas must have the write.
+    pub replicas: u32,
+    /// Longest wait of `WAIT` / `WAITAOF`; past it the append counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// Longest wait for Redis on the callback path (connect, write); past it the event gets
+    /// the `when_unreachable` policy.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `sync` (deliver synchronously) or `reject`.
+    pub when_unreachable: Unreachable,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            password_file: None,
+            ca_file: None,
+            key_prefix: "openim-gw".to_owned(),
+            group: "openim-callback-gateway".to_owned(),
+            consumer: String::new(),
+            claim_idle: Duration::from_secs(30),
+            durability: Durability::Ack,
+            replicas: 1,
+            wait_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            when_unreachable: Unreachable::Sync,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks the values; the key in an error is relative to `spool.`.
+    pub fn validate(&self) -> Result<(), SpoolConfigError> {
+        let bad = |key: &'static str, problem: &'static str| Err(SpoolConfigError { key, problem });
+        match redis::Client::open(self.url.as_str()) {
+            Ok(_) => {}
+            Err(_) => {
+                return bad(
+                    "redis.url",
+                    "is not a Redis URL (expected redis://host:port or rediss://host:port)",
+                );
+            }
+        }
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
+            return bad("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.ca_file.is_some() && !self.url.starts_with("rediss://") {
+            return bad("redis.ca_file", "is only used with a rediss:// url");
+        }
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, '{' | '}'))
+        };
+        if !plain(&self.key_prefix) {
+            return bad(
+                "redis.key_prefix",
+                "must be non-empty printable ASCII without spaces or braces",
+            );
+        }
+        if !plain(&self.group) {
+            return bad(
+                "redis.group",
+                "must be non-empty printable ASCII without spaces or braces",
+            );
+        }
+        if !self.consumer.is_empty() && !plain(&self.consumer) {
+            return bad(
+                "redis.consumer",
+                "must be printable ASCII without spaces or braces (or empty for <hostname>-<pid>)",
+            );
+        }
+        if self.claim_idle < Duration::from_millis(100) {
+            return bad("redis.claim_idle", "must be at least 100ms");
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return bad("redis.timeout", "must be at least 10ms");
+        }
+        if self.wait_timeout < Duration::from_millis(1) {
+            return bad("redis.wait_timeout", "must be at least 1ms");
+        }
+        if self.durability != Durability::Ack && self.timeout <= self.wait_timeout {
+            return bad(
+                "redis.timeout",
+                "must be longer than redis.wait_timeout with durability replicas or fsync",
+            );
+        }
+        if self.durability == Durability::Replicas && self.replicas == 0 {
+            return bad(
+                "redis.replicas",
+                "must be at least 1 with durability: replicas",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The URL with the password of its user part replaced: what `check-config` prints.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let redacted = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            let password = if authority.contains(':') && authority.find(':') < authority.rfind('@')
+            {
+                ":<redacted>"
+            } else {
+                ""
+            };
+            format!("{user}{password}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(p) => format!("{scheme}://{redacted}/{p}"),
+        None => format!("{scheme}://{redacted}"),
+    }
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact(url))
+}

@@ -1,0 +1,761 @@
+//! The Redis backend against a real `redis-server` (started per test on a free loopback port,
+//! AOF on): every semantic of issue #11 item 2 except the multi-process proof
+//! (`tests/spool_redis.rs`).
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+
+use self::redis_server::RedisServer;
+use crate::spool::{
+    AppendError, BackendKind, Deliver, DeliveryResult, Durability, FullPolicy, NewEvent,
+    RedisConfig, Spool, SpoolConfig, StoredEvent, Unreachable, Which,
+};
+
+fn settings(url: &str, prefix: &str, consumer: &str) -> SpoolConfig {
+    SpoolConfig {
+        backend: BackendKind::Redis,
+        redis: RedisConfig {
+            url: url.to_owned(),
+            key_prefix: prefix.to_owned(),
+            consumer: consumer.to_owned(),
+            claim_idle: Duration::from_millis(300),
+            ..RedisConfig::default()
+        },
+        workers: 8,
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(20),
+        ..SpoolConfig::default()
+    }
+}
+
+fn event(command: &str, n: u32, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        command: command.to_owned(),
+        order_key: key.map(str::to_owned),
+        operation_id: format!("op-{n}"),
+        openim_key: None,
+        payload: n.to_be_bytes().to_vec(),
+        trace: None,
+    }
+}
+
+fn n_of(ev: &StoredEvent) -> u32 {
+    u32::from_be_bytes(ev.event.payload.as_slice().try_into().unwrap())
+}
+
+/// One delivery attempt as the fake upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    n: u32,
+    delivery_id: String,
+    attempt: u32,
+    key: Option<String>,
+    replica: &'static str,
+    result: &'static str,
+}
+
+type Script = dyn Fn(u32, u32) -> DeliveryResult + Send + Sync;
+
+/// A deliverer that records every attempt and answers per `script(n, attempt)`, after an
+/// optional pause; it also checks that no two attempts of one ordering key overlap.
+struct Fake {
+    replica: &'static str,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    busy_keys: Arc<Mutex<HashSet<String>>>,
+    overlaps: Arc<Mutex<Vec<String>>>,
+    pause: Duration,
+    script: Box<Script>,
+    hang_on: Option<(u32, u32)>,
+}
+
+impl Fake {
+    fn new(replica: &'static str, seen: &Arc<Mutex<Vec<Seen>>>, script: Box<Script>) -> Fake {
+        Fake {
+            replica,
+            seen: seen.clone(),
+            busy_keys: Arc::new(Mutex::new(HashSet::new())),
+            overlaps: Arc::new(Mutex::new(Vec::new())),
+            pause: Duration::ZERO,
+            script,
+            hang_on: None,
+        }
+    }
+}
+
+impl Deliver for Fake {
+    fn deadline(&self, _ev: &StoredEvent) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn deliver<'a>(&'a self, ev: &'a StoredEvent, attempt: u32) -> BoxFuture<'a, DeliveryResult> {
+        Box::pin(async move {
+            let n = n_of(ev);
+            let key = ev.event.order_key.clone();
+            if let Some(k) = &key
+                && !self.busy_keys.lock().unwrap().insert(k.clone())
+            {
+                self.overlaps.lock().unwrap().push(k.clone());
+            }
+            if self.hang_on == Some((n, attempt)) {
+                self.seen.lock().unwrap().push(Seen {
+                    n,
+                    delivery_id: ev.delivery_id.clone(),
+                    attempt,
+                    key: key.clone(),
+                    replica: self.replica,
+                    result: "hang",
+                });
+                std::future::pending::<()>().await;
+            }
+            if !self.pause.is_zero() {
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(
+                    0..=u64::try_from(self.pause.as_micros()).unwrap(),
+                )))
+                .await;
+            }
+            let result = (self.script)(n, attempt);
+            self.seen.lock().unwrap().push(Seen {
+                n,
+                delivery_id: ev.delivery_id.clone(),
+                attempt,
+                key: key.clone(),
+                replica: self.replica,
+                result: match result {
+                    DeliveryResult::Delivered => "delivered",
+                    DeliveryResult::Retry(_) => "retry",
+                    DeliveryResult::Permanent(_) => "permanent",
+                    DeliveryResult::Deferred(..) => "deferred",
+                },
+            });
+            if let Some(k) = &key {
+                self.busy_keys.lock().unwrap().remove(k);
+            }
+            result
+        })
+    }
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn delivered(seen: &Arc<Mutex<Vec<Seen>>>) -> Vec<Seen> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.result == "delivered")
+        .cloned()
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_in_redis_when_acknowledged_and_two_spools_deliver_each_once() {
+    let redis = RedisServer::start();
+    let a = Spool::open(&settings(&redis.url(), "t1", "a")).unwrap();
+    assert_eq!(a.backend(), BackendKind::Redis);
+    assert_eq!(a.health(), Ok(()));
+    let mut ids = HashSet::new();
+    for n in 0..200 {
+        let r = a.append(event("cmd", n, None)).await.unwrap();
+        assert!(ids.insert(r.delivery_id.clone()), "delivery ids are unique");
+        // Acknowledged = in Redis: the record and its token are there now.
+        if n == 0 {
+            assert_eq!(redis.int(&["HLEN", "{t1}:ev"]), 1);
+            assert_eq!(redis.int(&["XLEN", "{t1}:q"]), 1);
+        }
+    }
+    assert_eq!(redis.int(&["ZCARD", "{t1}:idx"]), 200);
+    let b = Spool::open(&settings(&redis.url(), "t1", "b")).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let ok = || -> Box<Script> { Box::new(|_, _| DeliveryResult::Delivered) };
+    let mut fa = Fake::new("a", &seen, ok());
+    fa.pause = Duration::from_millis(3);
+    let mut fb = Fake::new("b", &seen, ok());
+    fb.pause = Duration::from_millis(3);
+    a.start(Arc::new(fa));
+    b.start(Arc::new(fb));
+    wait_for("200 deliveries", Duration::from_secs(30), || {
+        delivered(&seen).len() >= 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = delivered(&seen);
+    assert_eq!(got.len(), 200, "each event delivered exactly once");
+    let by_replica = |r: &str| got.iter().filter(|s| s.replica == r).count();
+    assert!(
+        by_replica("a") > 0 && by_replica("b") > 0,
+        "both replicas consume from the group"
+    );
+    let got_ids: HashSet<_> = got.iter().map(|s| s.delivery_id.clone()).collect();
+    assert_eq!(
+        got_ids, ids,
+        "every delivery carries its event's delivery id"
+    );
+    wait_for("nothing pending", Duration::from_secs(5), || {
+        redis.int(&["ZCARD", "{t1}:idx"]) == 0
+    })
+    .await;
+    assert_eq!(redis.int(&["XLEN", "{t1}:q"]), 0, "tokens are deleted");
+    assert_eq!(redis.int(&["HLEN", "{t1}:ev"]), 0);
+    a.shutdown().await;
+    b.shutdown().await;
+    assert!(matches!(
+        a.append(event("cmd", 1, None)).await,
+        Err(AppendError::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_event_is_reclaimed_with_its_attempts_and_delivery_id() {
+    let redis = RedisServer::start();
+    let a = Spool::open(&settings(&redis.url(), "t2", "a")).unwrap();
+    let r = a.append(event("cmd", 7, None)).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Replica a: attempt 1 fails, attempt 2 hangs (the replica "dies" during it).
+    let mut fa = Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Retry("unavailable".into())),
+    );
+    fa.hang_on = Some((7, 2));
+    let task = a.start(Arc::new(fa));
+    wait_for("the hanging attempt", Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|s| s.result == "hang")
+    })
+    .await;
+    // kill -9 of replica a, as far as Redis can tell: its loops (and heartbeat) stop.
+    task.abort();
+    let b = Spool::open(&settings(&redis.url(), "t2", "b")).unwrap();
+    b.start(Arc::new(Fake::new(
+        "b",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    wait_for("the reclaimed delivery", Duration::from_secs(10), || {
+        !delivered(&seen).is_empty()
+    })
+    .await;
+    let got = delivered(&seen);
+    assert_eq!(got[0].replica, "b");
+    // a holds nothing now: the cleanup forgets it (a consumer with a token is never forgotten;
+    // one forgotten while alive is made again by its next read, as b's next delivery shows).
+    let cleaner = super::RedisSpool::open(&settings(&redis.url(), "t2", "cleaner")).unwrap();
+    let forgotten = super::worker::forget_consumers(&cleaner.core, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(forgotten >= 1, "the stopped consumer a is forgotten");
+    b.append(event("cmd", 8, None)).await.unwrap();
+    wait_for(
+        "b delivers after the cleanup",
+        Duration::from_secs(10),
+        || delivered(&seen).iter().any(|s| s.n == 8),
+    )
+    .await;
+    assert_eq!(got[0].delivery_id, r.delivery_id, "delivery id unchanged");
+    assert_eq!(
+        got[0].attempt, 2,
+        "the attempt count (1 failure recorded) is unchanged: the hanging attempt 2 is repeated"
+    );
+    wait_for("nothing pending", Duration::from_secs(5), || {
+        redis.int(&["ZCARD", "{t2}:idx"]) == 0
+    })
+    .await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_in_the_due_set_then_dead_letters_replay_with_the_same_id() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.url(), "t3", "a");
+    s.max_attempts = 3;
+    s.backoff_initial = Duration::from_millis(100);
+    s.backoff_max = Duration::from_millis(100);
+    let spool = Spool::open(&s).unwrap();
+    let failing = spool.append(event("flaky", 1, None)).await.unwrap();
+    let permanent = spool.append(event("bad", 2, None)).await.unwrap();
+    let deferred = spool.append(event("deferred", 3, None)).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let replaying = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r2 = replaying.clone();
+    let deferrals = std::sync::atomic::AtomicU32::new(0);
+    spool.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(move |n, attempt| match n {
+            _ if r2.load(std::sync::atomic::Ordering::SeqCst) => DeliveryResult::Delivered,
+            1 => DeliveryResult::Retry(format!("down on attempt {attempt}")),
+            2 => DeliveryResult::Permanent("INVALID_ARGUMENT".into()),
+            _ if deferrals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 => {
+                DeliveryResult::Deferred(Duration::from_millis(50), "breaker open".into())
+            }
+            _ => DeliveryResult::Delivered,
+        }),
+    )));
+    wait_for("two dead letters", Duration::from_secs(15), || {
+        redis.int(&["XLEN", "{t3}:dead"]) == 2
+    })
+    .await;
+    let log = seen.lock().unwrap().clone();
+    let flaky: Vec<_> = log.iter().filter(|s| s.n == 1).collect();
+    assert_eq!(
+        flaky.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "max_attempts 3"
+    );
+    assert_eq!(
+        log.iter().filter(|s| s.n == 2).count(),
+        1,
+        "permanent: once"
+    );
+    // Deferred twice, then delivered, with attempt 1 each time: a deferral uses no attempt.
+    wait_for(
+        "the deferred one delivered",
+        Duration::from_secs(10),
+        || delivered(&seen).iter().any(|s| s.n == 3),
+    )
+    .await;
+    let log = seen.lock().unwrap().clone();
+    let def: Vec<_> = log.iter().filter(|s| s.n == 3).collect();
+    assert_eq!(def.len(), 3, "{def:?}");
+    assert!(def.iter().all(|s| s.attempt == 1), "{def:?}");
+    assert_eq!(def.last().unwrap().result, "delivered");
+
+    let sp = spool.clone();
+    let dead = blocking(move || sp.list(Which::Dead, 10).unwrap()).await;
+    assert_eq!(dead.len(), 2);
+    let f = dead.iter().find(|e| e.event.command == "flaky").unwrap();
+    assert_eq!(f.delivery_id, failing.delivery_id);
+    assert_eq!(f.attempts, 3);
+    assert!(
+        f.last_error.as_deref().unwrap().contains("gave up after 3"),
+        "{f:?}"
+    );
+    let p = dead.iter().find(|e| e.event.command == "bad").unwrap();
+    assert_eq!(p.delivery_id, permanent.delivery_id);
+    assert!(p.last_error.as_deref().unwrap().contains("permanent"));
+    let _ = deferred;
+    let sp = spool.clone();
+    assert_eq!(
+        blocking(move || sp.count(Which::Dead, Some("flaky")).unwrap()).await,
+        1
+    );
+
+    // Replay the flaky one: delivered with its original delivery id, attempts reset.
+    replaying.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sp = spool.clone();
+    assert_eq!(
+        blocking(move || sp.replay_dead(Some("flaky")).unwrap()).await,
+        1
+    );
+    wait_for("the replayed delivery", Duration::from_secs(10), || {
+        delivered(&seen).iter().any(|s| s.n == 1)
+    })
+    .await;
+    let again = delivered(&seen).into_iter().find(|s| s.n == 1).unwrap();
+    assert_eq!(again.delivery_id, failing.delivery_id);
+    assert_eq!(again.attempt, 1, "a replay resets the attempts");
+    // Purge the other dead letter.
+    let sp = spool.clone();
+    assert_eq!(
+        blocking(move || sp.purge(Which::Dead, None).unwrap()).await,
+        1
+    );
+    assert_eq!(redis.int(&["XLEN", "{t3}:dead"]), 0);
+    wait_for("bytes back to 0", Duration::from_secs(5), || {
+        redis.command(&["GET", "{t3}:bytes"]).unwrap() == "0"
+    })
+    .await;
+    spool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_events_keep_their_order_across_two_spools() {
+    let redis = RedisServer::start();
+    let a = Spool::open(&settings(&redis.url(), "t4", "a")).unwrap();
+    let b = Spool::open(&settings(&redis.url(), "t4", "b")).unwrap();
+    const KEYS: u32 = 8;
+    const EVENTS: u32 = 240;
+    for n in 0..EVENTS {
+        let key = format!("group:{}", n % KEYS);
+        let spool = if n % 2 == 0 { &a } else { &b };
+        spool.append(event("cmd", n, Some(&key))).await.unwrap();
+    }
+    // Unordered ones beside them.
+    for n in EVENTS..EVENTS + 40 {
+        a.append(event("cmd", n, None)).await.unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // Every 5th event fails its first attempt: its key must wait for it.
+    let script = || -> Box<Script> {
+        Box::new(|n, attempt| {
+            if n % 5 == 0 && attempt == 1 {
+                DeliveryResult::Retry("flaky".into())
+            } else {
+                DeliveryResult::Delivered
+            }
+        })
+    };
+    let mut fa = Fake::new("a", &seen, script());
+    fa.pause = Duration::from_millis(2);
+    let mut fb = Fake::new("b", &seen, script());
+    fb.pause = Duration::from_millis(2);
+    // One set of busy keys for both replicas: an overlap across replicas is caught too.
+    fb.busy_keys = fa.busy_keys.clone();
+    fb.overlaps = fa.overlaps.clone();
+    let overlaps = fa.overlaps.clone();
+    a.start(Arc::new(fa));
+    b.start(Arc::new(fb));
+    wait_for("every event delivered", Duration::from_secs(60), || {
+        delivered(&seen).len() >= (EVENTS + 40) as usize
+    })
+    .await;
+    let got = delivered(&seen);
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for s in &got {
+        if let Some(k) = &s.key {
+            per_key.entry(k.clone()).or_default().push(s.n);
+        }
+    }
+    assert_eq!(per_key.len(), KEYS as usize);
+    for (k, ns) in &per_key {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, &sorted, "key {k} delivered in append order");
+    }
+    assert!(
+        overlaps.lock().unwrap().is_empty(),
+        "two attempts of one key overlapped: {:?}",
+        overlaps.lock().unwrap()
+    );
+    let replicas: HashSet<_> = got.iter().map(|s| s.replica).collect();
+    assert_eq!(replicas.len(), 2, "both replicas delivered");
+    wait_for("no key state left", Duration::from_secs(5), || {
+        redis.int(&["HLEN", "{t4}:tok"]) == 0 && redis.int(&["ZCARD", "{t4}:idx"]) == 0
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_rejects_or_drops_the_oldest() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.url(), "t5", "a");
+    s.max_events = 3;
+    let spool = Spool::open(&s).unwrap();
+    for n in 0..3 {
+        spool.append(event("cmd", n, Some("k"))).await.unwrap();
+    }
+    match spool.append(event("cmd", 3, None)).await {
+        Err(AppendError::Full { pending: 3, .. }) => {}
+        other => panic!("expected Full, got {other:?}"),
+    }
+    drop(spool);
+    s.when_full = FullPolicy::DropOldest;
+    let spool = Spool::open(&s).unwrap();
+    spool.append(event("cmd", 4, None)).await.unwrap();
+    let sp = spool.clone();
+    let left: Vec<u32> = blocking(move || sp.list(Which::Pending, 10).unwrap())
+        .await
+        .iter()
+        .map(n_of)
+        .collect();
+    assert_eq!(left, vec![1, 2, 4], "the oldest (0) was dropped");
+    // The key's token survives the drop of its head: 1 and 2 still arrive, in order.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    spool.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    wait_for("three deliveries", Duration::from_secs(10), || {
+        delivered(&seen).len() >= 3
+    })
+    .await;
+    let keyed: Vec<u32> = delivered(&seen)
+        .iter()
+        .filter(|s| s.key.is_some())
+        .map(|s| s.n)
+        .collect();
+    assert_eq!(keyed, vec![1, 2]);
+    spool.shutdown().await;
+
+    // max_bytes: a budget of about two records.
+    let mut s = settings(&redis.url(), "t5b", "a");
+    s.max_bytes = 40;
+    let spool = Spool::open(&s).unwrap();
+    let mut stored = 0;
+    for n in 0..10 {
+        match spool.append(event("cmd", n, None)).await {
+            Ok(_) => stored += 1,
+            Err(AppendError::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        (1..10).contains(&stored),
+        "max_bytes stops appends: {stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_follows_the_policy_and_recovers() {
+    let mut redis = RedisServer::not_started();
+    let mut s = settings(&redis.url(), "t6", "a");
+    s.redis.timeout = Duration::from_millis(300);
+    let spool = Spool::open(&s).unwrap();
+    assert!(spool.health().is_err(), "reported unhealthy");
+    match spool.append(event("cmd", 1, None)).await {
+        Err(AppendError::Unavailable(_)) => {}
+        other => panic!("sync policy: expected Unavailable, got {other:?}"),
+    }
+    let mut r = s.clone();
+    r.redis.when_unreachable = Unreachable::Reject;
+    let rejecting = Spool::open(&r).unwrap();
+    match rejecting.append(event("cmd", 1, None)).await {
+        Err(AppendError::Storage(_)) => {}
+        other => panic!("reject policy: expected Storage, got {other:?}"),
+    }
+    let sp = spool.clone();
+    assert!(blocking(move || sp.check()).await.is_err());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    spool.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    // Redis comes up: the health check sees it, appends are stored and delivered.
+    redis.restart();
+    wait_for("healthy again", Duration::from_secs(15), || {
+        spool.health().is_ok()
+    })
+    .await;
+    spool.append(event("cmd", 2, None)).await.unwrap();
+    wait_for("delivered", Duration::from_secs(10), || {
+        !delivered(&seen).is_empty()
+    })
+    .await;
+    // Redis goes away again while running: unhealthy, appends follow the policy.
+    redis.kill();
+    wait_for("unhealthy", Duration::from_secs(15), || {
+        spool.health().is_err()
+    })
+    .await;
+    assert!(matches!(
+        spool.append(event("cmd", 3, None)).await,
+        Err(AppendError::Unavailable(_))
+    ));
+    spool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
+    let primary = RedisServer::start();
+    let mut s = settings(&primary.url(), "t7", "a");
+    s.redis.durability = Durability::Replicas;
+    s.redis.wait_timeout = Duration::from_millis(200);
+    s.redis.timeout = Duration::from_secs(2);
+    let spool = Spool::open(&s).unwrap();
+    match spool.append(event("cmd", 1, None)).await {
+        Err(AppendError::Unavailable(why)) => assert!(why.contains("replicas"), "{why}"),
+        other => panic!("no replica: expected Unavailable, got {other:?}"),
+    }
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    wait_for("the replica is in sync", Duration::from_secs(20), || {
+        replica
+            .command(&["INFO", "replication"])
+            .unwrap()
+            .contains("master_link_status:up")
+    })
+    .await;
+    spool.append(event("cmd", 2, None)).await.unwrap();
+    assert_eq!(replica.int(&["ZCARD", "{t7}:idx"]), 2, "the replica has it");
+
+    let mut f = settings(&primary.url(), "t7f", "a");
+    f.redis.durability = Durability::Fsync;
+    f.redis.timeout = Duration::from_secs(2);
+    if primary.version() < (7, 2) {
+        let err = Spool::open(&f).err().expect("fsync refused on Redis < 7.2");
+        assert!(err.to_string().contains("WAITAOF"), "{err}");
+    } else {
+        Spool::open(&f)
+            .unwrap()
+            .append(event("cmd", 1, None))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_list_count_purge_by_command_and_survive_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let spool = Spool::open(&settings(&redis.url(), "t8", "a")).unwrap();
+    for n in 0..30 {
+        let cmd = if n % 3 == 0 { "three" } else { "other" };
+        let key = (n % 2 == 0).then_some("k");
+        spool.append(event(cmd, n, key)).await.unwrap();
+    }
+    // kill -9 of Redis with everything pending: AOF (appendfsync always) keeps it all.
+    redis.kill();
+    redis.restart();
+    let sp = spool.clone();
+    let (list, three, all) = blocking(move || {
+        (
+            sp.list(Which::Pending, 100).unwrap(),
+            sp.count(Which::Pending, Some("three")).unwrap(),
+            sp.count(Which::Pending, None).unwrap(),
+        )
+    })
+    .await;
+    assert_eq!(
+        list.iter().map(n_of).collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>(),
+        "oldest first, nothing lost"
+    );
+    assert_eq!((three, all), (10, 30));
+    let sp = spool.clone();
+    let chunk = blocking(move || {
+        sp.purge_chunk(Which::Pending, Some("three"), None, 4)
+            .unwrap()
+    })
+    .await;
+    assert_eq!(chunk.count, 4);
+    assert!(chunk.next_after.is_some());
+    let sp = spool.clone();
+    let rest = blocking(move || sp.purge(Which::Pending, Some("three")).unwrap()).await;
+    assert_eq!(rest, 6);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    spool.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    wait_for("20 deliveries", Duration::from_secs(10), || {
+        delivered(&seen).len() >= 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = delivered(&seen);
+    assert_eq!(got.len(), 20, "purged events are not delivered");
+    assert!(got.iter().all(|s| s.n % 3 != 0));
+    spool.shutdown().await;
+}
+
+#[test]
+fn settings_are_validated_with_their_key() {
+    let bad = |f: &dyn Fn(&mut SpoolConfig)| {
+        let mut s = settings("redis://127.0.0.1:1", "p", "");
+        f(&mut s);
+        s.validate().unwrap_err().key
+    };
+    assert_eq!(bad(&|s| s.redis.url = "http://x".into()), "redis.url");
+    assert_eq!(
+        bad(&|s| s.redis.key_prefix = "a b".into()),
+        "redis.key_prefix"
+    );
+    assert_eq!(bad(&|s| s.redis.group = String::new()), "redis.group");
+    assert_eq!(
+        bad(&|s| s.redis.claim_idle = Duration::from_millis(1)),
+        "redis.claim_idle"
+    );
+    assert_eq!(
+        bad(&|s| {
+            s.redis.durability = Durability::Replicas;
+            s.redis.replicas = 0;
+        }),
+        "redis.replicas"
+    );
+    assert_eq!(
+        bad(&|s| {
+            s.redis.durability = Durability::Fsync;
+            s.redis.wait_timeout = Duration::from_secs(5);
+        }),
+        "redis.timeout"
+    );
+    let yaml: SpoolConfig = serde_json::from_str(
+        r#"{"backend":"redis","redis":{"url":"rediss://r:6380","durability":"replicas","claim_idle":"2s","when_unreachable":"reject"}}"#,
+    )
+    .unwrap();
+    assert_eq!(yaml.backend, BackendKind::Redis);
+    assert_eq!(yaml.redis.claim_idle, Duration::from_secs(2));
+    assert_eq!(yaml.redis.when_unreachable, Unreachable::Reject);
+    assert!(serde_json::from_str::<SpoolConfig>(r#"{"redis":{"urll":"x"}}"#).is_err());
+    // check-config prints the settings: never a password in the URL.
+    let mut s = SpoolConfig::default();
+    s.redis.url = "rediss://gw:s3cret@redis:6380/2".into();
+    let shown = serde_json::to_string(&s).unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(
+        shown.contains("rediss://gw:<redacted>@redis:6380/2"),
+        "{shown}"
+    );
+    assert_eq!(
+        super::config::redact("redis://:pw@h:1"),
+        "redis://:<redacted>@h:1"
+    );
+    assert_eq!(super::config::redact("redis://h:1"), "redis://h:1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test redis CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = write("ca.pem", &ca_cert.pem());
+    let cert = write("cert.pem", &cert.pem());
+    let key = write("key.pem", &key.serialize_pem());
+    let password = write("password", "s3cret\n");
+    let redis = RedisServer::start_tls(&cert, &key, "s3cret");
+    let url = format!("rediss://localhost:{}", redis.port);
+    let mut s = settings(&url, "tls", "a");
+    s.redis.ca_file = Some(ca);
+    s.redis.password_file = Some(password);
+    let spool = Spool::open(&s).unwrap();
+    assert_eq!(spool.health(), Ok(()));
+    let stored = spool.append(event("cmd", 1, None)).await.unwrap();
+    let sp = spool.clone();
+    let listed = blocking(move || sp.list(Which::Pending, 10).unwrap()).await;
+    assert_eq!(listed[0].delivery_id, stored.delivery_id);
+    // Without the private CA (the system's roots) the server is not trusted.
+    let mut untrusted = s.clone();
+    untrusted.redis.ca_file = None;
+    untrusted.redis.timeout = Duration::from_millis(500);
+    let spool = Spool::open(&untrusted).unwrap();
+    assert!(spool.health().is_err());
+    // Without the password Redis refuses.
+    let mut anonymous = s.clone();
+    anonymous.redis.password_file = None;
+    let spool = Spool::open(&anonymous).unwrap();
+    let err = spool.health().unwrap_err();
+    assert!(err.to_lowercase().contains("auth"), "{err}");
+}

@@ -1,0 +1,640 @@
+//! Delivery from Redis: the reader (`XREADGROUP` on the consumer group), the reclaimer
+//! (`XAUTOCLAIM` of tokens idle for `claim_idle`), the retry poller (`P:due`), the heartbeat
+//! (`XCLAIM … JUSTID` of this replica's own tokens, so that a slow delivery is never taken for a
+//! dead one), the health check, and one attempt with the same rules as the redb spool.
+//!
+//! Nothing spins: the reader blocks in Redis (`BLOCK`), the poller sleeps until the next due
+//! retry (at most [`POLL_MAX`], since other replicas add retries too), the others tick.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use humantime::format_duration;
+use prost::Message;
+use redis::Value;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{Core, describe, scripts};
+use crate::spool::delivery::backoff;
+use crate::spool::store::Record;
+use crate::spool::{Deliver, DeliveryResult, now_ms};
+
+/// How long one `XREADGROUP` blocks in Redis.
+const BLOCK: Duration = Duration::from_secs(2);
+
+/// Longest sleep of the retry poller.
+const POLL_MAX: Duration = Duration::from_secs(1);
+
+/// Most tokens the retry poller moves per script run.
+const POLL_BATCH: u32 = 512;
+
+/// Pause after a failed Redis command of a background loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// The spool's guard on top of the deliverer's deadline (as the redb spool).
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
+/// One token taken from the stream.
+struct Token {
+    entry: String,
+    token: String,
+}
+
+/// Runs every delivery loop until the spool stops; aborting this task aborts them all.
+pub(crate) async fn run(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(read_loop(core.clone(), deliverer.clone()));
+    set.spawn(claim_loop(core.clone(), deliverer));
+    set.spawn(poll_loop(core.clone()));
+    set.spawn(heartbeat_loop(core.clone()));
+    set.spawn(health_loop(core.clone()));
+    while set.join_next().await.is_some() {}
+}
+
+/// Sleeps `d`, or returns `true` at once when the spool stops.
+async fn pause(core: &Core, d: Duration) -> bool {
+    let mut stop = core.stop.subscribe();
+    if *stop.borrow_and_update() {
+        return true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn stopped(core: &Core) -> bool {
+    *core.stop.borrow()
+}
+
+/// Takes the permits free now (at least one, waiting for it), at most `max`.
+async fn permits(core: &Core, max: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+    let mut stop = core.stop.subscribe();
+    let first = tokio::select! {
+        p = core.sem.clone().acquire_owned() => p.ok()?,
+        _ = stop.changed() => return None,
+    };
+    let mut out = vec![first];
+    while out.len() < max {
+        match core.sem.clone().try_acquire_owned() {
+            Ok(p) => out.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(out)
+}
+
+/// Entries of one stream in an `XREADGROUP` / `XAUTOCLAIM` answer: `[[id, [field, value…]]…]`.
+fn entries(v: &Value) -> Vec<Token> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let entry = text(pair.first()?)?;
+            let mut token = None;
+            if let Some(Value::Array(fields)) = pair.get(1) {
+                for kv in fields.chunks(2) {
+                    if let [k, v] = kv
+                        && text(k).as_deref() == Some("t")
+                    {
+                        token = text(v);
+                    }
+                }
+            }
+            // A token without its field (deleted meanwhile) is acknowledged as done.
+            Some(Token {
+                entry,
+                token: token.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+async fn read_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
+    let rc = &core.settings.redis;
+    let mut conn = None;
+    // First this consumer's own history (a restart with the same consumer name), then new tokens.
+    let mut from = "0".to_owned();
+    while !stopped(&core) {
+        let Some(mut slots) = permits(&core, 64).await else {
+            return;
+        };
+        if conn.is_none() {
+            match core.blocking_conn(BLOCK).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    metrics::counter!("gateway_spool_backend_errors_total", "op" => "read")
+                        .increment(1);
+                    core.set_health(Err(describe(&e)));
+                    drop(slots);
+                    if pause(&core, ERROR_PAUSE).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&rc.group)
+            .arg(&core.consumer)
+            .arg("COUNT")
+            .arg(slots.len());
+        if from == ">" {
+            cmd.arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(2000));
+        }
+        cmd.arg("STREAMS").arg(core.key("q")).arg(&from);
+        let answer: redis::RedisResult<Value> = cmd.query_async(c).await;
+        let reply = match answer {
+            Ok(v) => v,
+            Err(e) => {
+                metrics::counter!("gateway_spool_backend_errors_total", "op" => "read")
+                    .increment(1);
+                if e.code() == Some("NOGROUP") {
+                    // The stream was deleted (e.g. FLUSHALL): make the group again.
+                    let _ = core.recreate_group().await;
+                } else {
+                    core.set_health(Err(describe(&e)));
+                    conn = None;
+                }
+                drop(slots);
+                if pause(&core, ERROR_PAUSE).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        // [[stream, [[id, fields]…]]] or nil after BLOCK.
+        let got = match &reply {
+            Value::Array(streams) => streams
+                .first()
+                .and_then(|s| match s {
+                    Value::Array(kv) => kv.get(1).map(entries),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            Value::Map(m) => m.first().map(|(_, v)| entries(v)).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if from != ">" && got.is_empty() {
+            from = ">".to_owned();
+        }
+        if from != ">"
+            && let Some(last) = got.last()
+        {
+            from.clone_from(&last.entry);
+        }
+        for t in got {
+            let Some(slot) = slots.pop() else { break };
+            spawn_attempt(&core, &deliverer, t, slot);
+        }
+    }
+}
+
+/// A consumer idle this much longer than `claim_idle` (and at least [`FORGET_MIN`]) with no
+/// token is a stopped replica: it is removed from the group.
+const FORGET_FACTOR: u32 = 10;
+
+/// See [`FORGET_FACTOR`].
+const FORGET_MIN: Duration = Duration::from_secs(3600);
+
+/// Removes stopped consumers that hold nothing; returns how many.
+pub(crate) async fn forget_consumers(
+    core: &Core,
+    idle: Duration,
+) -> Result<u64, redis::RedisError> {
+    let mut conn = core.work().await?;
+    redis::Script::new(scripts::FORGET_CONSUMERS)
+        .arg(&core.prefix)
+        .arg(&core.settings.redis.group)
+        .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut conn)
+        .await
+}
+
+async fn claim_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
+    let rc = &core.settings.redis;
+    let every = (rc.claim_idle / 2).max(Duration::from_millis(50));
+    let forget_idle = (rc.claim_idle * FORGET_FACTOR).max(FORGET_MIN);
+    let mut cursor = "0-0".to_owned();
+    let mut rounds = 0u64;
+    loop {
+        if pause(&core, every).await {
+            return;
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(120) {
+            match forget_consumers(&core, forget_idle).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    n,
+                    "spool: removed stopped consumers without tokens from the group"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %describe(&e), "spool: cleaning up consumers failed")
+                }
+            }
+        }
+        // Claims only as many tokens as there are free workers: the rest stay for later. The
+        // semaphore is fair: waiting here gets the permits the reader hands back after its
+        // blocking read (at most `BLOCK` later).
+        loop {
+            let Some(mut slots) = permits(&core, 1).await else {
+                return;
+            };
+            while slots.len() < 64 {
+                match core.sem.clone().try_acquire_owned() {
+                    Ok(p) => slots.push(p),
+                    Err(_) => break,
+                }
+            }
+            let answer = async {
+                let mut conn = core.work().await?;
+                redis::cmd("XAUTOCLAIM")
+                    .arg(core.key("q"))
+                    .arg(&rc.group)
+                    .arg(&core.consumer)
+                    .arg(u64::try_from(rc.claim_idle.as_millis()).unwrap_or(u64::MAX))
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(slots.len())
+                    .query_async::<Value>(&mut conn)
+                    .await
+            }
+            .await;
+            let reply = match answer {
+                Ok(Value::Array(parts)) => parts,
+                Ok(_) => break,
+                Err(e) => {
+                    metrics::counter!("gateway_spool_backend_errors_total", "op" => "claim")
+                        .increment(1);
+                    tracing::debug!(error = %describe(&e), "spool: XAUTOCLAIM failed");
+                    break;
+                }
+            };
+            let next = reply.first().and_then(text).unwrap_or_else(|| "0-0".into());
+            let got = reply.get(1).map(entries).unwrap_or_default();
+            for t in got {
+                let Some(slot) = slots.pop() else { break };
+                metrics::counter!("gateway_spool_reclaimed_total").increment(1);
+                tracing::warn!(
+                    entry = t.entry,
+                    token = t.token,
+                    consumer = %core.consumer,
+                    "spool: took over an event whose consumer stopped (idle past claim_idle)"
+                );
+                spawn_attempt(&core, &deliverer, t, slot);
+            }
+            cursor = next;
+            if cursor == "0-0" {
+                break;
+            }
+        }
+    }
+}
+
+async fn poll_loop(core: Arc<Core>) {
+    loop {
+        let answer = async {
+            let mut conn = core.work().await?;
+            redis::Script::new(scripts::DUE)
+                .arg(&core.prefix)
+                .arg(now_ms())
+                .arg(POLL_BATCH)
+                .invoke_async::<(u64, Option<u64>)>(&mut conn)
+                .await
+        }
+        .await;
+        let wait = match answer {
+            Ok((moved, _)) if moved >= u64::from(POLL_BATCH) => Duration::ZERO,
+            Ok((_, Some(next))) => Duration::from_millis(next.saturating_sub(now_ms())),
+            Ok((_, None)) => POLL_MAX,
+            Err(e) => {
+                metrics::counter!("gateway_spool_backend_errors_total", "op" => "poll")
+                    .increment(1);
+                tracing::debug!(error = %describe(&e), "spool: retry poll failed");
+                ERROR_PAUSE
+            }
+        }
+        .min(POLL_MAX);
+        let mut stop = core.stop.subscribe();
+        if *stop.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = core.due_changed.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn heartbeat_loop(core: Arc<Core>) {
+    let rc = &core.settings.redis;
+    let every = (rc.claim_idle / 3).max(Duration::from_millis(30));
+    loop {
+        if pause(&core, every).await {
+            return;
+        }
+        let owned: Vec<String> = core
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        if owned.is_empty() {
+            continue;
+        }
+        let result = async {
+            let mut conn = core.work().await?;
+            redis::cmd("XCLAIM")
+                .arg(core.key("q"))
+                .arg(&rc.group)
+                .arg(&core.consumer)
+                .arg(0)
+                .arg(&owned)
+                .arg("JUSTID")
+                .query_async::<Value>(&mut conn)
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            metrics::counter!("gateway_spool_backend_errors_total", "op" => "claim").increment(1);
+            tracing::debug!(error = %describe(&e), "spool: heartbeat XCLAIM failed");
+        }
+    }
+}
+
+async fn health_loop(core: Arc<Core>) {
+    loop {
+        core.check().await;
+        if pause(&core, super::HEALTH_EVERY).await {
+            return;
+        }
+    }
+}
+
+fn spawn_attempt(
+    core: &Arc<Core>,
+    deliverer: &Arc<dyn Deliver>,
+    t: Token,
+    slot: OwnedSemaphorePermit,
+) {
+    core.owned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(t.entry.clone());
+    core.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(core.clone(), t.entry.clone());
+    tokio::spawn(attempt(core.clone(), deliverer.clone(), t, (slot, guard)));
+}
+
+/// Forgets the entry and decrements `in_flight` however the attempt ends.
+struct InFlight(Arc<Core>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How an attempt ends, for the `FINISH` script.
+enum Outcome {
+    Done,
+    Dead(Vec<u8>),
+    Retry(Vec<u8>, u64),
+    Defer(u64),
+}
+
+async fn attempt(
+    core: Arc<Core>,
+    deliverer: Arc<dyn Deliver>,
+    t: Token,
+    _slot: (OwnedSemaphorePermit, InFlight),
+) {
+    let resolved = async {
+        let mut conn = core.work().await?;
+        redis::Script::new(scripts::RESOLVE)
+            .arg(&core.prefix)
+            .arg(&t.token)
+            .invoke_async::<(String, Option<Vec<u8>>)>(&mut conn)
+            .await
+    }
+    .await;
+    let (id_text, raw) = match resolved {
+        Ok(v) => v,
+        Err(e) => {
+            // The token stays pending with this consumer; it is reclaimed after claim_idle.
+            metrics::counter!("gateway_spool_backend_errors_total", "op" => "read").increment(1);
+            tracing::warn!(error = %describe(&e), token = t.token, "spool: reading an event from redis failed; it is tried again after claim_idle");
+            return;
+        }
+    };
+    let Some(raw) = raw else {
+        // Delivered, purged or dropped meanwhile: the token moves on.
+        finish(&core, &t, &id_text, Outcome::Done).await;
+        return;
+    };
+    let id = id_text.parse::<u64>().unwrap_or(0);
+    let rec = match Record::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(id, error = %e, "pending spool record does not decode; moving it to the dead letters");
+            metrics::counter!("gateway_spool_dead_total", "command" => "<undecodable>", "reason" => "undecodable")
+                .increment(1);
+            finish(&core, &t, &id_text, Outcome::Dead(raw)).await;
+            return;
+        }
+    };
+    let number = rec.attempts.saturating_add(1);
+    let since_ms = rec.since_ms;
+    let mut ev = rec.clone().into_stored(id);
+    ev.delivery_id = core.delivery_id(id);
+    let command = ev.event.command.clone();
+    let delivery_id = ev.delivery_id.clone();
+    let operation_id = ev.event.operation_id.clone();
+    let timeout = deliverer.deadline(&ev);
+    let d = deliverer.clone();
+    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
+    let outcome = match tokio::time::timeout(timeout + DEADLINE_SLACK, &mut call).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
+        Err(_) => {
+            call.abort();
+            DeliveryResult::Retry(format!(
+                "no answer within the deadline of {}",
+                format_duration(timeout)
+            ))
+        }
+    };
+    let s = &core.settings;
+    let dead = |reason: String, label: &'static str| {
+        tracing::error!(
+            delivery_id,
+            command,
+            operation_id,
+            attempts = number,
+            reason,
+            "after-callback moved to the dead letters; replay it with `spool replay`"
+        );
+        metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
+            .increment(1);
+        metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "dead")
+            .increment(1);
+        let mut r = rec.clone();
+        r.attempts = number;
+        r.last_error = Some(reason);
+        Outcome::Dead(r.encode_to_vec())
+    };
+    let outcome = match outcome {
+        DeliveryResult::Delivered => {
+            metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
+                .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "delivered")
+                .increment(1);
+            tracing::debug!(
+                delivery_id,
+                command,
+                attempt = number,
+                "after-callback delivered"
+            );
+            Outcome::Done
+        }
+        DeliveryResult::Deferred(wait, why) => {
+            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "deferred")
+                .increment(1);
+            Outcome::Defer(due_in(wait))
+        }
+        DeliveryResult::Permanent(error) => dead(
+            format!("permanent error on attempt {number}: {error}"),
+            "permanent",
+        ),
+        DeliveryResult::Retry(error) => {
+            metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
+                .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "retry")
+                .increment(1);
+            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
+            if number >= s.max_attempts {
+                dead(
+                    format!("gave up after {number} attempts: {error}"),
+                    "attempts",
+                )
+            } else if age >= s.max_age {
+                dead(
+                    format!(
+                        "gave up after {number} attempts, older than max_age {}: {error}",
+                        format_duration(s.max_age)
+                    ),
+                    "age",
+                )
+            } else {
+                let wait = backoff(s.backoff_initial, s.backoff_max, number);
+                if number.is_power_of_two() {
+                    tracing::warn!(
+                        delivery_id, command, operation_id, attempt = number, error,
+                        retry_in = %format_duration(wait),
+                        "after-callback delivery failed; will retry"
+                    );
+                }
+                let mut r = rec.clone();
+                r.attempts = number;
+                r.last_error = Some(error);
+                Outcome::Retry(r.encode_to_vec(), due_in(wait))
+            }
+        }
+    };
+    finish(&core, &t, &id_text, outcome).await;
+}
+
+fn due_in(wait: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Records an attempt's end with the `FINISH` script. A failure leaves the token pending with
+/// this consumer: it is taken over after `claim_idle` and the event delivered again.
+async fn finish(core: &Core, t: &Token, id: &str, outcome: Outcome) {
+    let (name, rec, due): (&str, Vec<u8>, u64) = match outcome {
+        Outcome::Done => ("done", Vec::new(), 0),
+        Outcome::Dead(r) => ("dead", r, 0),
+        Outcome::Retry(r, due) => ("retry", r, due),
+        Outcome::Defer(due) => ("defer", Vec::new(), due),
+    };
+    let result = async {
+        let mut conn = core.work().await?;
+        redis::Script::new(scripts::FINISH)
+            .arg(&core.prefix)
+            .arg(&core.settings.redis.group)
+            .arg(&t.entry)
+            .arg(&t.token)
+            .arg(id)
+            .arg(name)
+            .arg(rec.as_slice())
+            .arg(due)
+            .invoke_async::<i64>(&mut conn)
+            .await
+    }
+    .await;
+    match result {
+        Ok(1) => {
+            if due > 0 {
+                core.due_changed.notify_one();
+            }
+        }
+        Ok(_) => tracing::info!(
+            entry = t.entry,
+            token = t.token,
+            "spool: this replica's token was taken over meanwhile; its result is not recorded (the other replica's is)"
+        ),
+        Err(e) => {
+            metrics::counter!("gateway_spool_backend_errors_total", "op" => "finish").increment(1);
+            tracing::warn!(
+                error = %describe(&e),
+                entry = t.entry,
+                "spool: recording a delivery result in redis failed; the event is delivered again after claim_idle"
+            );
+        }
+    }
+}
+
+impl Core {
+    /// Makes the consumer group again (after the stream was deleted).
+    pub(crate) async fn recreate_group(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.work().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.key("q"))
+            .arg(&self.settings.redis.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The multi-replica proof of the Redis spool (issue #11 item 4): two gateway PROCESSES share
+//! one real `redis-server`; the upstream is down while 2 000 after-events are spread over both;
+//! Redis is killed (-9) and restarted from its AOF with everything pending; the upstream comes
+//! up; one gateway is killed with -9 while delivering; the survivor takes over its events after
+//! `claim_idle` and every event arrives at least once with its delivery id (duplicates carry the
+//! same id). Then the operator commands run against Redis directly (no `--admin`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+#[path = "support/process.rs"]
+mod process;
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use openim_callback_gateway::proto::v1 as pb;
+use process::{BIN, connect, post, spawn_with_env};
+use redis_server::RedisServer;
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::*;
+
+const EVENTS: usize = 2_000;
+
+fn redis_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENIM_GATEWAY_SPOOL__BACKEND", "redis".to_owned()),
+        ("OPENIM_GATEWAY_SPOOL__REDIS__URL", url.to_owned()),
+        (
+            "OPENIM_GATEWAY_SPOOL__REDIS__KEY_PREFIX",
+            "proof".to_owned(),
+        ),
+        ("OPENIM_GATEWAY_SPOOL__REDIS__CLAIM_IDLE", "2s".to_owned()),
+        ("OPENIM_GATEWAY_SPOOL__BACKOFF_MAX", "1s".to_owned()),
+    ]
+}
+
+fn start(uri: &str, url: &str, dir: &std::path::Path, name: &str) -> process::Gateway {
+    let mut env = redis_env(url);
+    env.push(("OPENIM_GATEWAY_SPOOL__REDIS__CONSUMER", name.to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_with_env(&["--listen", "127.0.0.1:0", "--upstream", uri], dir, &env)
+}
+
+/// Runs an operator command of the binary against Redis (no `--admin`).
+fn spool_cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("spool")
+        .args(args)
+        .envs(redis_env(url))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 GET on a fresh connection; the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+/// Waits (bounded) until `/readyz` of `addr` does or does not name the spool.
+fn wait_readyz_spool(addr: &str, named: bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(addr, "/readyz");
+        if body.contains("spool:") == named {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz of {addr} should {}name the spool: {body}",
+            if named { "" } else { "not " }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn send(addr: String, from: usize, to: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut conn = connect(&addr);
+        for i in from..to {
+            let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
+            body["userID"] = format!("user-{i}").into();
+            let (code, json) = post(
+                &mut conn,
+                "/callbackExample/callbackAfterQuitGroupCommand",
+                &wire(&body),
+            );
+            assert_eq!((code, json), (200, allow()), "event {i}");
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let upstream_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let uri = format!("http://{upstream_addr}");
+    let dir = tempfile::tempdir().unwrap();
+
+    // 1. Upstream down: both gateways acknowledge every after-event from Redis.
+    let (u, d) = (uri.clone(), dir.path().to_owned());
+    let (url2, d2) = (url.clone(), dir.path().to_owned());
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let a = start(&u, &url2, &d.join("a"), "replica-a");
+        let b = start(&u, &url2, &d2.join("b"), "replica-b");
+        let half = EVENTS / 2;
+        let ta = send(a.addr.clone(), 0, half);
+        let tb = send(b.addr.clone(), half, EVENTS);
+        ta.join().unwrap();
+        tb.join().unwrap();
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        redis.int(&["ZCARD", "{proof}:idx"]),
+        EVENTS as i64,
+        "every acknowledged event is pending in Redis"
+    );
+
+    // 2. Redis is killed with -9: both gateways' /readyz say so. It restarts from its AOF:
+    // nothing pending is lost, and readiness no longer names the spool.
+    redis.kill();
+    let (aa, ba) = (a.addr.clone(), b.addr.clone());
+    let body = tokio::task::spawn_blocking(move || {
+        wait_readyz_spool(&ba, true);
+        wait_readyz_spool(&aa, true)
+    })
+    .await
+    .unwrap();
+    assert!(body.contains("unreachable"), "{body}");
+    redis.restart();
+    let (aa, ba) = (a.addr.clone(), b.addr.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_readyz_spool(&aa, false);
+        wait_readyz_spool(&ba, false);
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        redis.int(&["ZCARD", "{proof}:idx"]),
+        EVENTS as i64,
+        "after a Redis restart every event is still pending"
+    );
+    let (code, out, err) = spool_cli(&url, &["count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("pending: {EVENTS}")), "{out}");
+
+    // 3. The upstream comes up (slow, so that deliveries are in flight); gateway a is killed
+    // with -9 while it delivers.
+    let up = Upstream::start_on(tokio::net::TcpListener::bind(upstream_addr).await.unwrap()).await;
+    up.on(
+        "AfterQuitGroup",
+        Behavior::Delay(
+            Duration::from_millis(20),
+            Box::new(Behavior::Reply(bytes::Bytes::new())),
+        ),
+    );
+    let wait_started = Instant::now();
+    while up.calls().len() < 200 {
+        assert!(
+            wait_started.elapsed() < Duration::from_secs(60),
+            "deliveries started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(a); // kill -9
+    let killed_at = Instant::now();
+
+    // 4. The survivor delivers everything, a's in-flight events after claim_idle.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ids = HashMap::<String, Vec<String>>::new();
+    while Instant::now() < deadline {
+        ids.clear();
+        for c in up.calls() {
+            let user = c.decode::<pb::AfterQuitGroupRequest>().user_id;
+            ids.entry(user)
+                .or_default()
+                .push(c.meta("openim-delivery-id").unwrap_or_default());
+        }
+        if ids.len() == EVENTS && redis.int(&["ZCARD", "{proof}:idx"]) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_in = killed_at.elapsed();
+    assert_eq!(ids.len(), EVENTS, "every event was delivered at least once");
+    let calls = up.calls().len();
+    for (user, seen) in &ids {
+        assert!(!seen[0].is_empty(), "{user} has a delivery id");
+        assert!(
+            seen.iter().all(|id| id == &seen[0]),
+            "{user}: duplicates carry the same id: {seen:?}"
+        );
+    }
+    let log = b.log_text();
+    assert!(
+        log.contains("took over an event whose consumer stopped"),
+        "the survivor reclaimed the killed replica's events:\n{}",
+        log.lines()
+            .filter(|l| l.contains("spool"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "multi-replica proof: {EVENTS} events, {calls} deliveries ({} duplicates, same ids), \
+         everything in {:.1} s after kill -9 (claim_idle 2s, backoff_max 1s)",
+        calls - EVENTS,
+        all_in.as_secs_f64()
+    );
+
+    let (_, metrics) = get(&b.addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_spool_reclaimed_total") && !l.ends_with(" 0")),
+        "the survivor counts what it took over"
+    );
+
+    // 5. Operator commands on Redis, through b's admin API and directly while b runs.
+    let admin = format!("http://{}", b.addr);
+    let (code, out, err) = spool_cli(&url, &["--admin", &admin, "count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("pending: 0"), "{out}");
+    let (code, out, err) = spool_cli(&url, &["count"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("pending: 0"), "{out}");
+    let (code, out, err) = spool_cli(&url, &["purge", "--dead"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("would purge 0 dead events"), "{out}");
+    drop(b);
+
+    // With Redis down, the CLI says so.
+    redis.kill();
+    let (code, _, err) = spool_cli(&url, &["count"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("cannot connect"), "{err}");
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_after_events_are_delivered_synchronously_or_rejected_per_policy() {
+    let redis = RedisServer::not_started();
+    let url = redis.url();
+    let up = Upstream::start().await;
+    let uri = up.uri();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (sync_calls, reject_answer, readyz, metrics) = tokio::task::spawn_blocking(move || {
+        let mut env = redis_env(&url);
+        env.push(("OPENIM_GATEWAY_SPOOL__REDIS__TIMEOUT", "300ms".to_owned()));
+        let env_sync: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let gw = spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &uri],
+            &d.join("s"),
+            &env_sync,
+        );
+        let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
+        body["userID"] = "sync-user".into();
+        let mut conn = connect(&gw.addr);
+        let (code, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &wire(&body),
+        );
+        assert_eq!((code, json), (200, allow()));
+        let readyz = wait_readyz_spool(&gw.addr, true);
+        let (_, metrics) = get(&gw.addr, "/metrics");
+        drop(gw);
+
+        env.push((
+            "OPENIM_GATEWAY_SPOOL__REDIS__WHEN_UNREACHABLE",
+            "reject".to_owned(),
+        ));
+        let env_reject: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let gw = spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &uri],
+            &d.join("r"),
+            &env_reject,
+        );
+        body["userID"] = "rejected-user".into();
+        let mut conn = connect(&gw.addr);
+        let (_, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &wire(&body),
+        );
+        (1, json, readyz, metrics)
+    })
+    .await
+    .unwrap();
+    let _ = sync_calls;
+    // sync: the upstream got the event during the callback, without a delivery id (not spooled).
+    let calls = up.calls();
+    let users: Vec<String> = calls
+        .iter()
+        .map(|c| c.decode::<pb::AfterQuitGroupRequest>().user_id)
+        .collect();
+    assert_eq!(users, vec!["sync-user".to_owned()], "reject: not delivered");
+    assert!(calls[0].meta("openim-delivery-id").is_none());
+    assert!(readyz.contains("spool:"), "{readyz}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_spool_unavailable_total")
+                && l.contains("policy=\"sync\"")),
+        "counted"
+    );
+    assert_ne!(
+        reject_answer,
+        allow(),
+        "reject: OpenIM gets a rejection envelope"
+    );
+    drop(redis);
+}
