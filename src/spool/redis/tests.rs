@@ -695,6 +695,12 @@ fn settings_are_validated_with_their_key() {
     assert_eq!(yaml.redis.claim_idle, Duration::from_secs(2));
     assert_eq!(yaml.redis.when_unreachable, Unreachable::Reject);
     assert!(serde_json::from_str::<SpoolConfig>(r#"{"redis":{"urll":"x"}}"#).is_err());
+    // The gateway's config names the full key.
+    let err = crate::config::Config::from_yaml("spool: {backend: redis, redis: {claim_idle: 1ms}}")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("spool.redis.claim_idle"), "{err}");
     // check-config prints the settings: never a password in the URL.
     let mut s = SpoolConfig::default();
     s.redis.url = "rediss://gw:s3cret@redis:6380/2".into();
