@@ -583,6 +583,10 @@ async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
             .contains("master_link_status:up")
     })
     .await;
+    // Generous waits for the replica's acknowledgement on a busy machine.
+    s.redis.wait_timeout = Duration::from_secs(5);
+    s.redis.timeout = Duration::from_secs(10);
+    let spool = Spool::open(&s).unwrap();
     spool.append(event("cmd", 2, None)).await.unwrap();
     assert_eq!(replica.int(&["ZCARD", "{t7}:idx"]), 2, "the replica has it");
 
