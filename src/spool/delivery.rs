@@ -15,9 +15,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
+use super::rules::{Ids, Verdict, judge};
 use super::store::{self, Loaded};
 use super::writer::Cmd;
-use super::{Deliver, DeliveryResult, Shared, SpoolCore, now_ms};
+use super::{Deliver, DeliveryResult, Shared, SpoolCore};
 use humantime::format_duration;
 
 /// A schedulable event: its id and ordering key.
@@ -269,104 +270,47 @@ async fn attempt(
         }
     };
 
-    let s = &inner.settings;
-    let dead = |reason: String, label: &'static str| {
-        tracing::error!(
-            delivery_id,
-            command,
-            operation_id,
-            attempts = number,
-            reason = crate::telemetry::delivery_error(&reason).as_ref(),
-            "after-callback moved to the dead letters; replay it with `spool replay`"
-        );
-        metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
-            .increment(1);
-        metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "dead")
-            .increment(1);
-        send(
-            &inner,
-            Cmd::Dead {
-                id,
-                attempts: number,
-                reason,
-            },
-        );
+    let ids = Ids {
+        delivery_id: &delivery_id,
+        command: &command,
+        operation_id: &operation_id,
     };
-    match outcome {
-        DeliveryResult::Delivered => {
-            metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
-                .increment(1);
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "delivered")
-                .increment(1);
-            tracing::debug!(
-                delivery_id,
-                command,
-                attempt = number,
-                "after-callback delivered"
-            );
+    match judge(&inner.settings, outcome, number, since_ms, &ids) {
+        Verdict::Delivered => {
             send(&inner, Cmd::Delivered { id });
             inner.shared.sched.finish(&entry);
         }
-        DeliveryResult::Deferred(wait, why) => {
-            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "deferred")
-                .increment(1);
-            // The attempt did not happen: its number is not used up.
-            inner.shared.sched.retry(entry, Instant::now() + wait);
-        }
-        DeliveryResult::Permanent(error) => {
-            dead(
-                format!("permanent error on attempt {number}: {error}"),
-                "permanent",
+        // The attempt did not happen: its number is not used up.
+        Verdict::Defer(wait) => inner.shared.sched.retry(entry, Instant::now() + wait),
+        Verdict::Dead { attempts, reason } => {
+            send(
+                &inner,
+                Cmd::Dead {
+                    id,
+                    attempts,
+                    reason,
+                },
             );
             inner.shared.sched.finish(&entry);
         }
-        DeliveryResult::Retry(error) => {
-            metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
-                .increment(1);
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "retry")
-                .increment(1);
-            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
-            if number >= s.max_attempts {
-                dead(
-                    format!("gave up after {number} attempts: {error}"),
-                    "attempts",
-                );
-                inner.shared.sched.finish(&entry);
-            } else if age >= s.max_age {
-                dead(
-                    format!(
-                        "gave up after {number} attempts, older than max_age {}: {error}",
-                        format_duration(s.max_age)
-                    ),
-                    "age",
-                );
-                inner.shared.sched.finish(&entry);
-            } else {
-                let wait = backoff(s.backoff_initial, s.backoff_max, number);
-                // Every failure is counted; the log shows the first and then every power of two.
-                if number.is_power_of_two() {
-                    tracing::warn!(
-                        delivery_id, command, operation_id, attempt = number,
-                        error = crate::telemetry::delivery_error(&error).as_ref(),
-                        retry_in = %format_duration(wait),
-                        "after-callback delivery failed; will retry"
-                    );
-                }
-                send(
-                    &inner,
-                    Cmd::Attempted {
-                        id,
-                        attempts: number,
-                        error,
-                    },
-                );
-                let entry = Ticket {
-                    attempts: Some(number),
-                    ..entry
-                };
-                inner.shared.sched.retry(entry, Instant::now() + wait);
-            }
+        Verdict::Retry {
+            attempts,
+            error,
+            wait,
+        } => {
+            send(
+                &inner,
+                Cmd::Attempted {
+                    id,
+                    attempts,
+                    error,
+                },
+            );
+            let entry = Ticket {
+                attempts: Some(attempts),
+                ..entry
+            };
+            inner.shared.sched.retry(entry, Instant::now() + wait);
         }
     }
 }

@@ -35,6 +35,7 @@ mod backend;
 pub mod cli;
 mod delivery;
 pub mod redis;
+mod rules;
 mod store;
 mod writer;
 

@@ -41,6 +41,9 @@ use super::{
     SpoolStats, StoredEvent, StoredEventRef, Which, now_ms,
 };
 
+/// Append connections with `durability: replicas | fsync` (one with `ack`, where nothing blocks).
+const APPEND_CONNECTIONS: usize = 8;
+
 /// How often the health check pings Redis and refreshes the counters.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -128,8 +131,11 @@ pub(crate) fn describe(e: &redis::RedisError) -> String {
 
 /// The connections made once Redis was reached.
 struct Ready {
-    /// Appends only: `WAIT` / `WAITAOF` block this connection, so they delay only appends.
-    append: ConnectionManager,
+    /// Appends only: `WAIT` / `WAITAOF` block the connection they are sent on until the
+    /// replicas or the fsync answer, so they delay only appends, and with `durability:
+    /// replicas | fsync` there are [`APPEND_CONNECTIONS`] of them, used in turn, so that
+    /// concurrent appends wait in parallel.
+    append: Vec<ConnectionManager>,
     /// Delivery results, polls, claims, health.
     work: ConnectionManager,
 }
@@ -150,6 +156,8 @@ pub(crate) struct Core {
     bytes: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     appends: AtomicU64,
+    /// Round robin over the append connections.
+    turn: AtomicU64,
     closed: AtomicBool,
     started: AtomicBool,
     pub(crate) stop: watch::Sender<bool>,
@@ -202,6 +210,7 @@ impl RedisSpool {
             bytes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             appends: AtomicU64::new(0),
+            turn: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             started: AtomicBool::new(false),
             stop,
@@ -396,8 +405,17 @@ impl Core {
                     ))
                     .set_max_delay(Duration::from_secs(1))
                     .set_number_of_retries(2);
-                let append =
-                    ConnectionManager::new_with_config(self.client.clone(), config.clone()).await?;
+                let n = match self.settings.redis.durability {
+                    Durability::Ack => 1,
+                    Durability::Replicas | Durability::Fsync => APPEND_CONNECTIONS,
+                };
+                let mut append = Vec::with_capacity(n);
+                for _ in 0..n {
+                    append.push(
+                        ConnectionManager::new_with_config(self.client.clone(), config.clone())
+                            .await?,
+                    );
+                }
                 let mut work =
                     ConnectionManager::new_with_config(self.client.clone(), config).await?;
                 match self.instance.get() {
@@ -483,7 +501,12 @@ impl Core {
         let raw = rec.encode_to_vec();
         let write = async {
             let ready = self.ready().await?;
-            let mut conn = ready.append.clone();
+            let turn = usize::try_from(self.turn.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+            let Some(conn) = ready.append.get(turn % ready.append.len().max(1)) else {
+                return Ok(Err("no append connection".to_owned()));
+            };
+            // WAIT and WAITAOF cover the connection's last write: this event's, or a later one.
+            let mut conn = conn.clone();
             let (id, pending, bytes, dropped): (u64, u64, i64, Vec<Vec<u8>>) =
                 redis::Script::new(scripts::APPEND)
                     .arg(&self.prefix)

@@ -584,6 +584,10 @@ async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
             .contains("master_link_status:up")
     })
     .await;
+    // Generous waits for the replica's acknowledgement on a busy machine.
+    s.redis.wait_timeout = Duration::from_secs(5);
+    s.redis.timeout = Duration::from_secs(10);
+    let spool = Spool::open(&s).unwrap();
     spool.append(event("cmd", 2, None)).await.unwrap();
     assert_eq!(replica.int(&["ZCARD", "{t7}:idx"]), 2, "the replica has it");
 
@@ -591,7 +595,9 @@ async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
     f.redis.durability = Durability::Fsync;
     f.redis.timeout = Duration::from_secs(2);
     if primary.version() < (7, 2) {
-        let err = Spool::open(&f).err().expect("fsync refused on Redis < 7.2");
+        let Err(err) = Spool::open(&f) else {
+            panic!("fsync refused on Redis < 7.2")
+        };
         assert!(err.to_string().contains("WAITAOF"), "{err}");
     } else {
         Spool::open(&f)
@@ -696,6 +702,14 @@ fn settings_are_validated_with_their_key() {
     assert_eq!(yaml.redis.claim_idle, Duration::from_secs(2));
     assert_eq!(yaml.redis.when_unreachable, Unreachable::Reject);
     assert!(serde_json::from_str::<SpoolConfig>(r#"{"redis":{"urll":"x"}}"#).is_err());
+    // The gateway's config names the full key.
+    let Err(err) =
+        crate::config::Config::from_yaml("spool: {backend: redis, redis: {claim_idle: 1ms}}")
+    else {
+        panic!("a claim_idle of 1ms is refused")
+    };
+    let err = err.to_string();
+    assert!(err.contains("spool.redis.claim_idle"), "{err}");
     // check-config prints the settings: never a password in the URL.
     let mut s = SpoolConfig::default();
     s.redis.url = "rediss://gw:s3cret@redis:6380/2".into();

@@ -16,7 +16,7 @@ use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Core, describe, scripts};
-use crate::spool::delivery::backoff;
+use crate::spool::rules::{Ids, Verdict, judge};
 use crate::spool::store::Record;
 use crate::spool::{Deliver, DeliveryResult, now_ms};
 
@@ -489,82 +489,29 @@ async fn attempt(
             ))
         }
     };
-    let s = &core.settings;
-    let dead = |reason: String, label: &'static str| {
-        tracing::error!(
-            delivery_id,
-            command,
-            operation_id,
-            attempts = number,
-            reason,
-            "after-callback moved to the dead letters; replay it with `spool replay`"
-        );
-        metrics::counter!("gateway_spool_dead_total", "command" => command.clone(), "reason" => label)
-            .increment(1);
-        metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "dead")
-            .increment(1);
-        let mut r = rec.clone();
-        r.attempts = number;
-        r.last_error = Some(reason);
-        Outcome::Dead(r.encode_to_vec())
+    let ids = Ids {
+        delivery_id: &delivery_id,
+        command: &command,
+        operation_id: &operation_id,
     };
-    let outcome = match outcome {
-        DeliveryResult::Delivered => {
-            metrics::counter!("gateway_spool_delivered_total", "command" => command.clone())
-                .increment(1);
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "delivered")
-                .increment(1);
-            tracing::debug!(
-                delivery_id,
-                command,
-                attempt = number,
-                "after-callback delivered"
-            );
-            Outcome::Done
+    let outcome = match judge(&core.settings, outcome, number, since_ms, &ids) {
+        Verdict::Delivered => Outcome::Done,
+        Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
+        Verdict::Dead { attempts, reason } => {
+            let mut r = rec;
+            r.attempts = attempts;
+            r.last_error = Some(reason);
+            Outcome::Dead(r.encode_to_vec())
         }
-        DeliveryResult::Deferred(wait, why) => {
-            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "deferred")
-                .increment(1);
-            Outcome::Defer(due_in(wait))
-        }
-        DeliveryResult::Permanent(error) => dead(
-            format!("permanent error on attempt {number}: {error}"),
-            "permanent",
-        ),
-        DeliveryResult::Retry(error) => {
-            metrics::counter!("gateway_spool_retries_total", "command" => command.clone())
-                .increment(1);
-            metrics::counter!("gateway_delivery_attempts_total", "command" => command.clone(), "result" => "retry")
-                .increment(1);
-            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
-            if number >= s.max_attempts {
-                dead(
-                    format!("gave up after {number} attempts: {error}"),
-                    "attempts",
-                )
-            } else if age >= s.max_age {
-                dead(
-                    format!(
-                        "gave up after {number} attempts, older than max_age {}: {error}",
-                        format_duration(s.max_age)
-                    ),
-                    "age",
-                )
-            } else {
-                let wait = backoff(s.backoff_initial, s.backoff_max, number);
-                if number.is_power_of_two() {
-                    tracing::warn!(
-                        delivery_id, command, operation_id, attempt = number, error,
-                        retry_in = %format_duration(wait),
-                        "after-callback delivery failed; will retry"
-                    );
-                }
-                let mut r = rec.clone();
-                r.attempts = number;
-                r.last_error = Some(error);
-                Outcome::Retry(r.encode_to_vec(), due_in(wait))
-            }
+        Verdict::Retry {
+            attempts,
+            error,
+            wait,
+        } => {
+            let mut r = rec;
+            r.attempts = attempts;
+            r.last_error = Some(error);
+            Outcome::Retry(r.encode_to_vec(), due_in(wait))
         }
     };
     finish(&core, &t, &id_text, outcome).await;

@@ -1,0 +1,140 @@
+//! The delivery rules both backends share: what an attempt's [`DeliveryResult`] means for the
+//! event (delivered, retried after a backoff, deferred, dead letter), with its log lines and
+//! metrics. `max_attempts`, `max_age`, the backoff ([`backoff`]: exponential, full jitter) and the
+//! metric names are the same for redb and Redis.
+
+use std::time::Duration;
+
+use humantime::format_duration;
+
+use super::delivery::backoff;
+use super::{DeliveryResult, SpoolConfig, now_ms};
+
+/// What happens to an event after one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Delivered: remove it.
+    Delivered,
+    /// Not attempted (an open circuit breaker): try again after the wait, attempt not used.
+    Defer(Duration),
+    /// Failed: record `attempts` and `error`, try again after the wait.
+    Retry {
+        /// Attempts made, including this one.
+        attempts: u32,
+        /// The error of this attempt.
+        error: String,
+        /// The backoff before the next attempt.
+        wait: Duration,
+    },
+    /// Given up: a dead letter with this reason.
+    Dead {
+        /// Attempts made, including this one.
+        attempts: u32,
+        /// Why it was given up (becomes `last_error`).
+        reason: String,
+    },
+}
+
+/// The ids of the event, for the log lines.
+pub(crate) struct Ids<'a> {
+    pub(crate) delivery_id: &'a str,
+    pub(crate) command: &'a str,
+    pub(crate) operation_id: &'a str,
+}
+
+/// Judges attempt `number` (1-based) of an event stored since `since_ms` (first stored, or
+/// replayed), logging and counting it as the redb spool does.
+pub(crate) fn judge(
+    s: &SpoolConfig,
+    outcome: DeliveryResult,
+    number: u32,
+    since_ms: u64,
+    ids: &Ids<'_>,
+) -> Verdict {
+    let Ids {
+        delivery_id,
+        command,
+        operation_id,
+    } = *ids;
+    let command_label = command.to_owned();
+    let dead = |reason: String, label: &'static str| {
+        tracing::error!(
+            delivery_id,
+            command,
+            operation_id,
+            attempts = number,
+            reason = crate::telemetry::delivery_error(&reason).as_ref(),
+            "after-callback moved to the dead letters; replay it with `spool replay`"
+        );
+        metrics::counter!("gateway_spool_dead_total", "command" => command_label.clone(), "reason" => label)
+            .increment(1);
+        metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "dead")
+            .increment(1);
+        Verdict::Dead {
+            attempts: number,
+            reason,
+        }
+    };
+    match outcome {
+        DeliveryResult::Delivered => {
+            metrics::counter!("gateway_spool_delivered_total", "command" => command_label.clone())
+                .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "delivered")
+                .increment(1);
+            tracing::debug!(
+                delivery_id,
+                command,
+                attempt = number,
+                "after-callback delivered"
+            );
+            Verdict::Delivered
+        }
+        DeliveryResult::Deferred(wait, why) => {
+            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "deferred")
+                .increment(1);
+            Verdict::Defer(wait)
+        }
+        DeliveryResult::Permanent(error) => dead(
+            format!("permanent error on attempt {number}: {error}"),
+            "permanent",
+        ),
+        DeliveryResult::Retry(error) => {
+            metrics::counter!("gateway_spool_retries_total", "command" => command_label.clone())
+                .increment(1);
+            metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "retry")
+                .increment(1);
+            let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
+            if number >= s.max_attempts {
+                dead(
+                    format!("gave up after {number} attempts: {error}"),
+                    "attempts",
+                )
+            } else if age >= s.max_age {
+                dead(
+                    format!(
+                        "gave up after {number} attempts, older than max_age {}: {error}",
+                        format_duration(s.max_age)
+                    ),
+                    "age",
+                )
+            } else {
+                let wait = backoff(s.backoff_initial, s.backoff_max, number);
+                // Every failure is counted; the log shows the first and then every power of two.
+                if number.is_power_of_two() {
+                    tracing::warn!(
+                        delivery_id, command, operation_id, attempt = number,
+                        error = crate::telemetry::delivery_error(&error).as_ref(),
+                        retry_in = %format_duration(wait),
+                        "after-callback delivery failed; will retry"
+                    );
+                }
+                Verdict::Retry {
+                    attempts: number,
+                    error,
+                    wait,
+                }
+            }
+        }
+    }
+}
