@@ -477,4 +477,18 @@ fn the_config_file_from_the_environment_and_the_kubernetes_config_pass_check() {
         effective["listen"], "0.0.0.0:10006",
         "the file named by the variable was read"
     );
+    // The multi-replica variant: the Redis spool, its password from a mounted file.
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "secret\n").unwrap();
+    let multi = k8s.with_file_name("multi-replica").join("gateway.yaml");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("OPENIM_GATEWAY_CONFIG", &multi)
+        .env("OPENIM_GATEWAY_ADMIN_TOKEN_FILE", &token)
+        .env("OPENIM_GATEWAY_SPOOL__REDIS__PASSWORD_FILE", &password)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let effective: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(effective["spool"]["backend"], "redis");
 }
