@@ -16,6 +16,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	extCallbackv1 "github.com/openim-callback-gateway/examples/go/gen/openim/callback/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/grpclog"
@@ -35,9 +36,9 @@ var (
 	_ = metadata.Join
 )
 
-func request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeCreateGroupRequest
+		protoReq extCallbackv1.BeforeCreateGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -50,9 +51,9 @@ func request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context, marsh
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeCreateGroupRequest
+		protoReq extCallbackv1.BeforeCreateGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -62,9 +63,9 @@ func local_request_GroupCallbackService_BeforeCreateGroup_0(ctx context.Context,
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterCreateGroupRequest
+		protoReq extCallbackv1.AfterCreateGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -77,9 +78,9 @@ func request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, marsha
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterCreateGroupRequest
+		protoReq extCallbackv1.AfterCreateGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -89,9 +90,9 @@ func local_request_GroupCallbackService_AfterCreateGroup_0(ctx context.Context, 
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeMembersJoinGroupRequest
+		protoReq extCallbackv1.BeforeMembersJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -104,9 +105,9 @@ func request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Context, 
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeMembersJoinGroupRequest
+		protoReq extCallbackv1.BeforeMembersJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -116,9 +117,9 @@ func local_request_GroupCallbackService_BeforeMembersJoinGroup_0(ctx context.Con
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupMemberInfoRequest
+		protoReq extCallbackv1.BeforeSetGroupMemberInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -131,9 +132,9 @@ func request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.Context
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupMemberInfoRequest
+		protoReq extCallbackv1.BeforeSetGroupMemberInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -143,9 +144,9 @@ func local_request_GroupCallbackService_BeforeSetGroupMemberInfo_0(ctx context.C
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupMemberInfoRequest
+		protoReq extCallbackv1.AfterSetGroupMemberInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -158,9 +159,9 @@ func request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Context,
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupMemberInfoRequest
+		protoReq extCallbackv1.AfterSetGroupMemberInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -170,9 +171,9 @@ func local_request_GroupCallbackService_AfterSetGroupMemberInfo_0(ctx context.Co
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterQuitGroupRequest
+		protoReq extCallbackv1.AfterQuitGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -185,9 +186,9 @@ func request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterQuitGroupRequest
+		protoReq extCallbackv1.AfterQuitGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -197,9 +198,9 @@ func local_request_GroupCallbackService_AfterQuitGroup_0(ctx context.Context, ma
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterKickGroupRequest
+		protoReq extCallbackv1.AfterKickGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -212,9 +213,9 @@ func request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterKickGroupRequest
+		protoReq extCallbackv1.AfterKickGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -224,9 +225,9 @@ func local_request_GroupCallbackService_AfterKickGroup_0(ctx context.Context, ma
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterDismissGroupRequest
+		protoReq extCallbackv1.AfterDismissGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -239,9 +240,9 @@ func request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context, marsh
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterDismissGroupRequest
+		protoReq extCallbackv1.AfterDismissGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -251,9 +252,9 @@ func local_request_GroupCallbackService_AfterDismissGroup_0(ctx context.Context,
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeJoinGroupRequest
+		protoReq extCallbackv1.BeforeJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -266,9 +267,9 @@ func request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, marshal
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeJoinGroupRequest
+		protoReq extCallbackv1.BeforeJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -278,9 +279,9 @@ func local_request_GroupCallbackService_BeforeJoinGroup_0(ctx context.Context, m
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterTransferGroupOwnerRequest
+		protoReq extCallbackv1.AfterTransferGroupOwnerRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -293,9 +294,9 @@ func request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Context,
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterTransferGroupOwnerRequest
+		protoReq extCallbackv1.AfterTransferGroupOwnerRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -305,9 +306,9 @@ func local_request_GroupCallbackService_AfterTransferGroupOwner_0(ctx context.Co
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeInviteJoinGroupRequest
+		protoReq extCallbackv1.BeforeInviteJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -320,9 +321,9 @@ func request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Context, m
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeInviteJoinGroupRequest
+		protoReq extCallbackv1.BeforeInviteJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -332,9 +333,9 @@ func local_request_GroupCallbackService_BeforeInviteJoinGroup_0(ctx context.Cont
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterJoinGroupRequest
+		protoReq extCallbackv1.AfterJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -347,9 +348,9 @@ func request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterJoinGroupRequest
+		protoReq extCallbackv1.AfterJoinGroupRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -359,9 +360,9 @@ func local_request_GroupCallbackService_AfterJoinGroup_0(ctx context.Context, ma
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupInfoRequest
+		protoReq extCallbackv1.BeforeSetGroupInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -374,9 +375,9 @@ func request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context, mars
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupInfoRequest
+		protoReq extCallbackv1.BeforeSetGroupInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -386,9 +387,9 @@ func local_request_GroupCallbackService_BeforeSetGroupInfo_0(ctx context.Context
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupInfoRequest
+		protoReq extCallbackv1.AfterSetGroupInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -401,9 +402,9 @@ func request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context, marsh
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupInfoRequest
+		protoReq extCallbackv1.AfterSetGroupInfoRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -413,9 +414,9 @@ func local_request_GroupCallbackService_AfterSetGroupInfo_0(ctx context.Context,
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupInfoExRequest
+		protoReq extCallbackv1.BeforeSetGroupInfoExRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -428,9 +429,9 @@ func request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Context, ma
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq BeforeSetGroupInfoExRequest
+		protoReq extCallbackv1.BeforeSetGroupInfoExRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -440,9 +441,9 @@ func local_request_GroupCallbackService_BeforeSetGroupInfoEx_0(ctx context.Conte
 	return msg, metadata, err
 }
 
-func request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, client GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, client extCallbackv1.GroupCallbackServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupInfoExRequest
+		protoReq extCallbackv1.AfterSetGroupInfoExRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -455,9 +456,9 @@ func request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Context, mar
 	return msg, metadata, err
 }
 
-func local_request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, server GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Context, marshaler runtime.Marshaler, server extCallbackv1.GroupCallbackServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AfterSetGroupInfoExRequest
+		protoReq extCallbackv1.AfterSetGroupInfoExRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -472,7 +473,7 @@ func local_request_GroupCallbackService_AfterSetGroupInfoEx_0(ctx context.Contex
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterGroupCallbackServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterGroupCallbackServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server GroupCallbackServiceServer) error {
+func RegisterGroupCallbackServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCallbackv1.GroupCallbackServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_GroupCallbackService_BeforeCreateGroup_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -824,15 +825,15 @@ func RegisterGroupCallbackServiceHandlerFromEndpoint(ctx context.Context, mux *r
 // RegisterGroupCallbackServiceHandler registers the http handlers for service GroupCallbackService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterGroupCallbackServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterGroupCallbackServiceHandlerClient(ctx, mux, NewGroupCallbackServiceClient(conn))
+	return RegisterGroupCallbackServiceHandlerClient(ctx, mux, extCallbackv1.NewGroupCallbackServiceClient(conn))
 }
 
 // RegisterGroupCallbackServiceHandlerClient registers the http handlers for service GroupCallbackService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "GroupCallbackServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "GroupCallbackServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCallbackv1.GroupCallbackServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCallbackv1.GroupCallbackServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "GroupCallbackServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterGroupCallbackServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client GroupCallbackServiceClient) error {
+// "extCallbackv1.GroupCallbackServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterGroupCallbackServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCallbackv1.GroupCallbackServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_GroupCallbackService_BeforeCreateGroup_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
