@@ -162,34 +162,10 @@ impl Resilient {
 pub fn grpc_status(result: &Result<Bytes, CallError>) -> &'static str {
     match result {
         Ok(_) => "OK",
-        Err(CallError::Status(s)) => code_name(s.code()),
+        Err(CallError::Status(s)) => crate::telemetry::grpc_code_name(s.code()),
         Err(CallError::Timeout(_)) => "DEADLINE_EXCEEDED",
         Err(CallError::Unreachable(_)) => "UNAVAILABLE",
         Err(CallError::Refused(_)) => "NOT_SENT",
-    }
-}
-
-/// The canonical name of a gRPC code.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
