@@ -18,8 +18,7 @@ use tokio::time::Instant;
 use super::rules::{Ids, Verdict, judge};
 use super::store::{self, Loaded};
 use super::writer::Cmd;
-use super::{Deliver, DeliveryResult, Shared, SpoolCore};
-use humantime::format_duration;
+use super::{Deliver, Shared, SpoolCore};
 
 /// A schedulable event: its id and ordering key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,10 +205,6 @@ impl Drop for InFlight {
     }
 }
 
-/// The spool's own guard on top of the deliverer's deadline, so that the deliverer's more
-/// precise error is normally the one recorded.
-const DEADLINE_SLACK: Duration = Duration::from_millis(100);
-
 async fn attempt(
     inner: Arc<SpoolCore>,
     deliverer: Arc<dyn Deliver>,
@@ -252,23 +247,7 @@ async fn attempt(
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let timeout = deliverer.deadline(&ev);
-    let deadline = timeout + DEADLINE_SLACK;
-
-    // Its own task, so that a panicking deliverer costs one attempt, not the event's key.
-    let d = deliverer.clone();
-    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
-    let outcome = match tokio::time::timeout(deadline, &mut call).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
-        Err(_) => {
-            call.abort();
-            DeliveryResult::Retry(format!(
-                "no answer within the deadline of {}",
-                format_duration(timeout)
-            ))
-        }
-    };
+    let outcome = super::rules::attempt(&deliverer, ev, number).await;
 
     let ids = Ids {
         delivery_id: &delivery_id,

@@ -3,12 +3,40 @@
 //! metrics. `max_attempts`, `max_age`, the backoff ([`backoff`]: exponential, full jitter) and the
 //! metric names are the same for redb and Redis.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use humantime::format_duration;
 
 use super::delivery::backoff;
-use super::{DeliveryResult, SpoolConfig, now_ms};
+use super::{Deliver, DeliveryResult, SpoolConfig, StoredEvent, now_ms};
+
+/// The spool's own guard on top of the deliverer's deadline, so that the deliverer's more
+/// precise error is normally the one recorded.
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
+
+/// One attempt `number` of `ev`, in its own task (a panicking deliverer costs one attempt, not
+/// the event's key) and under the deliverer's deadline plus [`DEADLINE_SLACK`].
+pub(crate) async fn attempt(
+    deliverer: &Arc<dyn Deliver>,
+    ev: StoredEvent,
+    number: u32,
+) -> DeliveryResult {
+    let timeout = deliverer.deadline(&ev);
+    let d = deliverer.clone();
+    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
+    match tokio::time::timeout(timeout + DEADLINE_SLACK, &mut call).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
+        Err(_) => {
+            call.abort();
+            DeliveryResult::Retry(format!(
+                "no answer within the deadline of {}",
+                format_duration(timeout)
+            ))
+        }
+    }
+}
 
 /// What happens to an event after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

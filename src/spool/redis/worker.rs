@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use humantime::format_duration;
 use prost::Message;
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{Core, describe, scripts};
 use crate::spool::rules::{Ids, Verdict, judge};
 use crate::spool::store::Record;
-use crate::spool::{Deliver, DeliveryResult, now_ms};
+use crate::spool::{Deliver, now_ms};
 
 /// How long one `XREADGROUP` blocks in Redis.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -31,9 +30,6 @@ const POLL_BATCH: u32 = 512;
 
 /// Pause after a failed Redis command of a background loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
-
-/// The spool's guard on top of the deliverer's deadline (as the redb spool).
-const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
 /// One token taken from the stream.
 struct Token {
@@ -475,20 +471,7 @@ async fn attempt(
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let timeout = deliverer.deadline(&ev);
-    let d = deliverer.clone();
-    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
-    let outcome = match tokio::time::timeout(timeout + DEADLINE_SLACK, &mut call).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
-        Err(_) => {
-            call.abort();
-            DeliveryResult::Retry(format!(
-                "no answer within the deadline of {}",
-                format_duration(timeout)
-            ))
-        }
-    };
+    let outcome = crate::spool::rules::attempt(&deliverer, ev, number).await;
     let ids = Ids {
         delivery_id: &delivery_id,
         command: &command,
