@@ -33,6 +33,18 @@ fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
     }
 }
 
+/// Waits (bounded, off the runtime's threads) until `/readyz` on `admin` answers 200.
+async fn until_ready(admin: &str, what: &'static str) {
+    let a = admin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        eventually(what, Duration::from_secs(10), || {
+            get(&a, "/readyz").0 == 200
+        })
+    })
+    .await
+    .unwrap();
+}
+
 fn serving(status: ServingStatus) -> Behavior {
     use prost::Message as _;
     Behavior::Reply(
@@ -97,14 +109,7 @@ async fn readyz_and_the_gateways_grpc_health_follow_the_upstreams_health_status(
         .unwrap();
     let admin = gw.admin_addr().expect("admin port logged");
     // No health service on the upstream (UNIMPLEMENTED) but reachable: ready.
-    let a = admin.clone();
-    tokio::task::spawn_blocking(move || {
-        eventually("ready", Duration::from_secs(10), || {
-            get(&a, "/readyz").0 == 200
-        })
-    })
-    .await
-    .unwrap();
+    until_ready(&admin, "ready").await;
     assert_eq!(gateway_health(&admin).await, ServingStatus::Serving);
     assert!(up.health_checks() > 0, "the upstream was asked");
 
@@ -144,14 +149,7 @@ async fn readyz_and_the_gateways_grpc_health_follow_the_upstreams_health_status(
     assert_eq!((status, env["errCode"].as_i64()), (200, Some(0)));
 
     up.on("Check", serving(ServingStatus::Serving));
-    let a = admin.clone();
-    tokio::task::spawn_blocking(move || {
-        eventually("ready again", Duration::from_secs(10), || {
-            get(&a, "/readyz").0 == 200
-        })
-    })
-    .await
-    .unwrap();
+    until_ready(&admin, "ready again").await;
     assert_eq!(gateway_health(&admin).await, ServingStatus::Serving);
 
     // The upstream goes away: not ready, and /metrics says gateway_upstream_up 0.
@@ -204,14 +202,7 @@ async fn sigterm_turns_readiness_first_then_drains_the_callback_in_flight_and_ex
     .await
     .unwrap();
     let admin = gw.admin_addr().unwrap();
-    let a = admin.clone();
-    tokio::task::spawn_blocking(move || {
-        eventually("ready", Duration::from_secs(10), || {
-            get(&a, "/readyz").0 == 200
-        })
-    })
-    .await
-    .unwrap();
+    until_ready(&admin, "ready").await;
     let addr = gw.addr.clone();
     let in_flight = std::thread::spawn(move || {
         process::post(
