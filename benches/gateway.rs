@@ -9,7 +9,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use openim_callback_example::ExampleConfig;
 use openim_callback_gateway::catalog::Catalog;
 use openim_callback_gateway::config::Config;
@@ -35,6 +35,20 @@ fn codec(c: &mut Criterion) {
     for cmd in COMMANDS {
         let entry = catalog.get(cmd).unwrap();
         let body = support::payload(cmd);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        // The hot path: one pass from the body to protobuf bytes.
+        group.bench_function(format!("transcode/{cmd}"), |b| {
+            b.iter(|| {
+                black_box(
+                    entry
+                        .transcoder
+                        .transcode(black_box(&body))
+                        .unwrap()
+                        .payload,
+                )
+            })
+        });
+        // The reference (and the path of bodies with field errors): JSON tree, message, bytes.
         group.bench_function(format!("decode+encode/{cmd}"), |b| {
             b.iter(|| {
                 let d = json::decode(&entry.request(), black_box(&body)).unwrap();
@@ -42,6 +56,7 @@ fn codec(c: &mut Criterion) {
             })
         });
     }
+    group.throughput(Throughput::Elements(1));
     let entry = catalog.get("callbackBeforeCreateGroupCommand").unwrap();
     let sample = support::sample_reply("callbackBeforeCreateGroupCommand").unwrap();
     let reply = envelope::read_reply(entry, sample.as_object().unwrap()).message;

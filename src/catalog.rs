@@ -467,6 +467,8 @@ pub struct CommandEntry {
     pub phase: Phase,
     /// The reply's `rejection` field (before callbacks only).
     pub rejection: Option<FieldDescriptor>,
+    /// The request type compiled for the one-pass JSON → protobuf path.
+    pub transcoder: crate::json::Transcoder,
 }
 
 impl CommandEntry {
@@ -612,6 +614,7 @@ fn resolve(
     }
     Ok(CommandEntry {
         row,
+        transcoder: crate::json::Transcoder::new(&method.input()),
         method,
         path,
         phase,

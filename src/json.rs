@@ -10,12 +10,19 @@
 //! OpenIM spells them or, failing that, in another case (Go matches keys case-insensitively).
 //! Unknown keys are collected, not rejected. Encoding is strict: integers are JSON numbers, unset
 //! optional fields are left out, nested messages are written in full like Go writes its structs.
+//!
+//! The hot path does not build the tree: [`Transcoder`] streams a body straight into the request's
+//! protobuf bytes under the same rules, and hands anything it cannot treat identically in one pass
+//! (any field error, a key given twice) back to [`decode`], which stays the reference.
 
 use base64::Engine as _;
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
 use serde_json::{Map, Number, Value as Json};
+
+mod transcode;
+pub use transcode::{Transcoded, Transcoder};
 
 /// The result of decoding one OpenIM body.
 #[derive(Debug)]
@@ -389,6 +396,10 @@ pub fn encode(msg: &DynamicMessage, skip: &[&str]) -> Map<String, Json> {
 
 /// Encodes one field of `msg`, or `None` when it is not to be written (see [`encode`]).
 pub fn encode_field(msg: &DynamicMessage, field: &FieldDescriptor) -> Option<Json> {
+    // Before `get_field`, which builds the default of an unset field.
+    if !field.is_list() && !field.is_map() && field.supports_presence() && !msg.has_field(field) {
+        return None;
+    }
     let value = msg.get_field(field);
     if field.is_list() || field.is_map() {
         let empty = match value.as_ref() {

@@ -75,7 +75,56 @@ pub struct Exit {
 struct Known {
     entry: &'static CommandEntry,
     snapshot: Arc<Snapshot>,
-    request: Option<DynamicMessage>,
+    request: Option<Request>,
+}
+
+/// The request as read: its protobuf encoding, and the message when something needs its fields
+/// (the body's operationID, an ordering key, an echo rule), decoded from the bytes only then.
+struct Request {
+    payload: Bytes,
+    desc: prost_reflect::MessageDescriptor,
+    message: std::sync::OnceLock<Option<DynamicMessage>>,
+}
+
+impl Request {
+    /// From the one-pass transcoder: the message is decoded on first use.
+    fn encoded(payload: Bytes, desc: prost_reflect::MessageDescriptor) -> Self {
+        Self {
+            payload,
+            desc,
+            message: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From the tree decoder (`json::decode`); `payload`: its encoding, when it is to be sent.
+    fn decoded(message: DynamicMessage, payload: Bytes) -> Self {
+        Self {
+            payload,
+            desc: message.descriptor(),
+            message: std::sync::OnceLock::from(Some(message)),
+        }
+    }
+
+    /// The message when `wanted`, else nothing (and no decoding).
+    fn message_if(&self, wanted: bool) -> Option<&DynamicMessage> {
+        if wanted { self.message() } else { None }
+    }
+
+    fn message(&self) -> Option<&DynamicMessage> {
+        self.message
+            .get_or_init(|| DynamicMessage::decode(self.desc.clone(), &*self.payload).ok())
+            .as_ref()
+    }
+}
+
+/// Whether the command's reply rules read the request (so the envelope needs its fields).
+fn rules_read_request(entry: &CommandEntry) -> bool {
+    entry.row.rules.iter().any(|rule| {
+        matches!(
+            rule,
+            crate::catalog::Rule::EchoFromRequest(_) | crate::catalog::Rule::OnlyIfInRequest(_)
+        )
+    })
 }
 
 impl Exit {
@@ -89,7 +138,11 @@ impl Exit {
         let target = self.known.as_ref().and_then(|k| {
             k.snapshot.route(k.entry.row.command).map(|route| Target {
                 entry: k.entry,
-                request: k.request.as_ref(),
+                request: k
+                    .request
+                    .as_ref()
+                    .filter(|_| rules_read_request(k.entry))
+                    .and_then(Request::message),
                 policy: &route.policy,
             })
         });
@@ -179,7 +232,7 @@ async fn decide(
     route: &CommandRoute,
     cb: Callback,
     operation_id: &mut String,
-    request_out: &mut Option<DynamicMessage>,
+    request_out: &mut Option<Request>,
     grpc_status: &mut Option<tonic::Code>,
 ) -> Decision {
     let command = entry.row.command;
@@ -200,33 +253,46 @@ async fn decide(
         }
         Err(e) => return bad_input(e.to_string()),
     };
-    let decoded = match json::decode(&entry.request(), &bytes) {
-        Ok(d) => d,
-        Err(e) => return bad_input(e.to_string()),
+    // One pass to protobuf bytes; the tree decoder for what that pass hands back (any field
+    // error, a key given twice), so that answers and log lines are the reference's.
+    let (request, unknown_keys) = match entry.transcoder.transcode(&bytes) {
+        Some(t) => (
+            Request::encoded(t.payload.into(), entry.request()),
+            t.unknown_keys,
+        ),
+        None => {
+            let decoded = match json::decode(&entry.request(), &bytes) {
+                Ok(d) => d,
+                Err(e) => return bad_input(e.to_string()),
+            };
+            if let Some(first) = decoded.errors.first() {
+                take_operation_id(operation_id, Some(&decoded.message));
+                gw.note_unknown_keys(command, &decoded.unknown_keys, operation_id);
+                // The problem can quote a value: redacted unless `log.redact: false`.
+                let first = telemetry::field_problem(first);
+                let problem = if decoded.errors.len() > 1 {
+                    format!("{first} (and {} more)", decoded.errors.len() - 1)
+                } else {
+                    first
+                };
+                // Not sent: kept for the echo rules of the failure policy's answer.
+                *request_out = Some(Request::decoded(decoded.message, Bytes::new()));
+                return bad_input(problem);
+            }
+            let payload = decoded.message.encode_to_vec().into();
+            (
+                Request::decoded(decoded.message, payload),
+                decoded.unknown_keys,
+            )
+        }
     };
-    if operation_id.is_empty() {
-        *operation_id = decoded
-            .message
-            .get_field_by_name("operation_id")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-    }
-    gw.note_unknown_keys(command, &decoded.unknown_keys, operation_id);
-    let request = request_out.insert(decoded.message);
-    if let Some(first) = decoded.errors.first() {
-        // The problem can quote a value: redacted unless `log.redact: false`.
-        let first = telemetry::field_problem(first);
-        let problem = if decoded.errors.len() > 1 {
-            format!("{first} (and {} more)", decoded.errors.len() - 1)
-        } else {
-            first
-        };
-        return bad_input(problem);
-    }
+    let request = request_out.insert(request);
+    take_operation_id(operation_id, request.message_if(operation_id.is_empty()));
+    gw.note_unknown_keys(command, &unknown_keys, operation_id);
     let Some(upstream) = route.upstream.as_ref() else {
         return Decision::continue_for(Reason::Disabled);
     };
-    let payload: Bytes = request.encode_to_vec().into();
+    let payload = request.payload.clone();
     if entry.phase == Phase::After
         && route.settings.delivery == Delivery::Spool
         && let Some(spool) = gw.spool()
@@ -234,7 +300,11 @@ async fn decide(
         {
             let event = spool::NewEvent {
                 command: command.to_owned(),
-                order_key: route.settings.ordered.then(|| order_key(entry, request)),
+                order_key: route
+                    .settings
+                    .ordered
+                    .then(|| request.message().map(|m| order_key(entry, m)))
+                    .flatten(),
                 operation_id: operation_id.clone(),
                 openim_key: cb.key.clone(),
                 payload: payload.to_vec(),
@@ -294,6 +364,18 @@ async fn decide(
     let result = upstream.call(command, call, retry).await;
     *grpc_status = telemetry::call_status(&result);
     decision::decide(entry, result, policy)
+}
+
+/// The body's `operationID` when the header had none.
+fn take_operation_id(operation_id: &mut String, message: Option<&DynamicMessage>) {
+    if operation_id.is_empty()
+        && let Some(m) = message
+    {
+        *operation_id = m
+            .get_field_by_name("operation_id")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+    }
 }
 
 /// Kept back from OpenIM's budget for writing the answer, so that OpenIM gets the failure

@@ -508,3 +508,73 @@ fn bounded_mutation_pass_over_the_seeds() {
         );
     }
 }
+
+/// The hot path's one-pass transcoder takes every real body and its liberal variants (numbers as
+/// strings, `{"value": x}`, keys in another case, `null`s, unknown keys), and `check::decode`
+/// holds each to the tree decoder's reading; a key given twice or a wrong type goes back to the
+/// tree decoder, which names the problem.
+#[test]
+fn the_transcoder_takes_real_bodies_and_reads_them_as_the_tree_decoder_does() {
+    let wire = |j: &Json| {
+        let mut v = serde_json::to_vec(j).unwrap();
+        v.push(b'\n');
+        v
+    };
+    let mut variants = 0;
+    for entry in &h().entries {
+        let command = entry.row.command;
+        let body: Json =
+            serde_json::from_slice(&std::fs::read(data().join(format!("{command}.json"))).unwrap())
+                .unwrap();
+        let obj = body.as_object().unwrap();
+        let fast = |bytes: &[u8]| entry.transcoder.transcode(bytes).is_some();
+        assert!(
+            fast(&wire(&body)),
+            "{command}: the real body goes the slow way"
+        );
+        decode(command, &wire(&body));
+        for (key, value) in obj {
+            let with = |k: &str, v: Json| {
+                let mut o = obj.clone();
+                o.shift_remove(key);
+                o.insert(k.to_owned(), v);
+                wire(&Json::Object(o))
+            };
+            let mut liberal = vec![
+                with(&key.to_lowercase(), value.clone()),
+                with(key, Json::Null),
+                with(&format!("{key}Unknown"), value.clone()),
+            ];
+            match value {
+                Json::Number(n) => {
+                    liberal.push(with(key, Json::String(n.to_string())));
+                    liberal.push(with(key, json!({ "value": value })));
+                }
+                Json::String(_) | Json::Bool(_) => {
+                    liberal.push(with(key, json!({ "value": value })))
+                }
+                _ => {}
+            }
+            for bytes in liberal {
+                assert!(
+                    fast(&bytes),
+                    "{command}: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                decode(command, &bytes);
+                variants += 1;
+            }
+            // Twice (once in another case): the tree decoder keeps the last.
+            let text = String::from_utf8(wire(&body)).unwrap();
+            let twice = format!("{{\"{}\":{value},{}", key.to_uppercase(), &text[1..]);
+            assert!(!fast(twice.as_bytes()), "{command}: {twice}");
+            decode(command, twice.as_bytes());
+            if value.is_string() {
+                let wrong = with(key, json!(true));
+                assert!(!fast(&wrong), "{command}: a boolean for `{key}`");
+                decode(command, &wrong);
+            }
+        }
+    }
+    assert!(variants > 1000, "only {variants} variants");
+}

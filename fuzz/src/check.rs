@@ -152,7 +152,29 @@ pub fn decode(h: &Harness, data: &[u8]) {
     };
     let entry = h.decode_command(b);
     let desc = entry.request();
-    match json::decode(&desc, body) {
+    let slow = json::decode(&desc, body);
+    // The hot path's one-pass transcoder either hands the body back or means exactly what the
+    // tree decoder reads: the same message, the same unknown keys, and no field errors.
+    if let Some(fast) = entry.transcoder.transcode(body) {
+        let slow = slow
+            .as_ref()
+            .expect("the transcoder took a body the tree decoder refuses");
+        assert!(
+            slow.errors.is_empty(),
+            "the transcoder took a body with field errors: {:?}",
+            slow.errors
+        );
+        assert_eq!(
+            fast.unknown_keys, slow.unknown_keys,
+            "transcoder unknown keys"
+        );
+        let got = DynamicMessage::decode(desc.clone(), fast.payload.as_slice())
+            .expect("the transcoder's protobuf decodes");
+        let want = DynamicMessage::decode(desc.clone(), slow.message.encode_to_vec().as_slice())
+            .expect("the gateway's own protobuf decodes");
+        assert_eq!(got, want, "transcoder and tree decoder differ");
+    }
+    match slow {
         Err(_) => {
             for p in [policy(0), policy(1)] {
                 let d = decision::fail(Failure::BadInput("fuzz".into()), &p);

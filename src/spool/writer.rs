@@ -3,8 +3,9 @@
 //!
 //! It takes every command queued at the moment (up to `batch_max`) into one transaction. A batch
 //! with an append, a flush or a close commits with `Durability::Immediate` (one disk sync for all
-//! of it); a batch of deletes and attempt counts alone commits without a sync, and is synced by
-//! the next durable commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters
+//! of it); a batch of deletes and attempt counts alone first waits up to [`LINGER`] for an append
+//! to share its transaction, else commits without a sync, and is synced by the next durable
+//! commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters
 //! published and new events queued for delivery only after the commit.
 
 use std::path::Path;
@@ -61,6 +62,22 @@ pub(crate) enum Cmd {
     },
     /// Sync everything, answer, and stop the thread.
     Close { reply: Option<oneshot::Sender<()>> },
+}
+
+/// How long a batch of deletes and attempt counts waits for an append to share its commit.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Cmd {
+    /// Whether nobody waits on it: a delete, an attempt count, a dead letter.
+    fn can_linger(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Delivered { .. }
+                | Cmd::Attempted { .. }
+                | Cmd::Dead { .. }
+                | Cmd::Quarantine { .. }
+        )
+    }
 }
 
 /// Counters as of the last commit, and what the current transaction changes.
@@ -160,10 +177,26 @@ impl Writer {
                 },
             };
             let mut batch = vec![first];
-            while batch.len() < self.batch_max {
-                match self.rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
+            self.drain(&mut batch);
+            // Deletes and attempt counts alone need no sync: they wait up to LINGER for the next
+            // append, to share its transaction (one commit per event instead of two).
+            if batch.iter().all(Cmd::can_linger) {
+                let until = Instant::now() + LINGER;
+                while batch.len() < self.batch_max {
+                    match self
+                        .rx
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(cmd) => {
+                            let eager = !cmd.can_linger();
+                            batch.push(cmd);
+                            self.drain(&mut batch);
+                            if eager {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
             if self.commit_batch(batch, false) {
@@ -172,6 +205,16 @@ impl Writer {
         }
         if self.unsynced_since.is_some() {
             self.commit_batch(Vec::new(), true);
+        }
+    }
+
+    /// Adds what is queued now to `batch`, up to `batch_max`.
+    fn drain(&self, batch: &mut Vec<Cmd>) {
+        while batch.len() < self.batch_max {
+            match self.rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
         }
     }
 

@@ -14,16 +14,16 @@
 //! It ends when the balancer is gone: the last clone of the upstream's client was dropped (a
 //! reload swapped in a new snapshot, and the old one's calls finished).
 
-use super::transport::{Balanced, Connector, Health, Key, Member, Target};
+use super::transport::{Balanced, Connector, Direct, Health, Key, Member, Target};
 use super::{UpstreamError, error_chain, resolve::Resolve, tls::TlsFiles};
 use crate::config::{UpstreamConfig, UpstreamTlsConfig};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tower::Service as _;
 use tower::discover::Change;
 
@@ -76,6 +76,9 @@ pub(crate) struct Discovery {
     health: Arc<Health>,
     tx: mpsc::Sender<Change<Key, Balanced>>,
     members: BTreeSet<Key>,
+    /// The members' channels, for [`Direct`].
+    channels: BTreeMap<Key, Channel>,
+    direct: Direct,
     failing: HashMap<usize, Failing>,
 }
 
@@ -88,6 +91,7 @@ impl Discovery {
         cfg: &UpstreamConfig,
         resolver: Arc<dyn Resolve>,
         tx: mpsc::Sender<Change<Key, Balanced>>,
+        direct: Direct,
     ) -> Result<Self, UpstreamError> {
         let tls_files = TlsFiles::read(&cfg.tls).map_err(|source| UpstreamError::Tls {
             name: upstream.to_owned(),
@@ -115,6 +119,8 @@ impl Discovery {
             health: Arc::new(Health::new(upstream)),
             tx,
             members: BTreeSet::new(),
+            channels: BTreeMap::new(),
+            direct,
             failing: HashMap::new(),
         };
         let initial: BTreeSet<Key> = (0..this.specs.len())
@@ -127,6 +133,7 @@ impl Discovery {
         }
         this.health.set_members(initial.iter().copied());
         this.members = initial;
+        this.publish_direct();
         Ok(this)
     }
 
@@ -171,11 +178,22 @@ impl Discovery {
         }
     }
 
-    fn member(&self, key: Key) -> Balanced {
+    /// A new member (replacing one of the same key), its channel recorded for [`Direct`].
+    fn member(&mut self, key: Key) -> Balanced {
         let channel = self.specs[key.endpoint]
             .endpoint
             .connect_with_connector_lazy(self.connector(key));
+        self.channels.insert(key, channel.clone());
         Member::balanced(key, channel, self.health.clone())
+    }
+
+    /// Calls skip the balancer while there is exactly one member.
+    fn publish_direct(&self) {
+        let only = match (self.channels.len(), self.channels.values().next()) {
+            (1, Some(channel)) => Some(Arc::new(channel.clone())),
+            _ => None,
+        };
+        self.direct.store(only);
     }
 
     /// Runs the task until the balancer is dropped.
@@ -276,6 +294,7 @@ impl Discovery {
             }
         }
         for key in &removed {
+            self.channels.remove(key);
             if self.tx.send(Change::Remove(*key)).await.is_err() {
                 return;
             }
@@ -290,6 +309,7 @@ impl Discovery {
             members = wanted.len(), "upstream addresses changed");
         self.health.set_members(wanted.iter().copied());
         self.members = wanted;
+        self.publish_direct();
     }
 
     async fn probe(&mut self) {
@@ -355,6 +375,7 @@ impl Discovery {
                         return;
                     }
                 }
+                self.publish_direct();
                 metrics::counter!("gateway_upstream_tls_reloads_total", "upstream" => upstream.clone(), "result" => "ok")
                     .increment(1);
                 tracing::info!(upstream = %upstream, "upstream TLS files changed: new connections use them");

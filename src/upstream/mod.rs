@@ -86,8 +86,18 @@ impl Upstreams {
         for (name, cfg) in configs {
             let capacity = transport::BUFFER.max(cfg.endpoints.len());
             let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-            discoveries.push(discovery::Discovery::new(name, cfg, resolver.clone(), tx)?);
-            clients.insert(name.clone(), UpstreamClient::new(Transport::new(rx)));
+            let direct = transport::Direct::default();
+            discoveries.push(discovery::Discovery::new(
+                name,
+                cfg,
+                resolver.clone(),
+                tx,
+                direct.clone(),
+            )?);
+            clients.insert(
+                name.clone(),
+                UpstreamClient::new(Transport::new(rx, direct)),
+            );
         }
         // Only once every upstream built: a refused config starts nothing.
         for d in discoveries {

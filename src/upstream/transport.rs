@@ -11,9 +11,15 @@
 //! first failed connect, and comes back when the discovery task's probe reaches it again.
 //! Each member is still a tonic [`Channel`], so TLS, `:authority`, HTTP/2 keep-alive and
 //! reconnects are tonic's.
+//!
+//! While an upstream has exactly one member (the usual case in a mesh: one service name, one
+//! ClusterIP or sidecar), calls go straight to its channel ([`Direct`]): the balancer has nothing
+//! to choose, and a lone member is always admitted ([`Health`]), so skipping its buffer hop (a
+//! task hand-off per call) changes nothing but the cost.
 
 use super::resolve::Resolve;
-use futures_util::future::BoxFuture;
+use futures_util::TryFutureExt as _;
+use futures_util::future::{BoxFuture, Either, MapErr};
 use hyper_util::rt::TokioIo;
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -51,12 +57,28 @@ pub(crate) struct Key {
 /// A member as the balancer holds it.
 pub(crate) type Balanced = PendingRequests<Member, CompleteOnResponse>;
 
+/// The channel of an upstream's only member while it has exactly one, else `None`; set by the
+/// discovery task with every change of the members.
+pub(crate) type Direct = Arc<arc_swap::ArcSwapOption<Channel>>;
+
 /// The balanced, buffered client side of one upstream. Cheap to clone; every clone shares the
 /// members and their connections. When the last clone is dropped the balancer goes, and with it
 /// the receiving end the discovery task watches, so the task ends too.
-#[derive(Clone)]
 pub struct Transport {
     inner: Buffer<Request, BoxFuture<'static, Result<Response, BoxError>>>,
+    direct: Direct,
+    /// The direct channel `poll_ready` made ready, for the next `call`.
+    ready: Option<Channel>,
+}
+
+impl Clone for Transport {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            direct: self.direct.clone(),
+            ready: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Transport {
@@ -67,25 +89,45 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// A transport fed by `changes`. Must run inside a tokio runtime (the buffer's worker).
-    pub(crate) fn new(changes: mpsc::Receiver<Change<Key, Balanced>>) -> Self {
+    pub(crate) fn new(changes: mpsc::Receiver<Change<Key, Balanced>>, direct: Direct) -> Self {
         let balance = Balance::new(Changes(changes));
         let inner = Buffer::new(BoxService::new(balance), BUFFER);
-        Self { inner }
+        Self {
+            inner,
+            direct,
+            ready: None,
+        }
     }
 }
+
+type DirectFuture =
+    MapErr<tonic::transport::channel::ResponseFuture, fn(tonic::transport::Error) -> BoxError>;
 
 impl Service<Request> for Transport {
     type Response = Response;
     type Error = BoxError;
-    type Future =
-        tower::buffer::future::ResponseFuture<BoxFuture<'static, Result<Response, BoxError>>>;
+    type Future = Either<
+        DirectFuture,
+        tower::buffer::future::ResponseFuture<BoxFuture<'static, Result<Response, BoxError>>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        if self.ready.is_none()
+            && let Some(channel) = self.direct.load().as_deref()
+        {
+            self.ready = Some(channel.clone());
+        }
+        match self.ready.as_mut() {
+            Some(channel) => channel.poll_ready(cx).map_err(Into::into),
+            None => self.inner.poll_ready(cx),
+        }
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.inner.call(req)
+        match self.ready.take() {
+            Some(mut channel) => Either::Left(channel.call(req).map_err(Into::into as fn(_) -> _)),
+            None => Either::Right(self.inner.call(req)),
+        }
     }
 }
 
