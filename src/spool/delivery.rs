@@ -1,7 +1,10 @@
 //! The scheduler (ordering keys, retry timers) and the delivery workers.
 //!
-//! The scheduler holds ids only; a worker reads the event from the store when its attempt
-//! starts, so a long backlog costs little memory. Events without an ordering key are ready as
+//! The scheduler holds ids; a worker reads the event from the store when its attempt starts, so
+//! a long backlog costs little memory. The exception is a fresh event's first attempt: the writer
+//! hands over the record it has just committed (at most [`MAX_CARRIED`] at a time), which saves a
+//! blocking-pool hand-off and a read transaction per event. Dropping or purging pending events
+//! bumps a generation, and a record carried from an older one is read from the store again. Events without an ordering key are ready as
 //! soon as they are stored. Of the events sharing a key only the oldest (the head) is ever ready,
 //! waiting for a retry or in flight; the next one becomes ready when the head was delivered or
 //! dead-lettered. Ids removed meanwhile (purged, dropped) are skipped when they come up.
@@ -28,7 +31,25 @@ pub(crate) struct Ticket {
     /// Attempts made, once this process made one: the stored count is updated asynchronously,
     /// so a retry must not read it back.
     pub(crate) attempts: Option<u32>,
+    /// The record as committed, for a fresh event's first attempt.
+    pub(crate) carried: Carried,
 }
+
+/// Fresh records handed from the writer to the first attempt, at most this many at a time.
+pub(crate) const MAX_CARRIED: usize = 1024;
+
+/// A record carried with its ticket, and the removal generation it was carried in; not part of
+/// the ticket's identity.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Carried(Option<(Arc<store::Record>, u64)>);
+
+impl PartialEq for Carried {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Carried {}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Timer {
@@ -61,21 +82,43 @@ struct State {
 pub(crate) struct Sched {
     state: Mutex<State>,
     notify: Notify,
+    /// Records carried by queued tickets.
+    carried: std::sync::atomic::AtomicUsize,
+    /// Bumped whenever pending events are removed undelivered (dropped, purged): a record
+    /// carried from an earlier generation may be one of them, so its attempt reads the store.
+    removals: std::sync::atomic::AtomicU64,
 }
 
 impl Sched {
+    /// Pending events are being removed undelivered.
+    pub(crate) fn note_removal(&self) {
+        self.removals.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a stored event behind the others of its key.
-    pub(crate) fn enqueue(&self, id: u64, key: Option<String>) {
+    /// Queues a stored event behind the others of its key; `rec`: the record just committed,
+    /// kept for the first attempt if the event is ready at once and few are carried.
+    pub(crate) fn enqueue(&self, id: u64, key: Option<String>, rec: Option<store::Record>) {
+        let carry = || {
+            let Some(rec) = rec else {
+                return Carried::default();
+            };
+            if self.carried.fetch_add(1, Ordering::Relaxed) >= MAX_CARRIED {
+                self.carried.fetch_sub(1, Ordering::Relaxed);
+                return Carried::default();
+            }
+            Carried(Some((Arc::new(rec), self.removals.load(Ordering::SeqCst))))
+        };
         let mut st = self.lock();
         match key {
             None => st.ready.push_back(Ticket {
                 id,
                 key: None,
                 attempts: None,
+                carried: carry(),
             }),
             Some(k) => {
                 let k: Arc<str> = match st.keys.get_key_value(k.as_str()) {
@@ -89,6 +132,7 @@ impl Sched {
                         id,
                         key: Some(k),
                         attempts: None,
+                        carried: carry(),
                     });
                 }
             }
@@ -120,6 +164,7 @@ impl Sched {
                 id,
                 key: Some(k.clone()),
                 attempts: None,
+                carried: Carried::default(),
             });
             drop(st);
             self.notify.notify_one();
@@ -213,8 +258,21 @@ async fn attempt(
     _slot: (OwnedSemaphorePermit, InFlight),
 ) {
     let id = entry.id;
-    let db = inner.db.clone();
-    let loaded = tokio::task::spawn_blocking(move || store::load(&db, id)).await;
+    let mut entry = entry;
+    let carried = entry.carried.0.take().and_then(|(rec, generation)| {
+        let sched = &inner.shared.sched;
+        sched.carried.fetch_sub(1, Ordering::Relaxed);
+        (sched.removals.load(Ordering::SeqCst) == generation).then_some(rec)
+    });
+    let loaded = match carried {
+        Some(rec) => Ok(Ok(Loaded::Found(Box::new(
+            Arc::try_unwrap(rec).unwrap_or_else(|rec| (*rec).clone()),
+        )))),
+        None => {
+            let db = inner.db.clone();
+            tokio::task::spawn_blocking(move || store::load(&db, id)).await
+        }
+    };
     let rec = match loaded {
         Ok(Ok(Loaded::Found(rec))) => rec,
         Ok(Ok(Loaded::Missing)) => {

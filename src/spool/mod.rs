@@ -500,7 +500,7 @@ impl RedbSpool {
         let path = settings.path();
         let sched = Sched::default();
         for (id, key) in &opened.entries {
-            sched.enqueue(*id, key.clone());
+            sched.enqueue(*id, key.clone(), None);
         }
         let shared = Arc::new(Shared {
             path: path.clone(),

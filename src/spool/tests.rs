@@ -711,6 +711,39 @@ async fn full_spool_drops_oldest_under_drop_oldest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dropped_in_the_batch_that_stored_them_are_not_delivered() {
+    // Concurrent appends share transactions, so an event can be dropped by the very commit
+    // that stored it: the record the writer hands to its first attempt must not be delivered.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&SpoolConfig {
+        max_events: 2,
+        when_full: FullPolicy::DropOldest,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    let results = join_all((0..40).map(|n| spool.append(event("callbackAfterX", n)))).await;
+    assert!(results.iter().all(Result::is_ok));
+    let left: Vec<u64> = spool
+        .list(Which::Pending, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left.len(), 2);
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
+    start(&spool, &fake);
+    wait_until("delivery", || spool.stats().pending == 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut delivered: Vec<u64> = fake.calls().iter().map(|c| c.id).collect();
+    delivered.sort_unstable();
+    assert_eq!(
+        delivered, left,
+        "only the events still pending are delivered"
+    );
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_batches_concurrent_appends() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();

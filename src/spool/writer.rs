@@ -106,12 +106,29 @@ enum Reply {
 #[derive(Default)]
 struct Effects {
     replies: Vec<Reply>,
-    enqueue: Vec<(u64, Option<String>)>,
+    /// (id, ordering key, the record of a fresh append for its first attempt).
+    enqueue: Vec<(u64, Option<String>, Option<Record>)>,
     /// (delivery id, command, operation id) of events deleted by `drop_oldest`.
     dropped: Vec<(String, String, String)>,
     durable: bool,
     close: bool,
     changed: bool,
+    /// Pending events were removed undelivered (dropped or purged): carried records are stale.
+    removed: bool,
+}
+
+impl Effects {
+    /// Pending event `id` was removed undelivered.
+    fn removed_pending(&mut self, id: u64) {
+        self.removed = true;
+        // Appended in this same transaction: its first attempt must read the store (and find
+        // nothing) rather than deliver the record it would carry.
+        for (eid, _, rec) in &mut self.enqueue {
+            if *eid == id {
+                *rec = None;
+            }
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -188,10 +205,11 @@ impl Writer {
                         .recv_timeout(until.saturating_duration_since(Instant::now()))
                     {
                         Ok(cmd) => {
-                            let eager = !cmd.can_linger();
                             batch.push(cmd);
                             self.drain(&mut batch);
-                            if eager {
+                            // Something waits on this batch: the received command or one drained
+                            // with it.
+                            if !batch.iter().all(Cmd::can_linger) {
                                 break;
                             }
                         }
@@ -234,6 +252,11 @@ impl Writer {
             .map_err(redb::Error::from)
             .and_then(|mut txn| {
                 self.apply(&txn, batch, &mut counts, &mut fx)?;
+                if fx.removed {
+                    // Before the commit: an attempt that still sees the old generation
+                    // delivers an event that was not yet removed.
+                    self.shared.sched.note_removal();
+                }
                 if !fx.durable && txn.set_durability(Durability::None).is_err() {
                     fx.durable = true;
                 }
@@ -263,8 +286,8 @@ impl Writer {
                     metrics::counter!("gateway_spool_dropped_total", "command" => command.clone())
                         .increment(1);
                 }
-                for (id, key) in fx.enqueue {
-                    self.shared.sched.enqueue(id, key);
+                for (id, key, rec) in fx.enqueue {
+                    self.shared.sched.enqueue(id, key, rec);
                 }
                 for reply in fx.replies {
                     match reply {
@@ -433,6 +456,7 @@ impl Writer {
                 };
                 c.pending -= 1;
                 c.bytes = c.bytes.saturating_sub(entry_bytes(v.value().len()));
+                fx.removed_pending(k.value());
                 let (delivery_id, command, operation_id) = match Record::decode(v.value()) {
                     Ok(r) => (r.delivery_id, r.command, r.operation_id),
                     Err(_) => (
@@ -464,11 +488,12 @@ impl Writer {
         c.pending += 1;
         c.bytes = c.bytes.saturating_add(entry_bytes(bytes.len()));
         fx.changed = true;
-        fx.enqueue.push((id, rec.order_key));
-        Ok(Ok(StoredEventRef {
+        let stored = StoredEventRef {
             id,
-            delivery_id: rec.delivery_id,
-        }))
+            delivery_id: rec.delivery_id.clone(),
+        };
+        fx.enqueue.push((id, rec.order_key.clone(), Some(rec)));
+        Ok(Ok(stored))
     }
 }
 
@@ -549,12 +574,13 @@ fn chunk(
                 .bytes
                 .saturating_sub(len)
                 .saturating_add(entry_bytes(bytes.len()));
-            fx.enqueue.push((*id, key));
+            fx.enqueue.push((*id, key, None));
         } else {
             match op.which {
                 Which::Pending => {
                     pending.remove(*id)?;
                     c.pending -= 1;
+                    fx.removed_pending(*id);
                 }
                 Which::Dead => {
                     dead.remove(*id)?;
