@@ -105,11 +105,6 @@ impl Request {
         }
     }
 
-    /// The message when `wanted`, else nothing (and no decoding).
-    fn message_if(&self, wanted: bool) -> Option<&DynamicMessage> {
-        if wanted { self.message() } else { None }
-    }
-
     fn message(&self) -> Option<&DynamicMessage> {
         self.message
             .get_or_init(|| DynamicMessage::decode(self.desc.clone(), &*self.payload).ok())
@@ -255,40 +250,50 @@ async fn decide(
     };
     // One pass to protobuf bytes; the tree decoder for what that pass hands back (any field
     // error, a key given twice), so that answers and log lines are the reference's.
-    let (request, unknown_keys) = match entry.transcoder.transcode(&bytes) {
+    let (request, unknown_keys, errors) = match entry.transcoder.transcode(&bytes) {
         Some(t) => (
             Request::encoded(t.payload.into(), entry.request()),
             t.unknown_keys,
+            Vec::new(),
         ),
         None => {
             let decoded = match json::decode(&entry.request(), &bytes) {
                 Ok(d) => d,
                 Err(e) => return bad_input(e.to_string()),
             };
-            if let Some(first) = decoded.errors.first() {
-                take_operation_id(operation_id, Some(&decoded.message));
-                gw.note_unknown_keys(command, &decoded.unknown_keys, operation_id);
-                // The problem can quote a value: redacted unless `log.redact: false`.
-                let first = telemetry::field_problem(first);
-                let problem = if decoded.errors.len() > 1 {
-                    format!("{first} (and {} more)", decoded.errors.len() - 1)
-                } else {
-                    first
-                };
-                // Not sent: kept for the echo rules of the failure policy's answer.
-                *request_out = Some(Request::decoded(decoded.message, Bytes::new()));
-                return bad_input(problem);
-            }
-            let payload = decoded.message.encode_to_vec().into();
+            // With field errors it is not sent, only kept for the failure answer's echo rules.
+            let payload = if decoded.errors.is_empty() {
+                decoded.message.encode_to_vec().into()
+            } else {
+                Bytes::new()
+            };
             (
                 Request::decoded(decoded.message, payload),
                 decoded.unknown_keys,
+                decoded.errors,
             )
         }
     };
     let request = request_out.insert(request);
-    take_operation_id(operation_id, request.message_if(operation_id.is_empty()));
+    if operation_id.is_empty() {
+        // The header had none: the body's.
+        *operation_id = request
+            .message()
+            .and_then(|m| m.get_field_by_name("operation_id"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+    }
     gw.note_unknown_keys(command, &unknown_keys, operation_id);
+    if let Some(first) = errors.first() {
+        // The problem can quote a value: redacted unless `log.redact: false`.
+        let first = telemetry::field_problem(first);
+        let problem = if errors.len() > 1 {
+            format!("{first} (and {} more)", errors.len() - 1)
+        } else {
+            first
+        };
+        return bad_input(problem);
+    }
     let Some(upstream) = route.upstream.as_ref() else {
         return Decision::continue_for(Reason::Disabled);
     };
@@ -364,18 +369,6 @@ async fn decide(
     let result = upstream.call(command, call, retry).await;
     *grpc_status = telemetry::call_status(&result);
     decision::decide(entry, result, policy)
-}
-
-/// The body's `operationID` when the header had none.
-fn take_operation_id(operation_id: &mut String, message: Option<&DynamicMessage>) {
-    if operation_id.is_empty()
-        && let Some(m) = message
-    {
-        *operation_id = m
-            .get_field_by_name("operation_id")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-    }
 }
 
 /// Kept back from OpenIM's budget for writing the answer, so that OpenIM gets the failure

@@ -19,7 +19,7 @@ use super::Path;
 use base64::Engine as _;
 use prost_reflect::{EnumDescriptor, MessageDescriptor};
 use serde::de::{self, DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// A body transcoded to the request message's protobuf encoding.
@@ -299,16 +299,16 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut seen = Seen::default();
-        let mut unknown_here: Vec<String> = Vec::new();
+        // A set: a body can carry tens of thousands of unknown keys.
+        let mut unknown_here: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let key: &str = &key;
             let path = Path::Key(self.path, key);
             let Some(field) = self.t.field(self.msg, key) else {
                 // The tree holds a key given twice once.
-                if unknown_here.iter().any(|k| k == key) {
+                if !unknown_here.insert(key.to_owned()) {
                     return Err(A::Error::custom("an unknown key given twice"));
                 }
-                unknown_here.push(key.to_owned());
                 // Without list indexes, as `decode` counts them: per key, not per element.
                 self.out.unknown.push(path.render(false));
                 // Read as the tree reads it: `IgnoredAny` would skip invalid escapes and
