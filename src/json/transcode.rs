@@ -98,6 +98,14 @@ enum Kind {
 }
 
 impl Kind {
+    /// Integers and enums: what a JSON integer, or a string holding one, can fill.
+    fn integral(self) -> bool {
+        !matches!(
+            self,
+            Kind::Double | Kind::Float | Kind::String | Kind::Bytes | Kind::Bool | Kind::Message(_)
+        )
+    }
+
     /// The protobuf wire type.
     fn wire(self) -> u32 {
         match self {
@@ -753,7 +761,7 @@ impl<'de> Visitor<'de> for ScalarSeed<'_> {
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Wrote, E> {
         let value = match self.kind {
             Kind::Double | Kind::Float => Ok(Scalar::Float(v)),
-            Kind::String | Kind::Bytes | Kind::Bool | Kind::Message(_) => Err("a number".into()),
+            k if !k.integral() => Err("a number".into()),
             _ if v.fract() == 0.0 && v.abs() < 1e38 => Ok(Scalar::Int(v as i128)),
             _ => Err("not an integer".into()),
         };
@@ -804,23 +812,20 @@ impl<'de> Visitor<'de> for ScalarSeed<'_> {
 fn number(kind: Kind, i: i128, f: f64) -> Result<Scalar<'static>, String> {
     match kind {
         Kind::Double | Kind::Float => Ok(Scalar::Float(f)),
-        Kind::String | Kind::Bytes | Kind::Bool | Kind::Message(_) => Err("a number".into()),
-        _ => Ok(Scalar::Int(i)),
+        k if k.integral() => Ok(Scalar::Int(i)),
+        _ => Err("a number".into()),
     }
 }
 
 /// An integer held in a string (`decode` trims it).
 fn int_from_str(s: &str, kind: Kind) -> Result<Scalar<'static>, String> {
-    match kind {
-        Kind::String | Kind::Bytes | Kind::Bool | Kind::Message(_) | Kind::Double | Kind::Float => {
-            Err("not an integer kind".into())
-        }
-        _ => s
-            .trim()
-            .parse::<i128>()
-            .map(Scalar::Int)
-            .map_err(|e| e.to_string()),
+    if !kind.integral() {
+        return Err("not an integer kind".into());
     }
+    s.trim()
+        .parse::<i128>()
+        .map(Scalar::Int)
+        .map_err(|e| e.to_string())
 }
 
 /// Checks `value` against `kind` (ranges as `decode` checks them) and writes it, with its tag

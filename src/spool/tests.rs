@@ -678,25 +678,35 @@ async fn full_spool_rejects_under_reject() {
     close(spool).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_spool_drops_oldest_under_drop_oldest() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolConfig {
-        max_events: 3,
+/// A spool of at most `max_events` that drops the oldest when full.
+fn dropping_oldest(dir: &std::path::Path, max_events: u64) -> Spool {
+    Spool::open(&SpoolConfig {
+        max_events,
         when_full: FullPolicy::DropOldest,
-        ..settings(dir.path())
+        ..settings(dir)
     })
-    .unwrap();
-    let mut refs = Vec::new();
-    for n in 0..5 {
-        refs.push(spool.append(event("callbackAfterX", n)).await.unwrap());
-    }
-    let left: Vec<u64> = spool
+    .unwrap()
+}
+
+/// The ids of the pending events, oldest first.
+fn pending_ids(spool: &Spool) -> Vec<u64> {
+    spool
         .list(Which::Pending, 10)
         .unwrap()
         .iter()
         .map(|e| e.id)
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_drops_oldest_under_drop_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dropping_oldest(dir.path(), 3);
+    let mut refs = Vec::new();
+    for n in 0..5 {
+        refs.push(spool.append(event("callbackAfterX", n)).await.unwrap());
+    }
+    let left = pending_ids(&spool);
     assert_eq!(left, refs[2..].iter().map(|r| r.id).collect::<Vec<_>>());
     assert_eq!(spool.stats().pending, 3);
 
@@ -715,20 +725,10 @@ async fn events_dropped_in_the_batch_that_stored_them_are_not_delivered() {
     // Concurrent appends share transactions, so an event can be dropped by the very commit
     // that stored it: the record the writer hands to its first attempt must not be delivered.
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&SpoolConfig {
-        max_events: 2,
-        when_full: FullPolicy::DropOldest,
-        ..settings(dir.path())
-    })
-    .unwrap();
+    let spool = dropping_oldest(dir.path(), 2);
     let results = join_all((0..40).map(|n| spool.append(event("callbackAfterX", n)))).await;
     assert!(results.iter().all(Result::is_ok));
-    let left: Vec<u64> = spool
-        .list(Which::Pending, 10)
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let left = pending_ids(&spool);
     assert_eq!(left.len(), 2);
     let fake = Fake::new(|_, _| DeliveryResult::Delivered);
     start(&spool, &fake);
