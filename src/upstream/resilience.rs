@@ -29,6 +29,9 @@ pub enum Refusal {
     BreakerOpen(Duration),
     /// `max_concurrency` calls are already in flight to this upstream.
     MaxConcurrency,
+    /// Every member's last health check answered, and none said SERVING: the service asked
+    /// for no traffic.
+    NotServing,
 }
 
 impl Refusal {
@@ -37,6 +40,7 @@ impl Refusal {
         match self {
             Self::BreakerOpen(_) => "breaker",
             Self::MaxConcurrency => "max_concurrency",
+            Self::NotServing => "not_serving",
         }
     }
 }
@@ -124,6 +128,10 @@ impl Resilient {
         if call.timeout.is_zero() {
             trip("deadline");
             return Err(CallError::Timeout(call.timeout));
+        }
+        if self.client.channel().none_serving() {
+            trip(Refusal::NotServing.control());
+            return Err(CallError::Refused(Refusal::NotServing));
         }
         let Ok(_slot) = self.limit.clone().try_acquire_owned() else {
             trip(Refusal::MaxConcurrency.control());

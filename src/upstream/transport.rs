@@ -121,6 +121,12 @@ impl Transport {
     pub fn members(&self) -> Vec<MemberView> {
         self.members.view()
     }
+
+    /// Whether no member can take a call because each reported NOT_SERVING (or refused its
+    /// last connection, with at least one NOT_SERVING).
+    pub fn none_serving(&self) -> bool {
+        self.members.none_serving()
+    }
 }
 
 type DirectFuture =
@@ -376,6 +382,13 @@ impl Health {
     /// The members that are down.
     pub(crate) fn down(&self) -> Vec<Key> {
         self.lock().down.iter().copied().collect()
+    }
+
+    /// Whether every member is out of the rotation and at least one because it reported
+    /// NOT_SERVING (all refusing connections alone still admits calls, which then fail fast).
+    pub(crate) fn none_serving(&self) -> bool {
+        let s = self.lock();
+        !s.not_serving.is_empty() && s.all_out()
     }
 
     /// Every member's channel, for the health checks.
@@ -648,9 +661,12 @@ mod tests {
         // No answer changes nothing; every member out admits all again.
         health.record_check(key(1), "m1", CheckResult::NoAnswer("timeout".into()));
         assert!(!health.admit(&key(1), &waker));
+        assert!(!health.none_serving());
         health.record_check(key(2), "m2", not_serving());
+        assert!(health.none_serving(), "the upstream refuses calls at once");
         assert!(health.admit(&key(1), &waker), "all out: fail fast");
         health.record_check(key(1), "m1", CheckResult::Serving);
+        assert!(!health.none_serving());
         assert!(health.admit(&key(1), &waker));
         assert!(!health.admit(&key(2), &waker));
         // A member that leaves forgets its state.
