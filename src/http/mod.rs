@@ -3,7 +3,8 @@
 //!
 //! - `mod.rs` (this file): [`callback_router`], [`admin_router`], [`app`] (both on one port), the
 //!   shared [`layers`] stack, and the callback handler (`POST <any prefix>/<command>`).
-//! - `admin.rs`: `/healthz`, `/readyz`, `/metrics` (and the spool admin API, from `crate::spool`).
+//! - `admin.rs`: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` (and the spool admin API,
+//!   from `crate::spool`).
 //! - `serve.rs`: the accept loop of the callback port and the optional admin port, with one
 //!   graceful shutdown for both.
 
