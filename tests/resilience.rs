@@ -516,3 +516,38 @@ async fn a_fail_closed_command_with_a_dead_upstream_rejects_with_its_code() {
         "the breaker opened on the dead upstream meanwhile:\n{text}"
     );
 }
+
+/// Issue #18: `gateway_upstream_in_flight` goes back down when a call is dropped mid-way (the
+/// client went away, the task was aborted), not only when it returns.
+#[tokio::test]
+async fn a_call_dropped_mid_way_leaves_no_call_in_flight() {
+    let up = Upstream::start().await;
+    up.on(
+        "BeforeCreateGroup",
+        Behavior::Delay(
+            Duration::from_secs(3),
+            Box::new(Behavior::Reply(Default::default())),
+        ),
+    );
+    let yaml = format!(
+        "upstreams: {{dropped: {{endpoints: ['{}']}}}}\ndefaults: {{upstream: dropped}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let in_flight = |gw: &Gateway| {
+        sample(
+            &scrape(gw),
+            "gateway_upstream_in_flight",
+            &["upstream=\"dropped\""],
+        )
+    };
+    let call = {
+        let gw = gw.clone();
+        tokio::spawn(async move { post_command(&gw, CREATE, payload(CREATE)).await })
+    };
+    up.wait_calls(1, Duration::from_secs(5)).await;
+    assert_eq!(in_flight(&gw), 1.0);
+    call.abort();
+    let _ = call.await;
+    assert_eq!(in_flight(&gw), 0.0, "lowered when the call was dropped");
+}
