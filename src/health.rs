@@ -35,8 +35,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_health::server::{HealthReporter, HealthService};
 
-/// How often an upstream that is down, or whose breaker is not closed, is checked.
-pub const FAST_RECHECK: Duration = Duration::from_millis(200);
+pub use crate::upstream::FAST_RECHECK;
 
 /// An upstream whose members are checked.
 #[derive(Debug, Clone)]

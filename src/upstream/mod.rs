@@ -23,7 +23,7 @@ mod tls;
 mod transport;
 
 pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
-pub use resilience::{BreakerState, Refusal, Resilient, Retry};
+pub use resilience::{BreakerState, FAST_RECHECK, Refusal, Resilient, Retry};
 pub use tls::TlsError;
 pub use transport::{CheckResult, ConnectError, MemberChannel, MemberCheck, MemberView, Transport};
 

@@ -22,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// How often an upstream that is down, or whose breaker is not closed, is health-checked
+/// (`crate::health`); also how long a spooled delivery refused as NOT_SERVING waits.
+pub const FAST_RECHECK: Duration = Duration::from_millis(200);
+
 /// Which control refused a call before it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
