@@ -35,6 +35,7 @@ pub mod catalog;
 pub mod config;
 pub mod decision;
 pub mod delivery;
+pub mod doctor;
 pub mod envelope;
 pub mod gateway;
 pub mod health;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 #[command(version, about)]
 struct Cli {
     /// YAML config file (see config/gateway.example.yaml). OPENIM_GATEWAY_* variables override it.
-    #[arg(long, env = "OPENIM_GATEWAY_CONFIG")]
+    #[arg(long, env = "OPENIM_GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:10006 (overrides `listen`).
     #[arg(long)]
@@ -48,6 +48,22 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Read OpenIM's webhook configuration beside this gateway's config and say what would keep
+    /// callbacks from arriving or being answered as meant, with what to change. Exits 0 (fine),
+    /// 1 (warnings) or 2 (errors).
+    Doctor {
+        /// OpenIM's `config/webhooks.yml`.
+        #[arg(long, value_name = "FILE")]
+        openim: Option<PathBuf>,
+        /// A file with the `IMENV_WEBHOOKS_*` variables of a Docker deployment (`KEY=VALUE` or
+        /// `- KEY=VALUE` lines); they win over `--openim`, as in OpenIM.
+        #[arg(long, value_name = "FILE")]
+        openim_env: Option<PathBuf>,
+        /// Also send a harmless request through this URL (OpenIM's `url`; default: the one read)
+        /// as OpenIM would, and say whether it reached this gateway.
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        probe: Option<String>,
     },
     /// Write the contract compiled into this binary, for generating stubs in any language.
     Proto {
@@ -135,6 +151,11 @@ fn main() -> ExitCode {
                 }
             }
             Some(Command::Routes { json }) => routes(&config, json),
+            Some(Command::Doctor {
+                openim,
+                openim_env,
+                probe,
+            }) => doctor(&config, openim, openim_env, probe).await,
             Some(Command::Spool {
                 admin,
                 token_file,
@@ -179,6 +200,72 @@ fn main() -> ExitCode {
     // The runtime's workers still run: the last batch of spans is exported on them.
     telemetry.shutdown();
     code
+}
+
+/// `doctor`: OpenIM's webhook configuration against this gateway's; the findings on stdout.
+async fn doctor(
+    config: &Config,
+    openim: Option<PathBuf>,
+    openim_env: Option<PathBuf>,
+    probe: Option<String>,
+) -> ExitCode {
+    use openim_callback_gateway::doctor::{self, OpenImWebhooks};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("openim-callback-gateway doctor: {e}");
+        ExitCode::from(2)
+    };
+    let catalog = match openim_callback_gateway::catalog::Catalog::contract() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if openim.is_none() && openim_env.is_none() && probe.as_deref().is_none_or(str::is_empty) {
+        return fail(
+            &"give OpenIM's configuration: --openim config/webhooks.yml and/or --openim-env FILE (the IMENV_WEBHOOKS_* lines), or --probe URL",
+        );
+    }
+    let mut webhooks = match &openim {
+        Some(path) => match OpenImWebhooks::read_yml(path, catalog) {
+            Ok(w) => w,
+            Err(e) => return fail(&e),
+        },
+        None => OpenImWebhooks::defaults(catalog),
+    };
+    if let Some(path) = &openim_env
+        && let Err(e) = webhooks.apply_env_file(path)
+    {
+        return fail(&e);
+    }
+    let mut findings = if openim.is_some() || openim_env.is_some() {
+        doctor::diagnose(&webhooks, config, catalog)
+    } else {
+        Vec::new()
+    };
+    let probe_url = match probe.as_deref() {
+        Some("") => webhooks.url.clone(),
+        other => other.map(str::to_owned),
+    };
+    match (probe.is_some(), probe_url) {
+        (true, Some(url)) => {
+            findings.push(doctor::probe(&url, std::time::Duration::from_secs(5)).await)
+        }
+        (true, None) => return fail(&"--probe needs a URL: OpenIM's url was not read"),
+        _ => {}
+    }
+    if !webhooks.sources.is_empty() {
+        println!("OpenIM's webhooks from {}", webhooks.sources.join(" + "));
+    }
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let code = doctor::exit_code(&findings);
+    let count = |s| findings.iter().filter(|f| f.severity == s).count();
+    println!(
+        "{} error(s), {} warning(s), {} note(s)",
+        count(doctor::Severity::Error),
+        count(doctor::Severity::Warning),
+        count(doctor::Severity::Info)
+    );
+    ExitCode::from(code)
 }
 
 /// The config file and the flags that override it: loaded once at start, and again by every

@@ -86,6 +86,23 @@ async fn callback(
         )
             .into_response();
     }
+    if command_of(&uri) == crate::doctor::PROBE_COMMAND {
+        // `doctor --probe`: it came through OpenIM's url and the inbound checks; no service.
+        tracing::info!(path = %uri.path().chars().take(200).collect::<String>(),
+            "doctor probe reached the gateway (answered here, no service called)");
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+                (
+                    http::HeaderName::from_static(crate::doctor::PROBE_HEADER),
+                    "probe",
+                ),
+            ],
+            crate::envelope::Envelope::allow().to_bytes(),
+        )
+            .into_response();
+    }
     let snapshot = gw.snapshot();
     let _in_flight = InFlight::enter();
     // A slot before any work: past max_in_flight the body is drained (not kept) and the command
