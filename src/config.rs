@@ -5,9 +5,11 @@
 //! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
 //! logging is set up.
 
+mod inspect;
 mod mesh;
 mod security;
 
+pub use inspect::InspectConfig;
 pub use mesh::{
     BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,
     UpstreamTlsConfig,
@@ -104,6 +106,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Reloading the config file while running.
     pub reload: ReloadConfig,
+    /// The recent callbacks kept for `/admin/callbacks` (live).
+    pub inspect: InspectConfig,
 }
 
 impl Default for Config {
@@ -131,6 +135,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             tracing: TracingConfig::default(),
             reload: ReloadConfig::default(),
+            inspect: InspectConfig::default(),
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod envelope;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod json;
 pub mod pipeline;
 pub mod proto;
