@@ -96,10 +96,13 @@ impl Kept {
         let mut r = self.record.clone();
         r.envelope = envelope_view(&self.envelope);
         r.request = self.body.as_deref().map(body_view);
-        r.key = self
-            .key
-            .as_ref()
-            .map(|k| if redact() { REDACTED.to_owned() } else { k.clone() });
+        r.key = self.key.as_ref().map(|k| {
+            if redact() {
+                REDACTED.to_owned()
+            } else {
+                k.clone()
+            }
+        });
         r
     }
 
@@ -147,9 +150,7 @@ impl Inspector {
     /// Keeps one callback (bounded by `cfg.keep`) and sends it to the live stream.
     pub fn record(&self, cfg: &InspectConfig, seen: Seen<'_>) {
         let now = std::time::SystemTime::now();
-        let arrived = now
-            .checked_sub(seen.received.elapsed())
-            .unwrap_or(now);
+        let arrived = now.checked_sub(seen.received.elapsed()).unwrap_or(now);
         let command: String = seen.command.chars().take(120).collect();
         let capture = cfg.capture_bodies;
         let mut ring = self.lock();
@@ -273,7 +274,11 @@ fn redacted(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let v = if k == "callbackCommand" { v } else { redacted(v) };
+                    let v = if k == "callbackCommand" {
+                        v
+                    } else {
+                        redacted(v)
+                    };
                     (k, v)
                 })
                 .collect(),

@@ -32,6 +32,7 @@
 //! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
 
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod delivery;
