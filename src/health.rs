@@ -206,7 +206,8 @@ async fn check(target: &Target, timeout: Duration) -> Result<(), String> {
     };
     match answer {
         Err(_) => Err(format!(
-            "health check of {service} timed out after {timeout:?}"
+            "health check of {service} timed out after {}",
+            crate::telemetry::human_duration(timeout)
         )),
         Ok(Ok(response)) => match response.into_inner().status() {
             Wire::Serving => Ok(()),

@@ -43,6 +43,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
         ("tracing", j(serde_json::to_value(&c.tracing))),
         ("reload", j(serde_json::to_value(&c.reload))),
         ("example", j(serde_json::to_value(&c.example))),
+        ("demo", j(serde_json::to_value(c.demo))),
         ("shutdown_grace", j(serde_json::to_value(c.shutdown_grace))),
         ("shutdown_delay", j(serde_json::to_value(c.shutdown_delay))),
         (

@@ -170,6 +170,23 @@ pub fn delivery_error(text: &str) -> std::borrow::Cow<'_, str> {
     text.into()
 }
 
+/// A duration as a log line or an error shows it: to the millisecond, in the largest unit that
+/// reads well (`58ms`, `2.5s`, `1m 30s`), never `58ms 463us 162ns`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        return format!("{}us", d.as_micros().max(1));
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        let text = format!("{:.3}", d.as_secs_f64());
+        return format!("{}s", text.trim_end_matches('0').trim_end_matches('.'));
+    }
+    humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+}
+
 /// The gRPC status of an upstream call's result: `OK` for a reply, the status the upstream sent,
 /// or `None` when no status came (timeout, unreachable).
 pub fn call_status(result: &Result<bytes::Bytes, CallError>) -> Option<tonic::Code> {
@@ -280,6 +297,18 @@ mod tests {
         );
         let plain = "gave up after 3 attempts: upstream did not answer within 1s";
         assert_eq!(delivery_error(plain), plain);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        let d = |ns: u64| human_duration(std::time::Duration::from_nanos(ns));
+        assert_eq!(d(58_463_162), "58ms");
+        assert_eq!(d(0), "0ms");
+        assert_eq!(d(12_345), "12us");
+        assert_eq!(d(2_500_000_000), "2.5s");
+        assert_eq!(d(3_000_000_000), "3s");
+        assert_eq!(d(3_041_700_000), "3.042s");
+        assert_eq!(d(90_400_000_000), "1m 30s");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub enum CallError {
     #[error("upstream status {:?}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
     /// No answer within the deadline.
-    #[error("upstream did not answer within {0:?}")]
+    #[error("upstream did not answer within {}", crate::telemetry::human_duration(*.0))]
     Timeout(Duration),
     /// The upstream could not be reached or the connection failed before a status arrived.
     #[error("upstream unreachable: {}", error_chain(.0.as_ref()))]

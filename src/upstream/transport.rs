@@ -299,7 +299,7 @@ pub enum ConnectError {
         reason: String,
     },
     /// No connection within `connect_timeout`.
-    #[error("connect to {target}: no connection within {timeout:?}")]
+    #[error("connect to {target}: no connection within {}", crate::telemetry::human_duration(*timeout))]
     Timeout {
         /// The address or name.
         target: String,
