@@ -961,7 +961,7 @@ mod tests {
     #[test]
     fn warnings_are_values_naming_their_key() {
         let c = Config::from_yaml(
-            "defaults: {timeout: 6s}\ncommands: {callbackBeforeCreateGroupCommand: {timeout: 5s}, callbackAfterQuitGroupCommand: {enabled: false}}",
+            "demo: true\ndefaults: {timeout: 6s}\ncommands: {callbackBeforeCreateGroupCommand: {timeout: 5s}, callbackAfterQuitGroupCommand: {enabled: false}}",
         )
         .expect("usable");
         let keys: Vec<String> = c.warnings().into_iter().map(|w| w.key).collect();
@@ -973,12 +973,97 @@ mod tests {
             ]
         );
         assert!(Config::default().warnings().is_empty());
+        let c = Config::from_yaml("demo: true\nupstreams: {default: {endpoints: ['http://h:1']}}")
+            .expect("usable");
+        let keys: Vec<String> = c.warnings().into_iter().map(|w| w.key).collect();
+        assert_eq!(keys, ["demo"], "the demo gives way to upstreams.default");
+        assert!(!c.serves_demo());
+    }
+
+    /// Each kind of load error, as the operator reads it: where, the key as written, what was
+    /// expected with an example, the nearest valid key or value.
+    #[test]
+    fn load_errors_say_where_what_was_expected_and_the_nearest_key() {
+        let cases = [
+            (
+                "demo: true\ndefaults:\n  timout: 3s\n",
+                "config key `defaults.timout` (line 3, column 3): `timout` is not a known key here; did you mean `timeout`?",
+            ),
+            (
+                "demo: true\nlimits:\n  max_headers: many\n",
+                "config key `limits.max_headers` (line 3, column 3): expected a whole number such as 5, found \"many\"",
+            ),
+            (
+                "demo: true\ndefaults:\n  timeout: 3 fortnights\n",
+                "config key `defaults.timeout` (line 3, column 3): expected a duration such as 800ms or 3s, found \"3 fortnights\"",
+            ),
+            (
+                "demo: true\ndefaults: {on_failure: rejct}\n",
+                "config key `defaults.on_failure` (line 2, column 12): `rejct` is not one of `continue`, `reject`; did you mean `reject`?",
+            ),
+            (
+                "demo: true\ncommands:\n  callbackAfterQuitGroupCommand: {timout: 1s}\n",
+                "config key `commands.callbackAfterQuitGroupCommand.timout` (line 3, column 35): `timout` is not a known key here; did you mean `timeout`?",
+            ),
+            (
+                "upstreams: {default: {endpoints: ['http://h:1']}}\ncommands:\n  callbackAfterQuitGroupCommand: {upstream: defualt}\n",
+                "config key `commands.callbackAfterQuitGroupCommand.upstream` (line 3, column 35): upstream `defualt` is not defined under `upstreams`; did you mean `default`?",
+            ),
+            (
+                "upstreams:\n  default: {connect_timeout: 1s}\n",
+                "config key `upstreams.default` (line 2, column 3): the key `endpoints` is missing",
+            ),
+            (
+                "demo: true\nlisten: [1\n",
+                "line 3, column 1: not valid YAML: while parsing a flow sequence, expected ',' or ']'",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert_eq!(err, expected, "{yaml}");
+            assert!(!err.contains("default.defaults"), "no profile prefix: {err}");
+        }
+    }
+
+    #[test]
+    fn an_enabled_command_without_its_upstream_is_refused_by_name() {
+        let err = Config::from_yaml("defaults: {timeout: 2s}")
+            .expect_err("no upstream, no demo")
+            .to_string();
+        for part in [
+            "config key `upstreams.default`",
+            "52 enabled commands use it",
+            "callbackBeforeSendSingleMsgCommand",
+            "and 49 more",
+            "`demo: true`",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        let err = Config::from_yaml(
+            "defaults: {enabled: false}\ncommands: {callbackAfterQuitGroupCommand: {enabled: true}}",
+        )
+        .expect_err("the one enabled command has no upstream")
+        .to_string();
+        assert!(
+            err.contains("the enabled command uses it (`callbackAfterQuitGroupCommand`)"),
+            "{err}"
+        );
+        assert!(
+            Config::from_yaml("defaults: {enabled: false}").is_ok(),
+            "nothing enabled, nothing to call"
+        );
+        let demo = Config::from_yaml("demo: true").expect("the demo answers");
+        assert!(demo.serves_demo());
+        let mut built = demo.clone();
+        assert!(built.attach_demo(&UpstreamConfig::single("http://127.0.0.1:9")));
+        assert!(!built.serves_demo() && built.upstreams.contains_key(DEFAULT_UPSTREAM));
+        built.validate().expect("the attached demo is a configured upstream");
     }
 
     #[test]
     fn overrides_keep_unset_keys_from_defaults() {
         let c = Config::from_yaml(
-            "defaults: {timeout: 2s, reject_code: 20100, on_failure: reject}\n\
+            "demo: true\ndefaults: {timeout: 2s, reject_code: 20100, on_failure: reject}\n\
              commands: {callbackBeforeAddFriendCommand: {reject_message: no}}",
         )
         .expect("valid");

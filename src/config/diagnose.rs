@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(pos("listen"), Some((1, 1)));
         assert_eq!(pos("defaults.timout"), Some((3, 3)));
         assert_eq!(pos("upstreams.default.endpoints"), Some((5, 13)));
-        assert_eq!(pos("upstreams.default.endpoints.1"), Some((5, 38)));
+        assert_eq!(pos("upstreams.default.endpoints.1"), Some((5, 39)));
         // Not written: its nearest written parent.
         assert_eq!(pos("upstreams.default.breaker.enabled"), Some((5, 3)));
         assert_eq!(pos("commands.0"), Some((7, 5)));

@@ -340,7 +340,13 @@ impl Target {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Err(e) => last = failed(format!("{addr}: {e}")),
+                // The target already names a single address; a name's addresses are told apart.
+                Err(e) => {
+                    last = failed(match self {
+                        Self::Addr(_) => e.to_string(),
+                        Self::Host { .. } => format!("{addr}: {e}"),
+                    });
+                }
             }
         }
         Err(last)
