@@ -1021,7 +1021,10 @@ mod tests {
         for (yaml, expected) in cases {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
             assert_eq!(err, expected, "{yaml}");
-            assert!(!err.contains("default.defaults"), "no profile prefix: {err}");
+            assert!(
+                !err.contains("default.defaults"),
+                "no profile prefix: {err}"
+            );
         }
     }
 
@@ -1057,7 +1060,9 @@ mod tests {
         let mut built = demo.clone();
         assert!(built.attach_demo(&UpstreamConfig::single("http://127.0.0.1:9")));
         assert!(!built.serves_demo() && built.upstreams.contains_key(DEFAULT_UPSTREAM));
-        built.validate().expect("the attached demo is a configured upstream");
+        built
+            .validate()
+            .expect("the attached demo is a configured upstream");
     }
 
     #[test]
