@@ -3,7 +3,12 @@
 //! No sockets here; [`crate::gateway::Snapshot`] is the live part built from it. [`Config::validate`]
 //! checks everything a start would reject except sockets (what `check-config` checks), and
 //! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
-//! logging is set up.
+//! logging is set up. The command line's values ([`Flags`]) merge over the file and the
+//! environment key by key.
+//!
+//! - `config/diagnose.rs`: config errors in the operator's words (where the key was written,
+//!   what was expected with an example, the nearest valid key).
+//! - `config/mesh.rs`, `config/security.rs`: the upstream mesh and the security settings.
 
 mod diagnose;
 mod mesh;

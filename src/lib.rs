@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
-//!   warnings as values; the security settings and secrets (`config/security.rs`).
+//!   warnings as values; the security settings and secrets (`config/security.rs`); errors that
+//!   name the file line or environment variable of the key at fault (`config/diagnose.rs`).
 //! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
 //!   crate in `crates/contract`).
 //! - [`catalog`]: the command table, one row per OpenIM command, resolved against the descriptors.
