@@ -43,7 +43,8 @@ fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
         ("tracing", j(serde_json::to_value(&c.tracing))),
         ("reload", j(serde_json::to_value(&c.reload))),
         ("example", j(serde_json::to_value(&c.example))),
-        ("demo", j(serde_json::to_value(c.demo))),
+        // The example service runs only if the start needed it (`prepare` attaches it).
+        ("demo", j(serde_json::to_value(c.serves_demo()))),
         ("shutdown_grace", j(serde_json::to_value(c.shutdown_grace))),
         ("shutdown_delay", j(serde_json::to_value(c.shutdown_delay))),
         (
@@ -208,5 +209,23 @@ mod tests {
         b.listen = "127.0.0.1:1".parse().unwrap();
         b.spool.dir = "/elsewhere".into();
         assert_eq!(restart_only_changes(&a, &b), vec!["listen", "spool"]);
+    }
+
+    #[test]
+    fn the_demo_is_restart_only_unless_the_start_runs_it() {
+        let real = Config::from_yaml("upstreams: {default: {endpoints: ['http://h:1']}}").unwrap();
+        let demo = Config::from_yaml("demo: true").unwrap();
+        assert_eq!(restart_only_changes(&real, &demo), vec!["demo"]);
+        // Started with the demo: `prepare` attaches the running example to the new config.
+        let example = crate::config::UpstreamConfig::single("http://127.0.0.1:9");
+        let mut running = demo.clone();
+        running.attach_demo(&example);
+        let mut again = demo.clone();
+        again.attach_demo(&example);
+        assert!(restart_only_changes(&running, &again).is_empty());
+        assert!(
+            restart_only_changes(&running, &real).is_empty(),
+            "the demo can be left"
+        );
     }
 }
