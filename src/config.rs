@@ -39,6 +39,9 @@ pub const ENV_PREFIX: &str = "OPENIM_GATEWAY_";
 /// The name of the upstream every command uses unless it names another.
 pub const DEFAULT_UPSTREAM: &str = "default";
 
+/// What the start's log and `check` say while the demo answers (`demo`).
+pub const DEMO_NOTICE: &str = "the built-in example hook service answers as upstream `default` (its demo policy rejects \"spam\" and rewrites messages); configure upstreams.default or --upstream for real traffic";
+
 /// OpenIM's own default webhook timeout: an answer slower than this fails a before-operation.
 pub const OPENIM_TIMEOUT: Duration = Duration::from_secs(5);
 

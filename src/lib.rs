@@ -99,7 +99,7 @@ pub async fn run_reloadable(
         let (addr, task) = openim_callback_example::spawn(config.example.clone())
             .await
             .map_err(RunError::Example)?;
-        tracing::info!(%addr, "demo: the built-in example hook service answers as upstream `default` (its demo policy rejects \"spam\" and rewrites messages); configure upstreams.default or --upstream for real traffic");
+        tracing::info!(%addr, "demo: {}", crate::config::DEMO_NOTICE);
         let upstream = UpstreamConfig::single(format!("http://{addr}"));
         config.attach_demo(&upstream);
         (Some(AbortOnDrop(task)), Some(upstream))

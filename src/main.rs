@@ -138,6 +138,12 @@ fn main() -> ExitCode {
                         for warning in config.warnings() {
                             eprintln!("warning: {warning}");
                         }
+                        if config.serves_demo() {
+                            eprintln!(
+                                "note: demo: {}",
+                                openim_callback_gateway::config::DEMO_NOTICE
+                            );
+                        }
                         eprintln!("configuration is valid (effective settings above)");
                         ExitCode::SUCCESS
                     }
