@@ -108,10 +108,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there.
+    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there. A
+    // subcommand's stdout is its result: its log lines (a discovery task's DNS warning during
+    // `check`) go to stderr.
+    let output = match cli.command {
+        None => openim_callback_gateway::telemetry::LogOutput::Stdout,
+        Some(_) => openim_callback_gateway::telemetry::LogOutput::Stderr,
+    };
     let telemetry = {
         let _rt = runtime.enter();
-        openim_callback_gateway::telemetry::init(&config.log, &config.tracing)
+        openim_callback_gateway::telemetry::init_to(&config.log, &config.tracing, output)
     };
     let telemetry = match telemetry {
         Ok(t) => t,

@@ -137,13 +137,16 @@ pub fn reload(
     outcome
 }
 
-/// Reloads on SIGHUP and (with `reload.watch`) when the file changes, until aborted.
-pub async fn watch(
+/// Reloads on SIGHUP and (with `reload.watch`) when the file changes, until aborted. The file's
+/// first fingerprint is taken and the SIGHUP handler installed when this is called, not when the
+/// task first runs, so that a change or a SIGHUP right after the start is not missed. Must be
+/// called inside a tokio runtime.
+pub fn watch(
     gw: Gateway,
     source: ConfigSource,
     mut running: Config,
     prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let interval = running
         .reload
         .poll_interval
@@ -153,31 +156,33 @@ pub async fn watch(
     let mut seen = fingerprint(source.path.as_deref());
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
+    async move {
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let trigger = tokio::select! {
-            () = hangup => "SIGHUP",
-            () = tokio::time::sleep(interval), if watching => {
-                let now = fingerprint(source.path.as_deref());
-                if now == seen {
-                    continue;
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let trigger = tokio::select! {
+                () = hangup => "SIGHUP",
+                () = tokio::time::sleep(interval), if watching => {
+                    let now = fingerprint(source.path.as_deref());
+                    if now == seen {
+                        continue;
+                    }
+                    "file change"
                 }
-                "file change"
-            }
-        };
-        // A SIGHUP also re-reads the file: remember what it looked like.
-        seen = fingerprint(source.path.as_deref());
-        reload(&gw, &source, &mut running, &*prepare, trigger);
+            };
+            // A SIGHUP also re-reads the file: remember what it looked like.
+            seen = fingerprint(source.path.as_deref());
+            reload(&gw, &source, &mut running, &*prepare, trigger);
+        }
     }
 }
 

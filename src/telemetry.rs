@@ -68,15 +68,45 @@ impl Drop for Telemetry {
 ///
 /// With `tracing.otlp` set it must run inside a tokio runtime, which then carries the exports.
 pub fn init(log: &LogConfig, tracing: &TracingConfig) -> Result<Telemetry, TelemetryError> {
+    init_to(log, tracing, LogOutput::Stdout)
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard output: the gateway's log.
+    Stdout,
+    /// Standard error: for the subcommands whose stdout is their result (`check`, `routes`),
+    /// so that a line logged meanwhile cannot mix with it.
+    Stderr,
+}
+
+/// [`init`], with the log lines going to `output`.
+pub fn init_to(
+    log: &LogConfig,
+    tracing: &TracingConfig,
+    output: LogOutput,
+) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     REDACT.store(log.redact, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none();
+    let (terminal, writer) = match output {
+        LogOutput::Stdout => (
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            BoxMakeWriter::new(std::io::stdout),
+        ),
+        LogOutput::Stderr => (
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            BoxMakeWriter::new(std::io::stderr),
+        ),
+    };
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let fmt = match log.format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         // One flat object per line: the per-callback line carries its own ids, so the span
