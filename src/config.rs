@@ -61,7 +61,8 @@ impl From<Duration> for Dur {
 pub struct Config {
     /// Address of the HTTP front end OpenIM's `url` points at.
     pub listen: SocketAddr,
-    /// Address of the operators' port: `/healthz`, `/readyz`, `/metrics` and the spool admin API.
+    /// Address of the operators' port: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` and
+    /// the spool admin API.
     /// When unset they are served on `listen` too; set it to keep the admin API (which can purge
     /// dead letters) off the port OpenIM reaches.
     pub admin_listen: Option<SocketAddr>,
@@ -110,7 +111,9 @@ pub struct Config {
     /// How long `/readyz` answers 503 before the listeners close, so that the mesh stops sending
     /// new callbacks first.
     pub shutdown_delay: Dur,
-    /// How often the upstreams of enabled before commands are health-checked (`/readyz`).
+    /// How often the members of the upstreams of enabled commands are health-checked
+    /// (`/admin/upstreams`, `gateway_upstream_up`; never readiness). While an upstream is down
+    /// or its breaker is not closed it is checked every 200 ms.
     pub health_check_interval: Dur,
     /// The resolver of upstream host names.
     pub dns: DnsConfig,
@@ -200,7 +203,8 @@ pub struct UpstreamConfig {
     /// Service's pods); `0s` = resolve once per connection, as the channel does by itself.
     #[serde(default = "default_resolve_interval")]
     pub resolve_interval: Dur,
-    /// The `grpc.health.v1` service name `/readyz` checks (`""` = the server as a whole).
+    /// The `grpc.health.v1` service name the member health checks ask about (`""` = the server
+    /// as a whole); a member that answers NOT_SERVING leaves the rotation until it is SERVING.
     #[serde(default)]
     pub health_service: String,
     /// Calls in flight to this upstream at once; more get their failure policy at once.

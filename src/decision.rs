@@ -310,6 +310,7 @@ pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
             match refusal {
                 Refusal::BreakerOpen(wait) => *wait,
                 Refusal::MaxConcurrency => MAX_CONCURRENCY_WAIT,
+                Refusal::NotServing => crate::upstream::FAST_RECHECK,
             },
             e.to_string(),
         ),

@@ -44,7 +44,7 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Resilient>,
     /// OpenIM's webhook timeout: an upstream call's deadline is at most what is left of it.
     pub openim_timeout: std::time::Duration,
-    /// The upstreams of enabled before commands, which `/readyz` checks.
+    /// The upstreams of enabled commands, whose members the health task checks.
     pub health_targets: Vec<crate::health::Target>,
     /// Which snapshot this is (counted up by every swap), so that health results of an older
     /// one never count.
@@ -184,14 +184,9 @@ impl Snapshot {
             );
         }
         let mut checked: Vec<&str> = commands
-            .iter()
-            .filter(|(command, route)| {
-                route.upstream.is_some()
-                    && catalog
-                        .get(command)
-                        .is_some_and(|e| e.phase == crate::catalog::Phase::Before)
-            })
-            .map(|(_, route)| route.settings.upstream.as_str())
+            .values()
+            .filter(|route| route.upstream.is_some())
+            .map(|route| route.settings.upstream.as_str())
             .collect();
         checked.sort_unstable();
         checked.dedup();
@@ -200,7 +195,7 @@ impl Snapshot {
             .filter_map(|name| {
                 Some(crate::health::Target {
                     name: name.to_owned(),
-                    client: upstreams.get(name)?.client().clone(),
+                    upstream: upstreams.get(name)?.clone(),
                     service: config.upstreams.get(name)?.health_service.clone(),
                 })
             })

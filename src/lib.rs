@@ -15,7 +15,8 @@
 //! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
 //!   part (per-command routes and policies, upstream clients, limits).
 //! - [`pipeline`]: one callback, one path, every exit a decision.
-//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`) and the upstream checks.
+//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer),
+//!   and the upstreams' member health checks behind `/admin/upstreams`.
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
@@ -35,6 +36,7 @@ pub mod catalog;
 pub mod config;
 pub mod decision;
 pub mod delivery;
+pub mod doctor;
 pub mod envelope;
 pub mod gateway;
 pub mod health;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 #[command(version, about)]
 struct Cli {
     /// YAML config file (see config/gateway.example.yaml). OPENIM_GATEWAY_* variables override it.
-    #[arg(long, env = "OPENIM_GATEWAY_CONFIG")]
+    #[arg(long, env = "OPENIM_GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 0.0.0.0:10006 (overrides `listen`).
     #[arg(long)]
@@ -60,6 +60,22 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Read OpenIM's webhook configuration beside this gateway's config and say what would keep
+    /// callbacks from arriving or being answered as meant, with what to change. Exits 0 (fine),
+    /// 1 (warnings) or 2 (errors).
+    Doctor {
+        /// OpenIM's `config/webhooks.yml`.
+        #[arg(long, value_name = "FILE")]
+        openim: Option<PathBuf>,
+        /// A file with the `IMENV_WEBHOOKS_*` variables of a Docker deployment (`KEY=VALUE` or
+        /// `- KEY=VALUE` lines); they win over `--openim`, as in OpenIM.
+        #[arg(long, value_name = "FILE")]
+        openim_env: Option<PathBuf>,
+        /// Also send a harmless request through this URL (OpenIM's `url`; default: the one read)
+        /// as OpenIM would, and say whether it reached this gateway.
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+        probe: Option<String>,
     },
     /// Write the contract compiled into this binary, for generating stubs in any language.
     Proto {
@@ -139,7 +155,7 @@ fn main() -> ExitCode {
                 match serde_json::to_string_pretty(&config) {
                     Ok(text) => {
                         if let Err(e) = print_lines([text]) {
-                            return stdout_failed(&e);
+                            return stdout_failed(&e, ExitCode::SUCCESS);
                         }
                         for warning in config.warnings() {
                             eprintln!("warning: {warning}");
@@ -160,6 +176,11 @@ fn main() -> ExitCode {
                 }
             }
             Some(Command::Routes { json }) => routes(&config, json),
+            Some(Command::Doctor {
+                openim,
+                openim_env,
+                probe,
+            }) => doctor(&config, openim, openim_env, probe).await,
             Some(Command::Spool {
                 admin,
                 token_file,
@@ -208,6 +229,77 @@ fn main() -> ExitCode {
     code
 }
 
+/// `doctor`: OpenIM's webhook configuration against this gateway's; the findings on stdout.
+async fn doctor(
+    config: &Config,
+    openim: Option<PathBuf>,
+    openim_env: Option<PathBuf>,
+    probe: Option<String>,
+) -> ExitCode {
+    use openim_callback_gateway::doctor::{self, OpenImWebhooks};
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("openim-callback-gateway doctor: {e}");
+        ExitCode::from(2)
+    };
+    let catalog = match openim_callback_gateway::catalog::Catalog::contract() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if openim.is_none() && openim_env.is_none() && probe.as_deref().is_none_or(str::is_empty) {
+        return fail(
+            &"give OpenIM's configuration: --openim config/webhooks.yml and/or --openim-env FILE (the IMENV_WEBHOOKS_* lines), or --probe URL",
+        );
+    }
+    let mut webhooks = match &openim {
+        Some(path) => match OpenImWebhooks::read_yml(path, catalog) {
+            Ok(w) => w,
+            Err(e) => return fail(&e),
+        },
+        None => OpenImWebhooks::defaults(catalog),
+    };
+    if let Some(path) = &openim_env
+        && let Err(e) = webhooks.apply_env_file(path)
+    {
+        return fail(&e);
+    }
+    let mut findings = if openim.is_some() || openim_env.is_some() {
+        doctor::diagnose(&webhooks, config, catalog)
+    } else {
+        Vec::new()
+    };
+    let probe_url = match probe.as_deref() {
+        Some("") => webhooks.url.clone(),
+        other => other.map(str::to_owned),
+    };
+    match (probe.is_some(), probe_url) {
+        (true, Some(url)) => {
+            findings.push(doctor::probe(&url, std::time::Duration::from_secs(5)).await)
+        }
+        (true, None) => return fail(&"--probe needs a URL: OpenIM's url was not read"),
+        _ => {}
+    }
+    let code = doctor::exit_code(&findings);
+    let count = |s| findings.iter().filter(|f| f.severity == s).count();
+    let mut lines = Vec::new();
+    if !webhooks.sources.is_empty() {
+        lines.push(format!(
+            "OpenIM's webhooks from {}",
+            webhooks.sources.join(" + ")
+        ));
+    }
+    lines.extend(findings.iter().map(ToString::to_string));
+    lines.push(format!(
+        "{} error(s), {} warning(s), {} note(s)",
+        count(doctor::Severity::Error),
+        count(doctor::Severity::Warning),
+        count(doctor::Severity::Info)
+    ));
+    if let Err(e) = print_lines(lines) {
+        return stdout_failed(&e, ExitCode::from(code));
+    }
+    ExitCode::from(code)
+}
+
 /// The config file and the flags that override it: loaded once at start, and again by every
 /// reload, so that a reload sees the same overrides.
 #[derive(Debug, Clone)]
@@ -247,11 +339,11 @@ fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The exit of a command whose output could not be written: quietly 0 when the reader closed
-/// the pipe (as `head` does), else the error and 1.
-fn stdout_failed(e: &std::io::Error) -> ExitCode {
+/// The exit of a command whose output could not be written: quietly `done` (what the command
+/// would have exited with) when the reader closed the pipe (as `head` does), else the error and 1.
+fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
     if broken_pipe(e) {
-        return ExitCode::SUCCESS;
+        return done;
     }
     eprintln!("openim-callback-gateway: cannot write to stdout: {e}");
     ExitCode::FAILURE
@@ -367,7 +459,7 @@ fn routes(config: &Config, json: bool) -> ExitCode {
     if json {
         return match print_lines(rows.iter().map(ToString::to_string)) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => stdout_failed(&e),
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
         };
     }
     let cols = [
@@ -407,7 +499,7 @@ fn routes(config: &Config, json: bool) -> ExitCode {
         .map(|row| line(cols.iter().map(|c| cell(row, c)).collect()));
     match print_lines(std::iter::once(header).chain(body)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => stdout_failed(&e),
+        Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
     }
 }
 
@@ -423,7 +515,7 @@ fn write_proto(
     match openim_callback_gateway::proto::write_contract(out, descriptor_set) {
         Ok(paths) => match print_lines(paths.iter().map(|p| p.display().to_string())) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => stdout_failed(&e),
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
         },
         Err(e) => {
             eprintln!("openim-callback-gateway proto: {e}");

@@ -34,7 +34,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "gateway_ready",
         Kind::Gauge,
-        "1 when /readyz answers 200 (config loaded, listeners bound, spool open, upstreams of before commands serving).",
+        "1 when /readyz answers 200 (listeners bound, spool open, not draining); never follows the upstreams.",
     ),
     (
         "gateway_callbacks_total",

@@ -1,5 +1,5 @@
-//! The gateway binary's lifecycle (issue #8): `/readyz` and the gateway's own grpc.health.v1
-//! following the upstreams' `grpc.health.v1` status; SIGTERM with a callback in flight (readiness
+//! The gateway binary's lifecycle: `/readyz` and the gateway's own grpc.health.v1 staying ready
+//! whatever the upstream does (issue #18), its health at `/admin/upstreams`; SIGTERM with a callback in flight (readiness
 //! first, then drain, exit 0); reloads on file change and SIGHUP, with a bad file and a
 //! start-up-only change refused; the `check` and `routes` subcommands.
 
@@ -89,16 +89,63 @@ fn kill(signal: &str, pid: u32) {
     );
 }
 
+/// `/admin/upstreams` of `admin`, as JSON.
+fn admin_upstreams(admin: &str) -> serde_json::Value {
+    let (status, body) = get(admin, "/admin/upstreams");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// The one upstream `default` of an `/admin/upstreams` answer.
+fn default_upstream(view: &serde_json::Value) -> &serde_json::Value {
+    let list = view["upstreams"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{view}");
+    assert_eq!(list[0]["name"], "default", "{view}");
+    &list[0]
+}
+
+/// Posts every command's real payload on one connection; checks each answer is its failure
+/// policy's (`continue`: allowed with nothing overridden but the echo rules; after-events
+/// acknowledged), and returns how many after-events were acknowledged.
+fn every_command_gets_its_failure_policy(addr: &str, phase: &str) -> usize {
+    use openim_callback_gateway::catalog::{Catalog, Phase};
+    let catalog = Catalog::contract().unwrap();
+    let mut conn = connect(addr);
+    let mut after = 0;
+    for entry in catalog.entries() {
+        let command = entry.row.command;
+        let (status, env) = process::post(&mut conn, &format!("/cb/{command}"), &payload(command));
+        assert_eq!(status, 200, "{phase}: {command}");
+        assert_eq!(
+            (
+                env["actionCode"].as_i64(),
+                env["errCode"].as_i64(),
+                env["nextCode"].as_i64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{phase}: {command} continues: {env}"
+        );
+        if entry.phase == Phase::After {
+            assert_eq!(env, support::allow(), "{phase}: {command} acknowledged");
+            after += 1;
+        }
+    }
+    assert_eq!(catalog.entries().count(), 52);
+    after
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_and_the_gateways_grpc_health_follow_the_upstreams_health_status() {
+async fn readiness_never_follows_the_upstream_whose_health_stays_visible_at_admin_upstreams() {
     let up = Upstream::start().await;
+    let upstream_addr = up.addr;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
         &format!(
             "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nhealth_check_interval: 100ms\n\
-             upstreams: {{default: {{endpoints: ['{}'], health_service: openim.callback.v1.GroupCallbackService}}}}\n\
-             defaults: {{delivery: sync}}\n",
+             upstreams: {{default: {{endpoints: ['{}'], connect_timeout: 300ms, \
+             health_service: openim.callback.v1.GroupCallbackService}}}}\n\
+             defaults: {{timeout: 1s}}\nspool: {{backoff_initial: 100ms, backoff_max: 500ms}}\n",
             up.uri()
         ),
     );
@@ -108,63 +155,110 @@ async fn readyz_and_the_gateways_grpc_health_follow_the_upstreams_health_status(
         .await
         .unwrap();
     let admin = gw.admin_addr().expect("admin port logged");
-    // No health service on the upstream (UNIMPLEMENTED) but reachable: ready.
+    // No health service on the upstream (UNIMPLEMENTED) but reachable: up.
     until_ready(&admin, "ready").await;
     assert_eq!(gateway_health(&admin).await, ServingStatus::Serving);
-    assert!(up.health_checks() > 0, "the upstream was asked");
-
-    up.on("Check", serving(ServingStatus::NotServing));
     let a = admin.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let mut body = String::new();
-        eventually("503", Duration::from_secs(10), || {
-            let (status, b) = get(&a, "/readyz");
-            body = b;
-            status == 503
+    let view = tokio::task::spawn_blocking(move || {
+        let mut view = serde_json::Value::Null;
+        eventually("upstream checked", Duration::from_secs(10), || {
+            view = admin_upstreams(&a);
+            default_upstream(&view)["up"] == true
         });
-        body
+        view
     })
     .await
     .unwrap();
-    assert!(
-        body.contains("upstream `default`") && body.contains("NOT_SERVING"),
-        "says which upstream and what: {body}"
-    );
-    assert!(
-        body.contains("openim.callback.v1.GroupCallbackService"),
-        "{body}"
-    );
-    assert_eq!(gateway_health(&admin).await, ServingStatus::NotServing);
-    // Callbacks are still answered meanwhile (by the upstream, which is reachable).
-    let addr = gw.addr.clone();
-    let (status, env) = tokio::task::spawn_blocking(move || {
-        process::post(
-            &mut connect(&addr),
-            &format!("/cb/{CREATE}"),
-            &payload(CREATE),
+    let upstream = default_upstream(&view);
+    assert_eq!(upstream["breaker"], "closed", "{view}");
+    assert_eq!(upstream["in_flight"], 0, "{view}");
+    let member = &upstream["members"][0];
+    assert_eq!(member["health"], "SERVING", "{view}");
+    assert_eq!(member["connected"], true, "{view}");
+    assert!(member["checked_at"].is_string(), "{view}");
+    assert!(up.health_checks() > 0, "the upstream was asked");
+
+    // 1. NOT_SERVING: the gateway stays ready; every command gets its failure policy at once,
+    //    without a call; the admin view, the body of /readyz and the metric say why.
+    up.on("Check", serving(ServingStatus::NotServing));
+    let a = admin.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually("NOT_SERVING seen", Duration::from_secs(10), || {
+            let view = admin_upstreams(&a);
+            default_upstream(&view)["members"][0]["health"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("NOT_SERVING"))
+        })
+    })
+    .await
+    .unwrap();
+    let calls_before = up.calls().len();
+    let (addr, a) = (gw.addr.clone(), admin.clone());
+    let (acked, readyz, view, metrics) = tokio::task::spawn_blocking(move || {
+        let acked = every_command_gets_its_failure_policy(&addr, "NOT_SERVING");
+        (
+            acked,
+            get(&a, "/readyz"),
+            admin_upstreams(&a),
+            get(&a, "/metrics").1,
         )
     })
     .await
     .unwrap();
-    assert_eq!((status, env["errCode"].as_i64()), (200, Some(0)));
-
-    up.on("Check", serving(ServingStatus::Serving));
-    until_ready(&admin, "ready again").await;
+    assert_eq!(readyz.0, 200, "{readyz:?}");
+    assert!(
+        readyz.1.contains("upstream `default`") && readyz.1.contains("NOT_SERVING"),
+        "the 200 body names what is degraded: {readyz:?}"
+    );
     assert_eq!(gateway_health(&admin).await, ServingStatus::Serving);
+    assert_eq!(default_upstream(&view)["up"], false, "{view}");
+    assert!(
+        metrics.contains("gateway_upstream_up{upstream=\"default\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_ready 1"), "{metrics}");
+    assert_eq!(
+        up.calls().len(),
+        calls_before,
+        "a NOT_SERVING upstream gets no callback (its after-events wait in the spool)"
+    );
 
-    // The upstream goes away: not ready, and /metrics says gateway_upstream_up 0.
+    // 2. The upstream stops: still ready; every command gets its failure policy.
     up.stop();
+    let (addr, a) = (gw.addr.clone(), admin.clone());
+    let (acked_down, readyz, view) = tokio::task::spawn_blocking(move || {
+        eventually("upstream seen unreachable", Duration::from_secs(10), || {
+            default_upstream(&admin_upstreams(&a))["members"][0]["connected"] == false
+        });
+        let acked = every_command_gets_its_failure_policy(&addr, "stopped");
+        (acked, get(&a, "/readyz"), admin_upstreams(&a))
+    })
+    .await
+    .unwrap();
+    assert_eq!(readyz.0, 200, "{readyz:?}");
+    assert_eq!(gateway_health(&admin).await, ServingStatus::Serving);
+    assert_eq!(default_upstream(&view)["up"], false, "{view}");
+
+    // 3. It comes back: every after-event acknowledged meanwhile is delivered, with an id.
+    let listener = tokio::net::TcpListener::bind(upstream_addr).await.unwrap();
+    let back = Upstream::start_on(listener).await;
+    let calls = back
+        .wait_calls(acked + acked_down, Duration::from_secs(30))
+        .await;
+    let after: Vec<_> = calls
+        .iter()
+        .filter(|c| c.meta("openim-delivery-id").is_some())
+        .collect();
+    assert_eq!(
+        after.len(),
+        acked + acked_down,
+        "every acknowledged after-event delivered once the upstream is back"
+    );
     let a = admin.clone();
     tokio::task::spawn_blocking(move || {
-        eventually("503 when unreachable", Duration::from_secs(10), || {
-            get(&a, "/readyz").0 == 503
-        });
-        let (_, metrics) = get(&a, "/metrics");
-        assert!(
-            metrics.contains("gateway_upstream_up{upstream=\"default\"} 0"),
-            "{metrics}"
-        );
-        assert!(metrics.contains("gateway_ready 0"), "{metrics}");
+        eventually("up again", Duration::from_secs(10), || {
+            default_upstream(&admin_upstreams(&a))["up"] == true
+        })
     })
     .await
     .unwrap();

@@ -318,3 +318,236 @@ async fn the_spool_waits_on_an_open_breaker_instead_of_burning_attempts() {
     assert_eq!(spool.count(Which::Dead, None).unwrap(), 0);
     delivery.abort();
 }
+
+/// Issue #18: a status a live service sends about one request (`INTERNAL`, `UNKNOWN`,
+/// `DATA_LOSS`, `RESOURCE_EXHAUSTED`) is that request's failure policy and nothing more: fifty in
+/// a row open no breaker, other RPCs and the next call of the same RPC still reach the service,
+/// and their rejections and modifications still reach OpenIM.
+#[tokio::test]
+async fn statuses_about_one_request_never_fail_other_requests_open() {
+    use openim_callback_gateway::proto::v1 as pb;
+    const SEND: &str = "callbackBeforeSendSingleMsgCommand";
+    const MODIFY: &str = "callbackBeforeMsgModifyCommand";
+    let up = Upstream::start().await;
+    // The default breaker: it opens after 5 consecutive failures.
+    let yaml = format!(
+        "upstreams: {{one_request: {{endpoints: ['{}']}}}}\n\
+         defaults: {{upstream: one_request, delivery: sync}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    up.reply(
+        "BeforeSendSingleMsg",
+        pb::BeforeSendSingleMsgResponse {
+            rejection: Some(pb::Rejection {
+                code: 20001,
+                message: "blocked".into(),
+                detail: "policy".into(),
+            }),
+        },
+    );
+    up.reply(
+        "BeforeMsgModify",
+        pb::BeforeMsgModifyResponse {
+            content: Some(r#"{"content":"masked"}"#.into()),
+            ..Default::default()
+        },
+    );
+    let mut sent = 0;
+    for (code, times) in [
+        (tonic::Code::Internal, 50),
+        (tonic::Code::Unknown, 8),
+        (tonic::Code::DataLoss, 8),
+        (tonic::Code::ResourceExhausted, 8),
+    ] {
+        up.on(
+            "BeforeCreateGroup",
+            Behavior::Status(code, "this one request broke me".into(), Default::default()),
+        );
+        for _ in 0..times {
+            let a = post_command(&gw, CREATE, payload(CREATE)).await;
+            assert_envelope(&a);
+            assert_eq!(
+                a.json["nextCode"], 0,
+                "{code:?}: continue by default: {}",
+                a.json
+            );
+            sent += 1;
+        }
+        // Between and after them, other RPCs' answers reach OpenIM.
+        let rejected = post_command(&gw, SEND, payload(SEND)).await;
+        assert_eq!(
+            rejected.json,
+            rejection(20001, "blocked", "policy"),
+            "{code:?}"
+        );
+        let modified = post_command(&gw, MODIFY, payload(MODIFY)).await;
+        assert_eq!(
+            modified.json["content"], r#"{"content":"masked"}"#,
+            "{code:?}: {}",
+            modified.json
+        );
+        sent += 2;
+    }
+    up.reply(
+        "BeforeCreateGroup",
+        pb::BeforeCreateGroupResponse {
+            rejection: Some(pb::Rejection {
+                code: 20002,
+                message: "no".into(),
+                detail: String::new(),
+            }),
+            ..Default::default()
+        },
+    );
+    let a = post_command(&gw, CREATE, payload(CREATE)).await;
+    assert_eq!(
+        a.json,
+        rejection(20002, "no", ""),
+        "the next call of the same RPC"
+    );
+    sent += 1;
+    assert_eq!(up.calls().len(), sent, "every callback reached the service");
+    let text = scrape(&gw);
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_resilience_trips_total",
+            &["control=\"breaker\"", "upstream=\"one_request\""]
+        ),
+        0.0,
+        "{text}"
+    );
+}
+
+/// Issue #18: the upstream killed and restarted under load: the breaker opens while it is dead,
+/// and a passing health check closes it as soon as it is back, long before the 5 s cool-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_forwarded_again_within_a_second_of_the_upstreams_return() {
+    let up = Upstream::start().await;
+    let addr = up.addr;
+    let yaml = format!(
+        "upstreams: {{restarted: {{endpoints: ['{}'], connect_timeout: 300ms}}}}\n\
+         defaults: {{upstream: restarted, delivery: sync, timeout: 2s}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let checks = tokio::spawn(openim_callback_gateway::health::run_checks(
+        gw.clone(),
+        Duration::from_secs(1),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut answers = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let a = post_command(&gw, CREATE, payload(CREATE)).await;
+                assert_envelope(&a);
+                answers += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answers
+        }));
+    }
+    up.wait_calls(20, Duration::from_secs(10)).await;
+    up.stop();
+    // Dead long enough for the breaker to open (5 consecutive failures).
+    let opened = Instant::now() + Duration::from_secs(10);
+    let tripped = |gw: &Gateway| {
+        sample(
+            &scrape(gw),
+            "gateway_resilience_trips_total",
+            &["control=\"breaker\"", "upstream=\"restarted\""],
+        )
+    };
+    while tripped(&gw) == 0.0 {
+        assert!(
+            Instant::now() < opened,
+            "the breaker opens while the upstream is dead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let back = Upstream::start_on(listener).await;
+    let returned = Instant::now();
+    let calls = back.wait_calls(1, Duration::from_secs(10)).await;
+    let forwarded_after = returned.elapsed();
+    assert!(!calls.is_empty(), "callbacks reach the upstream again");
+    assert!(
+        forwarded_after < Duration::from_secs(1),
+        "forwarded again {forwarded_after:?} after the upstream's return (cool-down is 5s)"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        assert!(l.await.unwrap() > 0);
+    }
+    checks.abort();
+}
+
+/// Issue #18: a fail-closed command with a dead upstream rejects with its `reject_code`, before
+/// and after the breaker opens.
+#[tokio::test]
+async fn a_fail_closed_command_with_a_dead_upstream_rejects_with_its_code() {
+    let up = Upstream::start().await;
+    let uri = up.uri();
+    up.stop();
+    drop(up);
+    let yaml = format!(
+        "upstreams: {{dead: {{endpoints: ['{uri}'], connect_timeout: 300ms}}}}\n\
+         defaults: {{upstream: dead}}\n\
+         commands: {{{CREATE}: {{on_failure: reject, reject_code: 20099, reject_message: closed}}}}\n"
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    for _ in 0..8 {
+        let a = post_command(&gw, CREATE, payload(CREATE)).await;
+        fail_closed(&a, 20099);
+        assert_eq!(a.json["errMsg"], "closed", "{}", a.json);
+    }
+    let text = scrape(&gw);
+    assert!(
+        sample(
+            &text,
+            "gateway_resilience_trips_total",
+            &["control=\"breaker\"", "upstream=\"dead\""]
+        ) > 0.0,
+        "the breaker opened on the dead upstream meanwhile:\n{text}"
+    );
+}
+
+/// Issue #18: `gateway_upstream_in_flight` goes back down when a call is dropped mid-way (the
+/// client went away, the task was aborted), not only when it returns.
+#[tokio::test]
+async fn a_call_dropped_mid_way_leaves_no_call_in_flight() {
+    let up = Upstream::start().await;
+    up.on(
+        "BeforeCreateGroup",
+        Behavior::Delay(
+            Duration::from_secs(3),
+            Box::new(Behavior::Reply(Default::default())),
+        ),
+    );
+    let yaml = format!(
+        "upstreams: {{dropped: {{endpoints: ['{}']}}}}\ndefaults: {{upstream: dropped}}\n",
+        up.uri()
+    );
+    let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
+    let in_flight = |gw: &Gateway| {
+        sample(
+            &scrape(gw),
+            "gateway_upstream_in_flight",
+            &["upstream=\"dropped\""],
+        )
+    };
+    let call = {
+        let gw = gw.clone();
+        tokio::spawn(async move { post_command(&gw, CREATE, payload(CREATE)).await })
+    };
+    up.wait_calls(1, Duration::from_secs(5)).await;
+    assert_eq!(in_flight(&gw), 1.0);
+    call.abort();
+    let _ = call.await;
+    assert_eq!(in_flight(&gw), 0.0, "lowered when the call was dropped");
+}

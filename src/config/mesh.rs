@@ -55,9 +55,12 @@ impl UpstreamTlsConfig {
     }
 }
 
-/// The circuit breaker of one upstream. Closed: calls go through. Open: calls fail at once with
-/// the command's failure policy (and spooled deliveries wait) for `cool_down`. Half-open: one
-/// probe call; its success closes the breaker, its failure opens it again.
+/// The circuit breaker of one upstream. It counts only what says the upstream as a whole is
+/// unwell: no connection, no answer within the deadline, UNAVAILABLE; any other status a service
+/// sends is that one request's failure policy. Closed: calls go through. Open: calls fail at once
+/// with the command's failure policy (and spooled deliveries wait) for `cool_down`, or until a
+/// health check of the upstream passes (checked every 200 ms while open). Half-open: one probe
+/// call; its success closes the breaker, its failure opens it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {

@@ -1,5 +1,6 @@
-//! The operators' routes: `/healthz` (the process serves), `/readyz`, `/metrics`, and the spool
-//! admin API (`crate::spool::admin`) when a spool is open.
+//! The operators' routes: `/healthz` (the process serves), `/readyz` (this gateway can answer),
+//! `/metrics`, `/admin/upstreams` (each upstream's members, health, breaker and calls in flight)
+//! and the spool admin API (`crate::spool::admin`) when a spool is open.
 
 use crate::gateway::Gateway;
 use axum::Router;
@@ -28,17 +29,31 @@ pub(super) fn router(gw: &Gateway) -> Router {
             super::auth::metrics_token,
         ))
         .with_state(gw.clone());
-    let router = health.merge(metrics);
+    let upstreams = Router::new()
+        .route("/admin/upstreams", get(upstreams))
+        .layer(token())
+        .with_state(gw.clone());
+    let router = health.merge(metrics).merge(upstreams);
     match gw.spool() {
         Some(spool) => router.merge(crate::spool::admin::router(spool.clone()).layer(token())),
         None => router,
     }
 }
 
-/// 200 `ready`, or 503 with one line per reason (which upstream reports what).
+/// 200 `ready` (with a line per degraded part that does not stop the gateway answering: an
+/// upstream down, an unreachable Redis spool), or 503 with one line per reason (not listening
+/// yet, shutting down).
 async fn readyz(State(gw): State<Gateway>) -> Response {
-    match gw.health().readiness(&gw) {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+    match gw.health().readiness() {
+        Ok(()) => {
+            let mut body = String::from("ready\n");
+            for note in gw.health().notes(&gw) {
+                body.push_str("degraded, still answering: ");
+                body.push_str(&note);
+                body.push('\n');
+            }
+            (StatusCode::OK, body).into_response()
+        }
         Err(problems) => {
             let mut body = String::from("not ready\n");
             for p in problems {
@@ -59,4 +74,48 @@ async fn render_metrics(State(gw): State<Gateway>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics recorder not installed").into_response(),
     }
+}
+
+/// `GET /admin/upstreams`: per upstream of the current snapshot, whether its last checks found
+/// it up, its breaker, its calls in flight, and each member's connection and last health check.
+async fn upstreams(State(gw): State<Gateway>) -> Response {
+    let snapshot = gw.snapshot();
+    let health = gw.health();
+    let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
+    names.sort();
+    let now = std::time::SystemTime::now();
+    let list: Vec<serde_json::Value> = names
+        .into_iter()
+        .filter_map(|name| {
+            let upstream = snapshot.upstreams.get(name)?;
+            let members: Vec<serde_json::Value> = upstream
+                .client()
+                .channel()
+                .members()
+                .into_iter()
+                .map(|m| {
+                    let check = m.check.as_ref();
+                    serde_json::json!({
+                        "address": m.address,
+                        "connected": m.connected,
+                        "in_rotation": m.in_rotation,
+                        "health": check.map(|c| c.result.text().to_owned()),
+                        "checked_at": check.map(|c| humantime::format_rfc3339_millis(c.at).to_string()),
+                        "checked_ago_ms": check.map(|c| {
+                            now.duration_since(c.at).unwrap_or_default().as_millis() as u64
+                        }),
+                    })
+                })
+                .collect();
+            Some(serde_json::json!({
+                "name": name,
+                "checked": snapshot.health_targets.iter().any(|t| &t.name == name),
+                "up": health.upstream_up(&gw, name),
+                "breaker": upstream.breaker_state().name(),
+                "in_flight": upstream.in_flight(),
+                "members": members,
+            }))
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "upstreams": list })).into_response()
 }

@@ -3,7 +3,8 @@
 //!
 //! - `mod.rs` (this file): [`callback_router`], [`admin_router`], [`app`] (both on one port), the
 //!   shared [`layers`] stack, and the callback handler (`POST <any prefix>/<command>`).
-//! - `admin.rs`: `/healthz`, `/readyz`, `/metrics` (and the spool admin API, from `crate::spool`).
+//! - `admin.rs`: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` (and the spool admin API,
+//!   from `crate::spool`).
 //! - `serve.rs`: the accept loop of the callback port and the optional admin port, with one
 //!   graceful shutdown for both.
 
@@ -86,6 +87,23 @@ async fn callback(
         return (
             StatusCode::METHOD_NOT_ALLOWED,
             "OpenIM callbacks are POST requests\n",
+        )
+            .into_response();
+    }
+    if command_of(&uri) == crate::doctor::PROBE_COMMAND {
+        // `doctor --probe`: it came through OpenIM's url and the inbound checks; no service.
+        tracing::info!(path = %uri.path().chars().take(200).collect::<String>(),
+            "doctor probe reached the gateway (answered here, no service called)");
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+                (
+                    http::HeaderName::from_static(crate::doctor::PROBE_HEADER),
+                    "probe",
+                ),
+            ],
+            crate::envelope::Envelope::allow().to_bytes(),
         )
             .into_response();
     }

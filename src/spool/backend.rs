@@ -180,7 +180,7 @@ impl Spool {
     }
 
     /// `Ok` while the backend takes events; `Err(why)` while it cannot (Redis unreachable or
-    /// failing), which `/readyz` reports. The redb backend is always healthy once open.
+    /// failing), which `/readyz` names (as degraded, still ready). The redb backend is always healthy once open.
     pub fn health(&self) -> Result<(), String> {
         self.backend.health()
     }

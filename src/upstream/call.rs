@@ -44,6 +44,7 @@ pub enum CallError {
     #[error("not sent: {}", match .0 {
         super::Refusal::BreakerOpen(_) => "the upstream's circuit breaker is open",
         super::Refusal::MaxConcurrency => "the upstream has max_concurrency calls in flight",
+        super::Refusal::NotServing => "every member of the upstream reports NOT_SERVING",
     })]
     Refused(super::Refusal),
 }
@@ -57,6 +58,7 @@ impl CallError {
             Self::Unreachable(_) => "unreachable",
             Self::Refused(super::Refusal::BreakerOpen(_)) => "breaker_open",
             Self::Refused(super::Refusal::MaxConcurrency) => "max_concurrency",
+            Self::Refused(super::Refusal::NotServing) => "not_serving",
         }
     }
 }

@@ -76,8 +76,8 @@ pub(crate) struct Discovery {
     health: Arc<Health>,
     tx: mpsc::Sender<Change<Key, Balanced>>,
     members: BTreeSet<Key>,
-    /// The members' channels, for [`Direct`].
-    channels: BTreeMap<Key, Channel>,
+    /// The members' channels with their labels, for [`Direct`] and the health checks.
+    channels: BTreeMap<Key, (Arc<str>, Channel)>,
     direct: Direct,
     failing: HashMap<usize, Failing>,
 }
@@ -131,9 +131,8 @@ impl Discovery {
             // The channel is sized for every endpoint, so this cannot be full.
             let _ = this.tx.try_send(Change::Insert(*key, member));
         }
-        this.health.set_members(initial.iter().copied());
         this.members = initial;
-        this.publish_direct();
+        this.publish_members();
         Ok(this)
     }
 
@@ -180,20 +179,29 @@ impl Discovery {
 
     /// A new member (replacing one of the same key), its channel recorded for [`Direct`].
     fn member(&mut self, key: Key) -> Balanced {
+        let connector = self.connector(key);
+        let label = connector.label.clone();
         let channel = self.specs[key.endpoint]
             .endpoint
-            .connect_with_connector_lazy(self.connector(key));
-        self.channels.insert(key, channel.clone());
+            .connect_with_connector_lazy(connector);
+        self.channels.insert(key, (label, channel.clone()));
         Member::balanced(key, channel, self.health.clone())
     }
 
-    /// Calls skip the balancer while there is exactly one member.
-    fn publish_direct(&self) {
+    /// Tells the health state the members, and lets calls skip the balancer while there is
+    /// exactly one.
+    fn publish_members(&self) {
+        self.health.set_members(self.channels.clone());
         let only = match (self.channels.len(), self.channels.values().next()) {
-            (1, Some(channel)) => Some(Arc::new(channel.clone())),
+            (1, Some((_, channel))) => Some(Arc::new(channel.clone())),
             _ => None,
         };
         self.direct.store(only);
+    }
+
+    /// The members' health state, shared with the upstream's client.
+    pub(crate) fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Runs the task until the balancer is dropped.
@@ -310,9 +318,8 @@ impl Discovery {
         };
         tracing::info!(upstream = %self.upstream, added = %show(&added), removed = %show(&removed),
             members = wanted.len(), "upstream addresses changed");
-        self.health.set_members(wanted.iter().copied());
         self.members = wanted;
-        self.publish_direct();
+        self.publish_members();
     }
 
     async fn probe(&mut self) {
@@ -378,7 +385,7 @@ impl Discovery {
                         return;
                     }
                 }
-                self.publish_direct();
+                self.publish_members();
                 metrics::counter!("gateway_upstream_tls_reloads_total", "upstream" => upstream.clone(), "result" => "ok")
                     .increment(1);
                 tracing::info!(upstream = %upstream, "upstream TLS files changed: new connections use them");

@@ -9,7 +9,7 @@
 //! - `call.rs`: [`Call`], [`CallError`] and [`UpstreamClient`], the one typed call.
 //! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
 //! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address,
-//!   and the per-address health that takes a refusing address out of the rotation.
+//!   and the per-member health that takes a refusing or NOT_SERVING member out of the rotation.
 //! - `discovery.rs`: the task per upstream that re-resolves the endpoints, probes refusing
 //!   addresses and re-reads the TLS files.
 //! - `resolve.rs`: the [`resolve::Resolve`] trait, the system resolver and the DNS one.
@@ -23,9 +23,9 @@ mod tls;
 mod transport;
 
 pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
-pub use resilience::{Refusal, Resilient, Retry};
+pub use resilience::{BreakerState, FAST_RECHECK, Refusal, Resilient, Retry};
 pub use tls::TlsError;
-pub use transport::{ConnectError, Transport};
+pub use transport::{CheckResult, ConnectError, MemberChannel, MemberCheck, MemberView, Transport};
 
 use crate::config::{DnsConfig, UpstreamConfig};
 use resolve::Resolve;
@@ -87,16 +87,13 @@ impl Upstreams {
             let capacity = transport::BUFFER.max(cfg.endpoints.len());
             let (tx, rx) = tokio::sync::mpsc::channel(capacity);
             let direct = transport::Direct::default();
-            discoveries.push(discovery::Discovery::new(
-                name,
-                cfg,
-                resolver.clone(),
-                tx,
-                direct.clone(),
-            )?);
+            let discovery =
+                discovery::Discovery::new(name, cfg, resolver.clone(), tx, direct.clone())?;
+            let members = discovery.health();
+            discoveries.push(discovery);
             clients.insert(
                 name.clone(),
-                UpstreamClient::new(Transport::new(rx, direct)),
+                UpstreamClient::new(Transport::new(rx, direct, members)),
             );
         }
         // Only once every upstream built: a refused config starts nothing.

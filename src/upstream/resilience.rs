@@ -5,9 +5,15 @@
 //!
 //! The breaker: closed, it counts failures (consecutive, and the share of failures in a window);
 //! open, calls are refused at once for `cool_down`; then one probe call goes through (half-open)
-//! and its result closes or reopens it. A failure is what says the upstream is unwell: no
-//! connection, no answer in time, or UNAVAILABLE / RESOURCE_EXHAUSTED / INTERNAL / UNKNOWN /
-//! DATA_LOSS / DEADLINE_EXCEEDED. A service's rejection is an answer, not a failure.
+//! and its result closes or reopens it. A successful health check of the upstream closes it at
+//! once (`crate::health` checks an upstream with an open breaker every few hundred
+//! milliseconds), so callbacks are forwarded again within a second of the upstream's return.
+//!
+//! A failure is only what says the upstream *as a whole* is unwell: no connection, no answer
+//! within the deadline (DEADLINE_EXCEEDED), or UNAVAILABLE. Any other status (INTERNAL,
+//! UNKNOWN, DATA_LOSS, RESOURCE_EXHAUSTED, …) is what a live service chose to answer about one
+//! request: that request gets its failure policy and nothing more, so no request, however it
+//! makes the service fail, can fail other requests open.
 
 use super::{Call, CallError, UpstreamClient};
 use crate::config::{BreakerConfig, RetryConfig, UpstreamConfig};
@@ -16,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// How often an upstream that is down, or whose breaker is not closed, is health-checked
+/// (`crate::health`); also how long a spooled delivery refused as NOT_SERVING waits.
+pub const FAST_RECHECK: Duration = Duration::from_millis(200);
+
 /// Which control refused a call before it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -23,6 +33,9 @@ pub enum Refusal {
     BreakerOpen(Duration),
     /// `max_concurrency` calls are already in flight to this upstream.
     MaxConcurrency,
+    /// Every member's last health check answered, and none said SERVING: the service asked
+    /// for no traffic.
+    NotServing,
 }
 
 impl Refusal {
@@ -31,6 +44,7 @@ impl Refusal {
         match self {
             Self::BreakerOpen(_) => "breaker",
             Self::MaxConcurrency => "max_concurrency",
+            Self::NotServing => "not_serving",
         }
     }
 }
@@ -48,6 +62,8 @@ pub enum Retry {
 #[derive(Debug, Clone)]
 pub struct Resilient {
     name: Arc<str>,
+    /// `max_concurrency`: the limit's permits in all.
+    max_concurrency: usize,
     /// The per-upstream metric handles, looked up once (not per call).
     in_flight: metrics::Gauge,
     retried: metrics::Counter,
@@ -67,6 +83,7 @@ impl Resilient {
             retried: metrics::counter!("gateway_upstream_retries_total", "upstream" => name.to_string()),
             name,
             client,
+            max_concurrency: cfg.max_concurrency,
             limit: Arc::new(Semaphore::new(cfg.max_concurrency)),
             retries: cfg.retries.clone(),
         }
@@ -87,6 +104,17 @@ impl Resilient {
         self.breaker.state()
     }
 
+    /// Calls to this upstream in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrency
+            .saturating_sub(self.limit.available_permits())
+    }
+
+    /// A health check of the upstream succeeded: an open breaker closes at once.
+    pub fn health_ok(&self) {
+        self.breaker.close_on_health();
+    }
+
     /// One call of `command` under the controls: refused at once when the breaker is open or the
     /// upstream is at `max_concurrency`; retried (with `retry`) after a connection-level failure
     /// while `call.timeout`, the whole budget, leaves time.
@@ -105,6 +133,10 @@ impl Resilient {
             trip("deadline");
             return Err(CallError::Timeout(call.timeout));
         }
+        if self.client.channel().none_serving() {
+            trip(Refusal::NotServing.control());
+            return Err(CallError::Refused(Refusal::NotServing));
+        }
         let Ok(_slot) = self.limit.clone().try_acquire_owned() else {
             trip(Refusal::MaxConcurrency.control());
             return Err(CallError::Refused(Refusal::MaxConcurrency));
@@ -116,8 +148,8 @@ impl Resilient {
                 return Err(CallError::Refused(Refusal::BreakerOpen(wait)));
             }
         };
-        let in_flight = &self.in_flight;
-        in_flight.increment(1.0);
+        // Lowered when the call ends, however it ends (a dropped call too).
+        let _in_flight = InFlight::enter(&self.in_flight);
         let started = Instant::now();
         let budget = call.timeout;
         let mut retries_left = match retry {
@@ -144,7 +176,6 @@ impl Resilient {
                 break result;
             }
         };
-        in_flight.decrement(1.0);
         metrics::histogram!("gateway_upstream_duration_seconds", "command" => command, "upstream" => upstream.to_owned())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("gateway_upstream_calls_total", "upstream" => upstream.to_owned(), "command" => command, "grpc_status" => grpc_status(&result))
@@ -169,21 +200,31 @@ pub fn grpc_status(result: &Result<Bytes, CallError>) -> &'static str {
     }
 }
 
-/// Whether a result says the upstream is unwell (counted by the breaker).
+/// `gateway_upstream_in_flight` raised for as long as it lives.
+struct InFlight<'a>(&'a metrics::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Whether a result says the upstream as a whole is unwell (counted by the breaker): no
+/// connection, no answer within the deadline, or UNAVAILABLE. Every other status is an answer
+/// of a live service about one request.
 fn is_failure(result: &Result<Bytes, CallError>) -> bool {
     use tonic::Code;
     match result {
         Ok(_) | Err(CallError::Refused(_)) => false,
         Err(CallError::Timeout(_) | CallError::Unreachable(_)) => true,
-        Err(CallError::Status(s)) => matches!(
-            s.code(),
-            Code::Unavailable
-                | Code::ResourceExhausted
-                | Code::Internal
-                | Code::Unknown
-                | Code::DataLoss
-                | Code::DeadlineExceeded
-        ),
+        Err(CallError::Status(s)) => matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded),
     }
 }
 
@@ -199,6 +240,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// The state's name, as the admin view shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half-open",
+            Self::Open => "open",
+        }
+    }
+
     /// The gauge value: 0 closed, 1 half-open, 2 open.
     pub fn gauge(self) -> f64 {
         match self {
@@ -345,13 +395,25 @@ impl Breaker {
         }
     }
 
+    /// The upstream passed a health check: open or half-open, the breaker closes (a probe still
+    /// out reports into the closed state like any call).
+    fn close_on_health(&self) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut state = self.lock();
+        if !matches!(*state, State::Closed { .. }) {
+            self.set(&mut state, State::closed());
+        }
+    }
+
     fn record(&self, probe: bool, failure: bool) {
         if !self.cfg.enabled {
             return;
         }
         let mut state = self.lock();
         let now = Instant::now();
-        if probe {
+        if probe && matches!(*state, State::HalfOpen) {
             let next = if failure {
                 State::Open {
                     until: now + self.cfg.cool_down.0,
@@ -466,12 +528,42 @@ mod tests {
     }
 
     #[test]
-    fn rejections_are_answers_not_failures() {
-        let status = tonic::Status::permission_denied("no");
-        assert!(!is_failure(&Err(CallError::Status(status))));
-        assert!(is_failure(&Err(CallError::Status(
-            tonic::Status::unavailable("x")
-        ))));
+    fn only_what_says_the_upstream_is_unwell_is_a_failure() {
+        use tonic::{Code, Status};
+        for code in [
+            Code::PermissionDenied,
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+            Code::ResourceExhausted,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::Aborted,
+            Code::Unimplemented,
+        ] {
+            let status = Status::new(code, "about one request");
+            assert!(!is_failure(&Err(CallError::Status(status))), "{code:?}");
+        }
+        for code in [Code::Unavailable, Code::DeadlineExceeded] {
+            assert!(is_failure(&Err(CallError::Status(Status::new(code, "x")))));
+        }
         assert!(is_failure(&Err(CallError::Timeout(Duration::from_secs(1)))));
+    }
+
+    #[test]
+    fn a_health_check_closes_an_open_breaker_at_once() {
+        let b = breaker(1, 1.0, 1000);
+        b.admit().unwrap().record(true);
+        assert_eq!(b.state(), BreakerState::Open);
+        b.close_on_health();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit().is_ok());
+        // A probe out when the health check closed it: its late failure counts as one call.
+        b.admit().unwrap().record(true);
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.admit().unwrap();
+        b.close_on_health();
+        probe.record(true);
+        assert_eq!(b.state(), BreakerState::Open, "consecutive_failures 1");
     }
 }

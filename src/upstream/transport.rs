@@ -21,7 +21,7 @@ use super::resolve::Resolve;
 use futures_util::TryFutureExt as _;
 use futures_util::future::{BoxFuture, Either, MapErr};
 use hyper_util::rt::TokioIo;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -67,6 +67,8 @@ pub(crate) type Direct = Arc<arc_swap::ArcSwapOption<Channel>>;
 pub struct Transport {
     inner: Buffer<Request, BoxFuture<'static, Result<Response, BoxError>>>,
     direct: Direct,
+    /// The members and their health, shared with the discovery task.
+    members: Arc<Health>,
     /// The direct channel `poll_ready` made ready, for the next `call`.
     ready: Option<Channel>,
 }
@@ -76,6 +78,7 @@ impl Clone for Transport {
         Self {
             inner: self.inner.clone(),
             direct: self.direct.clone(),
+            members: self.members.clone(),
             ready: None,
         }
     }
@@ -89,14 +92,40 @@ impl std::fmt::Debug for Transport {
 
 impl Transport {
     /// A transport fed by `changes`. Must run inside a tokio runtime (the buffer's worker).
-    pub(crate) fn new(changes: mpsc::Receiver<Change<Key, Balanced>>, direct: Direct) -> Self {
+    pub(crate) fn new(
+        changes: mpsc::Receiver<Change<Key, Balanced>>,
+        direct: Direct,
+        members: Arc<Health>,
+    ) -> Self {
         let balance = Balance::new(Changes(changes));
         let inner = Buffer::new(BoxService::new(balance), BUFFER);
         Self {
             inner,
             direct,
+            members,
             ready: None,
         }
+    }
+
+    /// Every member's own channel, for the health checks.
+    pub fn member_channels(&self) -> Vec<MemberChannel> {
+        self.members.channels()
+    }
+
+    /// Records a member's health check (NOT_SERVING takes it out of the rotation).
+    pub fn record_check(&self, member: &MemberChannel, result: CheckResult) {
+        self.members.record_check(member.key, &member.label, result);
+    }
+
+    /// Every member as the admin view shows it.
+    pub fn members(&self) -> Vec<MemberView> {
+        self.members.view()
+    }
+
+    /// Whether no member can take a call because each reported NOT_SERVING (or refused its
+    /// last connection, with at least one NOT_SERVING).
+    pub fn none_serving(&self) -> bool {
+        self.members.none_serving()
     }
 }
 
@@ -185,10 +214,12 @@ impl Service<Request> for Member {
     }
 }
 
-/// Which members of one upstream refused their last connection. A member that is down is not
-/// ready while some other member is up; when every member is down, all are ready again, so that
-/// calls fail at once (and the first address that answers is back) instead of waiting for their
-/// deadline.
+/// The members of one upstream and what is known of each: whether its address refused the last
+/// connection (`down`), and what its last `grpc.health.v1` check said (the checks run in
+/// `crate::health`). A member that is down or reported NOT_SERVING is out of the rotation (not
+/// ready) while some other member is in it; when every member is out, all are ready again, so
+/// that calls fail at once (or reach a member that answers after all) instead of waiting for
+/// their deadline.
 #[derive(Debug)]
 pub(crate) struct Health {
     upstream: String,
@@ -201,8 +232,83 @@ struct HealthState {
     members: HashSet<Key>,
     /// Those of them whose last connection attempt failed; always a subset of `members`.
     down: HashSet<Key>,
+    /// Those whose last health check answered, but not SERVING; a subset of `members`.
+    not_serving: HashSet<Key>,
+    /// Each member's channel and label, for the health checks and the admin view.
+    channels: BTreeMap<Key, (Arc<str>, Channel)>,
+    /// Each member's last health check.
+    checks: HashMap<Key, MemberCheck>,
     /// Members waiting for a change.
     wakers: Vec<Waker>,
+}
+
+impl HealthState {
+    fn out(&self, key: &Key) -> bool {
+        self.down.contains(key) || self.not_serving.contains(key)
+    }
+
+    fn all_out(&self) -> bool {
+        self.members.iter().all(|k| self.out(k))
+    }
+}
+
+/// The result of one member's `grpc.health.v1` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// SERVING, or a reachable server without the health service (UNIMPLEMENTED).
+    Serving,
+    /// The server answered with another status (`NOT_SERVING`, `SERVICE_UNKNOWN`, `NOT_FOUND`):
+    /// the member leaves the rotation until it says SERVING again.
+    NotServing(String),
+    /// No answer (no connection, a timeout, a transport error): the connection state decides.
+    NoAnswer(String),
+}
+
+impl CheckResult {
+    /// Whether the member answers its health check as serving.
+    pub fn is_serving(&self) -> bool {
+        matches!(self, Self::Serving)
+    }
+
+    /// The status as the admin view and the logs show it.
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Serving => "SERVING",
+            Self::NotServing(s) | Self::NoAnswer(s) => s,
+        }
+    }
+}
+
+/// A member's last health check and when it ran.
+#[derive(Debug, Clone)]
+pub struct MemberCheck {
+    /// What it said.
+    pub result: CheckResult,
+    /// When.
+    pub at: std::time::SystemTime,
+}
+
+/// One member as the admin view shows it.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    /// The endpoint as configured, with the resolved address.
+    pub address: String,
+    /// Whether its address accepted the last connection.
+    pub connected: bool,
+    /// Whether calls are sent to it now.
+    pub in_rotation: bool,
+    /// The last health check, if one ran.
+    pub check: Option<MemberCheck>,
+}
+
+/// A member's channel, for one health check.
+#[derive(Debug, Clone)]
+pub struct MemberChannel {
+    pub(crate) key: Key,
+    /// The endpoint and address, for logs.
+    pub label: Arc<str>,
+    /// The member's own channel (not through the balancer).
+    pub channel: Channel,
 }
 
 impl Health {
@@ -220,7 +326,7 @@ impl Health {
 
     fn admit(&self, key: &Key, waker: &Waker) -> bool {
         let mut s = self.lock();
-        if !s.down.contains(key) || s.down.len() >= s.members.len() {
+        if !s.out(key) || s.all_out() {
             return true;
         }
         if !s.wakers.iter().any(|w| w.will_wake(waker)) {
@@ -235,12 +341,21 @@ impl Health {
         }
     }
 
-    /// The members now in the balancer.
-    pub(crate) fn set_members(&self, members: impl IntoIterator<Item = Key>) {
+    /// The members now in the balancer, with their channels.
+    pub(crate) fn set_members(&self, members: BTreeMap<Key, (Arc<str>, Channel)>) {
         let mut s = self.lock();
-        s.members = members.into_iter().collect();
-        let HealthState { members, down, .. } = &mut *s;
+        s.members = members.keys().copied().collect();
+        s.channels = members;
+        let HealthState {
+            members,
+            down,
+            not_serving,
+            checks,
+            ..
+        } = &mut *s;
         down.retain(|k| members.contains(k));
+        not_serving.retain(|k| members.contains(k));
+        checks.retain(|k, _| members.contains(k));
         Self::wake(&mut s);
     }
 
@@ -248,7 +363,7 @@ impl Health {
     pub(crate) fn mark_down(&self, key: Key, label: &str, error: &ConnectError) {
         let mut s = self.lock();
         if s.members.contains(&key) && s.down.insert(key) {
-            let up = s.members.len() - s.down.len();
+            let up = s.members.iter().filter(|k| !s.out(k)).count();
             tracing::warn!(upstream = %self.upstream, endpoint = %label, error = %error, members_up = up,
                 "upstream address refused a connection: out of the rotation until it accepts again");
             Self::wake(&mut s);
@@ -267,6 +382,75 @@ impl Health {
     /// The members that are down.
     pub(crate) fn down(&self) -> Vec<Key> {
         self.lock().down.iter().copied().collect()
+    }
+
+    /// Whether every member is out of the rotation and at least one because it reported
+    /// NOT_SERVING (all refusing connections alone still admits calls, which then fail fast).
+    pub(crate) fn none_serving(&self) -> bool {
+        let s = self.lock();
+        !s.not_serving.is_empty() && s.all_out()
+    }
+
+    /// Every member's channel, for the health checks.
+    pub(crate) fn channels(&self) -> Vec<MemberChannel> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|(key, (label, channel))| MemberChannel {
+                key: *key,
+                label: label.clone(),
+                channel: channel.clone(),
+            })
+            .collect()
+    }
+
+    /// Records a member's health check: NOT_SERVING takes it out of the rotation, SERVING puts
+    /// it back; no answer leaves that to the connection state.
+    pub(crate) fn record_check(&self, key: Key, label: &str, result: CheckResult) {
+        let mut s = self.lock();
+        if !s.members.contains(&key) {
+            return;
+        }
+        let changed = match &result {
+            CheckResult::Serving => s.not_serving.remove(&key),
+            CheckResult::NotServing(_) => s.not_serving.insert(key),
+            CheckResult::NoAnswer(_) => false,
+        };
+        if changed {
+            match &result {
+                CheckResult::Serving => {
+                    tracing::info!(upstream = %self.upstream, endpoint = %label,
+                    "upstream member reports SERVING again: back in the rotation")
+                }
+                _ => {
+                    tracing::warn!(upstream = %self.upstream, endpoint = %label, status = %result.text(),
+                    "upstream member reports not serving: out of the rotation until it reports SERVING")
+                }
+            }
+            Self::wake(&mut s);
+        }
+        s.checks.insert(
+            key,
+            MemberCheck {
+                result,
+                at: std::time::SystemTime::now(),
+            },
+        );
+    }
+
+    /// Every member as the admin view shows it.
+    pub(crate) fn view(&self) -> Vec<MemberView> {
+        let s = self.lock();
+        let all_out = s.all_out();
+        s.channels
+            .iter()
+            .map(|(key, (label, _))| MemberView {
+                address: label.to_string(),
+                connected: !s.down.contains(key),
+                in_rotation: all_out || !s.out(key),
+                check: s.checks.get(key).cloned(),
+            })
+            .collect()
     }
 }
 
@@ -426,10 +610,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_down_member_waits_while_another_is_up_and_all_down_admits_all() {
+    fn members(ports: &[u16]) -> BTreeMap<Key, (Arc<str>, Channel)> {
+        ports
+            .iter()
+            .map(|&n| {
+                let channel =
+                    tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+                (key(n), (Arc::from(format!("m{n}")), channel))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_down_member_waits_while_another_is_up_and_all_down_admits_all() {
         let health = Health::new("u");
-        health.set_members([key(1), key(2)]);
+        health.set_members(members(&[1, 2]));
         let flag = Arc::new(Flag(false.into()));
         let waker = Waker::from(flag.clone());
         let err = ConnectError::Failed {
@@ -445,10 +640,44 @@ mod tests {
         assert!(health.admit(&key(1), &waker), "all down: fail fast");
         health.mark_up(key(2), "b");
         assert!(!health.admit(&key(1), &waker));
-        health.set_members([key(1)]);
+        health.set_members(members(&[1]));
         assert!(health.admit(&key(1), &waker), "the only member");
         // A key that is not a member is never marked down.
         health.mark_down(key(3), "c", &err);
         assert_eq!(health.down(), vec![key(1)]);
+    }
+
+    #[tokio::test]
+    async fn a_not_serving_member_leaves_the_rotation_until_it_serves_again() {
+        let health = Health::new("u");
+        health.set_members(members(&[1, 2]));
+        let flag = Arc::new(Flag(false.into()));
+        let waker = Waker::from(flag.clone());
+        let not_serving = || CheckResult::NotServing("NOT_SERVING".into());
+        health.record_check(key(1), "m1", not_serving());
+        assert!(!health.admit(&key(1), &waker), "out while another serves");
+        assert!(health.admit(&key(2), &waker));
+        let view = health.view();
+        assert_eq!(view.len(), 2);
+        assert!(!view[0].in_rotation && view[0].connected);
+        assert_eq!(
+            view[0].check.as_ref().map(|c| c.result.text()),
+            Some("NOT_SERVING")
+        );
+        // No answer changes nothing; every member out admits all again.
+        health.record_check(key(1), "m1", CheckResult::NoAnswer("timeout".into()));
+        assert!(!health.admit(&key(1), &waker));
+        assert!(!health.none_serving());
+        health.record_check(key(2), "m2", not_serving());
+        assert!(health.none_serving(), "the upstream refuses calls at once");
+        assert!(health.admit(&key(1), &waker), "all out: fail fast");
+        health.record_check(key(1), "m1", CheckResult::Serving);
+        assert!(!health.none_serving());
+        assert!(health.admit(&key(1), &waker));
+        assert!(!health.admit(&key(2), &waker));
+        // A member that leaves forgets its state.
+        health.set_members(members(&[1]));
+        assert_eq!(health.view().len(), 1);
+        assert!(health.view()[0].in_rotation);
     }
 }
