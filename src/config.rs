@@ -3,13 +3,22 @@
 //! No sockets here; [`crate::gateway::Snapshot`] is the live part built from it. [`Config::validate`]
 //! checks everything a start would reject except sockets (what `check-config` checks), and
 //! [`Config::warnings`] returns what is usable but probably a mistake, for `main` to log once
-//! logging is set up.
+//! logging is set up. The command line's values ([`Flags`]) merge over the file and the
+//! environment key by key.
+//!
+//! - `config/diagnose.rs`: config errors in the operator's words (where the key was written,
+//!   what was expected with an example, the nearest valid key).
+//! - `config/mesh.rs`, `config/security.rs`: the upstream mesh and the security settings.
+//! - `config/inspect.rs`: the inspector's settings (`inspect:`).
 
+mod diagnose;
 mod inspect;
 mod mesh;
 mod security;
 
+pub use diagnose::Origin;
 pub use inspect::InspectConfig;
+
 pub use mesh::{
     BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,
     UpstreamTlsConfig,
@@ -32,6 +41,9 @@ pub const ENV_PREFIX: &str = "OPENIM_GATEWAY_";
 
 /// The name of the upstream every command uses unless it names another.
 pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// What the start's log and `check` say while the demo answers (`demo`).
+pub const DEMO_NOTICE: &str = "the built-in example hook service answers as upstream `default` (its demo policy rejects \"spam\" and rewrites messages); configure upstreams.default or --upstream for real traffic";
 
 /// OpenIM's own default webhook timeout: an answer slower than this fails a before-operation.
 pub const OPENIM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,8 +73,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Logging.
     pub log: LogConfig,
-    /// gRPC upstreams by name. With none configured (and no `--upstream`), the gateway starts its
-    /// built-in example upstream in-process as `default`.
+    /// gRPC upstreams by name. Every enabled command needs its upstream here (`default` unless
+    /// the command names another), or `demo: true`.
     pub upstreams: HashMap<String, UpstreamConfig>,
     /// Settings of every command, unless `commands` overrides them.
     pub defaults: CommandConfig,
@@ -70,8 +82,14 @@ pub struct Config {
     pub commands: BTreeMap<String, CommandOverride>,
     /// The durable spool of after-events.
     pub spool: crate::spool::SpoolConfig,
-    /// The built-in example upstream (serves as `default` when no upstream is configured).
+    /// The settings of the built-in example hook service that `demo` starts.
     pub example: openim_callback_example::ExampleConfig,
+    /// Let the built-in example hook service answer as the upstream `default`, in-process. It
+    /// applies the demo policy (rejects "spam", masks words, tags groups, sets avatars) to
+    /// whatever arrives, so it is for trying the gateway out, never for real traffic. On by
+    /// itself only with no config file and no upstream (`cargo run --release`); `--demo` sets it.
+    /// Ignored (with a warning) when `upstreams.default` is configured.
+    pub demo: bool,
     /// Who may call the callback port (path secret, header, source CIDRs).
     pub auth: AuthConfig,
     /// TLS on the callback port; unset = plain HTTP (a mesh sidecar may terminate TLS).
@@ -122,6 +140,7 @@ impl Default for Config {
             commands: BTreeMap::new(),
             spool: crate::spool::SpoolConfig::default(),
             example: openim_callback_example::ExampleConfig::default(),
+            demo: false,
             auth: AuthConfig::default(),
             tls: None,
             admin_token_file: None,
@@ -321,29 +340,165 @@ impl std::fmt::Display for ConfigWarning {
     }
 }
 
-/// A configuration that cannot be used, naming the key at fault.
+/// A configuration that cannot be used, naming the key at fault and, when known, where it was
+/// written.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or an environment variable could not be read or has a wrong value.
-    #[error("{0}")]
-    Load(Box<figment::Error>),
-    /// A value is readable but not usable.
-    #[error("config key `{key}`: {problem}")]
+    /// A value cannot be read (unknown key, wrong type) or is not usable.
+    #[error("config key `{key}`{}: {problem}", at.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
     Invalid {
-        /// The dotted key.
+        /// The dotted key, as the user spelled it.
         key: String,
-        /// What is wrong.
+        /// What is wrong, and what was expected.
+        problem: String,
+        /// Where the key was written (file line, environment variable, flag), when known.
+        at: Option<Origin>,
+    },
+    /// The file is not YAML.
+    #[error("{at}: not valid YAML: {problem}")]
+    Syntax {
+        /// Where the parser stopped.
+        at: Origin,
+        /// What it found.
         problem: String,
     },
     /// `--config` names a file that does not exist.
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
+    /// `--config` names a file that cannot be read.
+    #[error("config file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// Adds where the key at fault was written, unless known already.
+    fn located(mut self, find: impl FnOnce(&str) -> Option<Origin>) -> Self {
+        if let Self::Invalid { key, at, .. } = &mut self
+            && at.is_none()
+        {
+            *at = find(key);
+        }
+        self
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
+        at: None,
+    }
+}
+
+/// A figment error as a [`ConfigError`]: the key path without the profile, the problem in words.
+fn from_figment(e: &figment::Error, prefix: &str) -> ConfigError {
+    let mut key = prefix.to_owned();
+    for part in &e.path {
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(part);
+    }
+    let problem = diagnose::problem(&e.kind);
+    if key.is_empty() {
+        return invalid("(top level)", problem);
+    }
+    invalid(key, problem)
+}
+
+/// Values given on the command line. They win over the file and the environment, and merge
+/// with them key by key: `--upstream` sets `upstreams.default.endpoints`, so that
+/// `OPENIM_GATEWAY_UPSTREAMS__DEFAULT__BREAKER__ENABLED` and the file's other settings of
+/// `upstreams.default` still apply to it.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--listen`: `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`: `admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--upstream`: the one endpoint of `upstreams.default`.
+    pub upstream: Option<String>,
+    /// `--demo`: `demo: true`.
+    pub demo: bool,
+}
+
+impl Flags {
+    fn merge_into(&self, mut figment: Figment) -> Figment {
+        if let Some(listen) = self.listen {
+            figment = figment.merge(Serialized::default("listen", listen));
+        }
+        if let Some(admin) = self.admin_listen {
+            figment = figment.merge(Serialized::default("admin_listen", admin));
+        }
+        if let Some(uri) = &self.upstream {
+            let key = format!("upstreams.{DEFAULT_UPSTREAM}.endpoints");
+            figment = figment.merge(Serialized::default(&key, [uri]));
+        }
+        if self.demo {
+            figment = figment.merge(Serialized::default("demo", true));
+        }
+        figment
+    }
+
+    /// The flag that set `key` (or a key above it).
+    fn origin(&self, key: &str) -> Option<Origin> {
+        let under = |k: &str| key == k || key.starts_with(&format!("{k}."));
+        if self.upstream.is_some()
+            && (under(&format!("upstreams.{DEFAULT_UPSTREAM}.endpoints"))
+                || key == format!("upstreams.{DEFAULT_UPSTREAM}"))
+        {
+            Some(Origin::Flag("--upstream"))
+        } else if self.listen.is_some() && under("listen") {
+            Some(Origin::Flag("--listen"))
+        } else if self.admin_listen.is_some() && under("admin_listen") {
+            Some(Origin::Flag("--admin-listen"))
+        } else if self.demo && under("demo") {
+            Some(Origin::Flag("--demo"))
+        } else {
+            None
+        }
+    }
+}
+
+/// Where the values of one load came from, for locating the key at fault.
+struct Sources<'a> {
+    file: Option<&'a diagnose::Positions>,
+    env: bool,
+    flags: &'a Flags,
+}
+
+impl Sources<'_> {
+    /// The flag, else the environment variable, else the file position that set `key`.
+    fn find(&self, key: &str) -> Option<Origin> {
+        self.flags
+            .origin(key)
+            .or_else(|| {
+                self.env
+                    .then(|| diagnose::env_var_for(key))
+                    .flatten()
+                    .map(Origin::Env)
+            })
+            .or_else(|| self.file.and_then(|f| f.find(key)))
+    }
+
+    /// Extracts and validates, every error located.
+    fn extract(&self, figment: &Figment, no_file: bool) -> Result<Config, ConfigError> {
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| from_figment(&e, "").located(|k| self.find(k)))?;
+        // The embedded default (no file, no upstream): the demo answers, as asked by no config.
+        if no_file && config.upstreams.is_empty() {
+            config.demo = true;
+        }
+        config
+            .normalize()
+            .map_err(|e| e.located(|k| self.find(k)))?;
+        Ok(config)
     }
 }
 
@@ -351,30 +506,54 @@ impl Config {
     /// Loads defaults, then the YAML file if given, then `OPENIM_GATEWAY_*` variables, and
     /// validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ConfigError::Missing(path.to_owned()));
-            }
-            figment = figment.merge(Yaml::file_exact(path));
-        }
-        // `OPENIM_GATEWAY_CONFIG` names the file (the `--config` flag), it is not a key.
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
-        let mut config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        config.normalize()?;
-        Ok(config)
+        Self::load_with(path, &Flags::default())
     }
 
-    /// Parses a YAML document (for tests and `--check`), with validation.
+    /// [`Config::load`] with the command line's values over the file and the environment. With
+    /// no file and no upstream (the embedded default), `demo` is on.
+    pub fn load_with(path: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let positions = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        ConfigError::Missing(path.to_owned())
+                    } else {
+                        ConfigError::Unreadable {
+                            path: path.to_owned(),
+                            source,
+                        }
+                    }
+                })?;
+                let positions = diagnose::Positions::parse(&text, Some(path))?;
+                figment = figment.merge(Yaml::string(&text));
+                Some(positions)
+            }
+            None => None,
+        };
+        // `OPENIM_GATEWAY_CONFIG` names the file (the `--config` flag), it is not a key.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
+        figment = flags.merge_into(figment);
+        Sources {
+            file: positions.as_ref(),
+            env: true,
+            flags,
+        }
+        .extract(&figment, path.is_none())
+    }
+
+    /// Parses a YAML document (for tests and `--check`), with validation. Errors give the
+    /// document's line and column.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Yaml::string(text))
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        config.normalize()?;
-        Ok(config)
+        let positions = diagnose::Positions::parse(text, None)?;
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Yaml::string(text));
+        Sources {
+            file: Some(&positions),
+            env: false,
+            flags: &Flags::default(),
+        }
+        .extract(&figment, false)
     }
 
     /// Canonicalises command keys (environment variables arrive lower-cased) and validates.
@@ -476,9 +655,9 @@ impl Config {
             read_admin_token(path)?;
         } else if self.admin_api_exposed() && !self.admin_insecure {
             return Err(invalid(
-                "admin_token_file",
+                "admin_listen",
                 format!(
-                    "the admin API (which lists message payloads and purges dead letters) would be reachable on {} without a token: set admin_token_file, or serve it on loopback (admin_listen: 127.0.0.1:PORT), or set admin_insecure: true",
+                    "the admin API (it lists message payloads and purges dead letters) would be reachable on {} without a token. Serve it on loopback with `--admin-listen 127.0.0.1:10007` (config `admin_listen`), or require a token with `admin_token_file`, or accept the risk with `admin_insecure: true`",
                     self.admin_listen.unwrap_or(self.listen)
                 ),
             ));
@@ -503,7 +682,49 @@ impl Config {
                 self.check_settings(&key, &self.settings(row.command)?, Some(o))?;
             }
         }
-        Ok(())
+        self.check_upstreams_of_enabled_commands()
+    }
+
+    /// Every enabled command has its upstream: the one place that names the commands left
+    /// without one (a config without `upstreams` no longer falls back to the demo).
+    fn check_upstreams_of_enabled_commands(&self) -> Result<(), ConfigError> {
+        let mut missing: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for row in catalog::ROWS {
+            let s = self.settings(row.command)?;
+            if s.enabled && !self.upstream_exists(&s.upstream) {
+                missing.entry(s.upstream).or_default().push(row.command);
+            }
+        }
+        let Some((name, commands)) = missing.into_iter().next() else {
+            return Ok(());
+        };
+        const SHOWN: usize = 3;
+        let mut named = commands
+            .iter()
+            .take(SHOWN)
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if commands.len() > SHOWN {
+            named.push_str(&format!(" and {} more", commands.len() - SHOWN));
+        }
+        let (count, verb) = match commands.len() {
+            1 => ("the enabled command".to_owned(), "uses"),
+            n => (format!("{n} enabled commands"), "use"),
+        };
+        let fix = if name == DEFAULT_UPSTREAM {
+            format!(
+                "add `upstreams.{name}` (or start with `--upstream URL`), or set `demo: true` (or `--demo`) to let the built-in demo policy answer"
+            )
+        } else {
+            format!("add `upstreams.{name}`")
+        };
+        Err(invalid(
+            format!("upstreams.{name}"),
+            format!(
+                "is not configured, and {count} {verb} it ({named}): {fix}, or disable those commands"
+            ),
+        ))
     }
 
     /// Settings that are usable but probably a mistake, one warning each.
@@ -528,6 +749,12 @@ impl Config {
                 timeout(format!("commands.{command}"), &s);
             }
         }
+        if self.demo && self.upstreams.contains_key(DEFAULT_UPSTREAM) {
+            out.push(ConfigWarning {
+                key: "demo".into(),
+                message: "is ignored: `upstreams.default` is configured and answers instead of the built-in demo policy".into(),
+            });
+        }
         out
     }
 
@@ -547,14 +774,29 @@ impl Config {
         })
     }
 
-    /// The names of the upstreams a start will have: the configured ones, or `default` (the
-    /// built-in example) when none is configured.
+    /// The names of the upstreams a start will have: the configured ones, and `default` when
+    /// the demo serves it.
     fn upstream_exists(&self, name: &str) -> bool {
-        if self.upstreams.is_empty() {
-            name == DEFAULT_UPSTREAM
-        } else {
-            self.upstreams.contains_key(name)
+        self.upstreams.contains_key(name) || (name == DEFAULT_UPSTREAM && self.demo)
+    }
+
+    /// Whether the built-in example hook service answers as `default`: `demo` is on and no
+    /// `upstreams.default` is configured.
+    pub fn serves_demo(&self) -> bool {
+        self.demo && !self.upstreams.contains_key(DEFAULT_UPSTREAM)
+    }
+
+    /// Makes the demo a configured upstream: when [`Config::serves_demo`], `upstream` (where
+    /// the example service runs) becomes `upstreams.default` and `demo` is cleared, so that the
+    /// gateway is built from what it will call. Returns whether it did.
+    pub fn attach_demo(&mut self, upstream: &UpstreamConfig) -> bool {
+        if !self.serves_demo() {
+            return false;
         }
+        self.upstreams
+            .insert(DEFAULT_UPSTREAM.into(), upstream.clone());
+        self.demo = false;
+        true
     }
 
     fn check_settings(
@@ -564,17 +806,21 @@ impl Config {
         o: Option<&CommandOverride>,
     ) -> Result<(), ConfigError> {
         let set = |field: &str| o.is_none_or(|o| o.contains_key(field));
-        if set("upstream") && !self.upstream_exists(&s.upstream) {
+        // `defaults.upstream: default` left as it is: the commands using it are named by
+        // `check_upstreams_of_enabled_commands` instead.
+        let written = o.is_some() || s.upstream != DEFAULT_UPSTREAM;
+        if set("upstream") && written && !self.upstream_exists(&s.upstream) {
+            let mut names: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            let near = diagnose::nearest(&s.upstream, &names)
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default();
             return Err(invalid(
                 format!("{key}.upstream"),
-                if self.upstreams.is_empty() {
-                    format!(
-                        "upstream `{}` is not defined: with no `upstreams` only `{DEFAULT_UPSTREAM}` (the built-in example) exists",
-                        s.upstream
-                    )
-                } else {
-                    format!("upstream `{}` is not defined under `upstreams`", s.upstream)
-                },
+                format!(
+                    "upstream `{}` is not defined under `upstreams`{near}",
+                    s.upstream
+                ),
             ));
         }
         if set("timeout") && s.timeout.0.is_zero() {
@@ -599,15 +845,7 @@ impl Config {
         Figment::from(Serialized::defaults(&self.defaults))
             .merge(Serialized::defaults(o))
             .extract()
-            .map_err(|e| {
-                let path = e.path.join(".");
-                let key = if path.is_empty() {
-                    format!("commands.{command}")
-                } else {
-                    format!("commands.{command}.{path}")
-                };
-                invalid(key, e.kind.to_string())
-            })
+            .map_err(|e| from_figment(&e, &format!("commands.{command}")))
     }
 }
 
@@ -741,7 +979,7 @@ mod tests {
     #[test]
     fn warnings_are_values_naming_their_key() {
         let c = Config::from_yaml(
-            "defaults: {timeout: 6s}\ncommands: {callbackBeforeCreateGroupCommand: {timeout: 5s}, callbackAfterQuitGroupCommand: {enabled: false}}",
+            "demo: true\ndefaults: {timeout: 6s}\ncommands: {callbackBeforeCreateGroupCommand: {timeout: 5s}, callbackAfterQuitGroupCommand: {enabled: false}}",
         )
         .expect("usable");
         let keys: Vec<String> = c.warnings().into_iter().map(|w| w.key).collect();
@@ -753,12 +991,102 @@ mod tests {
             ]
         );
         assert!(Config::default().warnings().is_empty());
+        let c = Config::from_yaml("demo: true\nupstreams: {default: {endpoints: ['http://h:1']}}")
+            .expect("usable");
+        let keys: Vec<String> = c.warnings().into_iter().map(|w| w.key).collect();
+        assert_eq!(keys, ["demo"], "the demo gives way to upstreams.default");
+        assert!(!c.serves_demo());
+    }
+
+    /// Each kind of load error, as the operator reads it: where, the key as written, what was
+    /// expected with an example, the nearest valid key or value.
+    #[test]
+    fn load_errors_say_where_what_was_expected_and_the_nearest_key() {
+        let cases = [
+            (
+                "demo: true\ndefaults:\n  timout: 3s\n",
+                "config key `defaults.timout` (line 3, column 3): `timout` is not a known key here; did you mean `timeout`?",
+            ),
+            (
+                "demo: true\nlimits:\n  max_headers: many\n",
+                "config key `limits.max_headers` (line 3, column 3): expected a whole number such as 5, found \"many\"",
+            ),
+            (
+                "demo: true\ndefaults:\n  timeout: 3 fortnights\n",
+                "config key `defaults.timeout` (line 3, column 3): expected a duration such as 800ms or 3s, found \"3 fortnights\"",
+            ),
+            (
+                "demo: true\ndefaults: {on_failure: rejct}\n",
+                "config key `defaults.on_failure` (line 2, column 12): `rejct` is not one of `continue`, `reject`; did you mean `reject`?",
+            ),
+            (
+                "demo: true\ncommands:\n  callbackAfterQuitGroupCommand: {timout: 1s}\n",
+                "config key `commands.callbackAfterQuitGroupCommand.timout` (line 3, column 35): `timout` is not a known key here; did you mean `timeout`?",
+            ),
+            (
+                "upstreams: {default: {endpoints: ['http://h:1']}}\ncommands:\n  callbackAfterQuitGroupCommand: {upstream: defualt}\n",
+                "config key `commands.callbackAfterQuitGroupCommand.upstream` (line 3, column 35): upstream `defualt` is not defined under `upstreams`; did you mean `default`?",
+            ),
+            (
+                "upstreams:\n  default: {connect_timeout: 1s}\n",
+                "config key `upstreams.default` (line 2, column 3): the key `endpoints` is missing",
+            ),
+            (
+                "demo: true\nlisten: [1\n",
+                "line 3, column 1: not valid YAML: while parsing a flow sequence, expected ',' or ']'",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert_eq!(err, expected, "{yaml}");
+            assert!(
+                !err.contains("default.defaults"),
+                "no profile prefix: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_enabled_command_without_its_upstream_is_refused_by_name() {
+        let err = Config::from_yaml("defaults: {timeout: 2s}")
+            .expect_err("no upstream, no demo")
+            .to_string();
+        for part in [
+            "config key `upstreams.default`",
+            "52 enabled commands use it",
+            "callbackBeforeSendSingleMsgCommand",
+            "and 49 more",
+            "`demo: true`",
+        ] {
+            assert!(err.contains(part), "{part}: {err}");
+        }
+        let err = Config::from_yaml(
+            "defaults: {enabled: false}\ncommands: {callbackAfterQuitGroupCommand: {enabled: true}}",
+        )
+        .expect_err("the one enabled command has no upstream")
+        .to_string();
+        assert!(
+            err.contains("the enabled command uses it (`callbackAfterQuitGroupCommand`)"),
+            "{err}"
+        );
+        assert!(
+            Config::from_yaml("defaults: {enabled: false}").is_ok(),
+            "nothing enabled, nothing to call"
+        );
+        let demo = Config::from_yaml("demo: true").expect("the demo answers");
+        assert!(demo.serves_demo());
+        let mut built = demo.clone();
+        assert!(built.attach_demo(&UpstreamConfig::single("http://127.0.0.1:9")));
+        assert!(!built.serves_demo() && built.upstreams.contains_key(DEFAULT_UPSTREAM));
+        built
+            .validate()
+            .expect("the attached demo is a configured upstream");
     }
 
     #[test]
     fn overrides_keep_unset_keys_from_defaults() {
         let c = Config::from_yaml(
-            "defaults: {timeout: 2s, reject_code: 20100, on_failure: reject}\n\
+            "demo: true\ndefaults: {timeout: 2s, reject_code: 20100, on_failure: reject}\n\
              commands: {callbackBeforeAddFriendCommand: {reject_message: no}}",
         )
         .expect("valid");

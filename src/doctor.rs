@@ -533,6 +533,15 @@ pub fn diagnose(openim: &OpenImWebhooks, config: &Config, catalog: &Catalog) -> 
         }
     }
     let enabled = |k: &str| openim.entries.get(k).is_some_and(|e| e.enable);
+    if config.serves_demo() && openim.entries.values().any(|e| e.enable) {
+        find(
+            Severity::Error,
+            "demo-answers",
+            "upstreams",
+            "the gateway's built-in demo policy would answer OpenIM's callbacks (it rejects \"spam\" and rewrites messages): no upstream is configured".into(),
+            "give the gateway its config (--config) with upstreams.default, or --upstream URL".into(),
+        );
+    }
     if enabled("beforeOnlinePush") && !enabled("beforeGroupOnlinePush") {
         find(
             Severity::Warning,

@@ -284,7 +284,8 @@ async fn check(member: &MemberChannel, service: &str, timeout: Duration) -> Chec
     };
     match answer {
         Err(_) => CheckResult::NoAnswer(format!(
-            "no answer to the health check of {of} within {timeout:?}"
+            "no answer to the health check of {of} within {}",
+            crate::telemetry::human_duration(timeout)
         )),
         Ok(Ok(response)) => match response.into_inner().status() {
             Wire::Serving => CheckResult::Serving,

@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
-//!   warnings as values; the security settings and secrets (`config/security.rs`).
+//!   warnings as values; the security settings and secrets (`config/security.rs`); errors that
+//!   name the file line or environment variable of the key at fault (`config/diagnose.rs`).
 //! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
 //!   crate in `crates/contract`).
 //! - [`catalog`]: the command table, one row per OpenIM command, resolved against the descriptors.
@@ -51,7 +52,7 @@ pub mod stats;
 pub mod telemetry;
 pub mod upstream;
 
-use crate::config::{Config, DEFAULT_UPSTREAM, UpstreamConfig};
+use crate::config::{Config, UpstreamConfig};
 use crate::gateway::Gateway;
 use std::future::Future;
 use std::sync::Arc;
@@ -79,8 +80,9 @@ pub enum RunError {
 
 /// Runs the gateway on `listener` until `shutdown` completes, then drains.
 ///
-/// With no upstream configured, the built-in example upstream starts in-process on a loopback
-/// port and becomes the `default` upstream (the embedded default of design §6).
+/// With `demo` on and no `upstreams.default`, the built-in example hook service starts
+/// in-process on a loopback port and becomes the `default` upstream (the embedded default of
+/// design §6, or `demo: true`).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -97,15 +99,13 @@ pub async fn run_reloadable(
     shutdown: impl Future<Output = ()> + Send + 'static,
     source: Option<reload::ConfigSource>,
 ) -> Result<(), RunError> {
-    let (_example, example_upstream) = if config.upstreams.is_empty() {
+    let (_example, example_upstream) = if config.serves_demo() {
         let (addr, task) = openim_callback_example::spawn(config.example.clone())
             .await
             .map_err(RunError::Example)?;
-        tracing::info!(%addr, "no upstream configured: serving the built-in example upstream in-process");
+        tracing::info!(%addr, "demo: {}", crate::config::DEMO_NOTICE);
         let upstream = UpstreamConfig::single(format!("http://{addr}"));
-        config
-            .upstreams
-            .insert(DEFAULT_UPSTREAM.into(), upstream.clone());
+        config.attach_demo(&upstream);
         (Some(AbortOnDrop(task)), Some(upstream))
     } else {
         (None, None)
@@ -148,12 +148,11 @@ pub async fn run_reloadable(
         gateway.clone(),
         config.health_check_interval.0,
     )));
-    // A reloaded config without upstreams keeps the built-in example upstream the start added.
+    // A reloaded config that asks for the demo gets the example service the start runs; one
+    // that asks for it when the start did not run it is refused (`demo` is restart-only).
     let prepare: Arc<dyn Fn(&mut Config) + Send + Sync> = Arc::new(move |c: &mut Config| {
-        if c.upstreams.is_empty()
-            && let Some(up) = &example_upstream
-        {
-            c.upstreams.insert(DEFAULT_UPSTREAM.into(), up.clone());
+        if let Some(up) = &example_upstream {
+            c.attach_demo(up);
         }
     });
     let _reload = source.map(|source| {

@@ -1,13 +1,15 @@
 //! The `openim-callback-gateway` binary: flags, config, logging, then `run`.
 
 use clap::{Parser, Subcommand};
-use openim_callback_gateway::config::{Config, DEFAULT_UPSTREAM, UpstreamConfig};
+use openim_callback_gateway::config::{Config, Flags, UpstreamConfig};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// OpenIM webhook callbacks in, typed gRPC calls out.
 ///
-/// With no arguments it listens on 127.0.0.1:10006 and serves the built-in example upstream.
+/// With no arguments it listens on 127.0.0.1:10006 and answers with the built-in demo policy
+/// (the example hook service); with a config file or `--upstream` it calls your hook service.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -17,10 +19,20 @@ struct Cli {
     /// Address to listen on, e.g. 0.0.0.0:10006 (overrides `listen`).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the operators' port (/healthz, /readyz, /metrics, the admin API), e.g.
+    /// 127.0.0.1:10007 (overrides `admin_listen`). Keeps the admin API off the port OpenIM
+    /// reaches.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
     /// gRPC URI of the default upstream every command uses unless configured otherwise
-    /// (overrides `upstreams.default`), e.g. http://127.0.0.1:50051.
+    /// (sets `upstreams.default.endpoints`; its other settings still apply), e.g.
+    /// http://127.0.0.1:50051.
     #[arg(long)]
     upstream: Option<String>,
+    /// Let the built-in example hook service answer as the `default` upstream (`demo: true`):
+    /// its demo policy rejects "spam" and rewrites messages. For trying the gateway out.
+    #[arg(long)]
+    demo: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -115,13 +127,17 @@ fn main() -> ExitCode {
     }
     let overrides = Overrides {
         path: cli.config.clone(),
-        listen: cli.listen,
-        upstream: cli.upstream.clone(),
+        flags: Flags {
+            listen: cli.listen,
+            admin_listen: cli.admin_listen,
+            upstream: cli.upstream.clone(),
+            demo: cli.demo,
+        },
     };
     let config = match overrides.load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("openim-callback-gateway: {e}");
+            eprintln!("openim-callback-gateway: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
@@ -135,10 +151,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there.
+    // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there. A
+    // subcommand's stdout is its result: its log lines (a discovery task's DNS warning during
+    // `check`) go to stderr.
+    let output = match cli.command {
+        None => openim_callback_gateway::telemetry::LogOutput::Stdout,
+        Some(_) => openim_callback_gateway::telemetry::LogOutput::Stderr,
+    };
     let telemetry = {
         let _rt = runtime.enter();
-        openim_callback_gateway::telemetry::init(&config.log, &config.tracing)
+        openim_callback_gateway::telemetry::init_to(&config.log, &config.tracing, output)
     };
     let telemetry = match telemetry {
         Ok(t) => t,
@@ -151,22 +173,25 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Check) => {
                 let mut built = config.clone();
-                if built.upstreams.is_empty() {
-                    // What the start adds: the built-in example upstream (no socket is opened).
-                    built.upstreams.insert(
-                        DEFAULT_UPSTREAM.into(),
-                        UpstreamConfig::single("http://127.0.0.1:1"),
-                    );
-                }
+                // What the start adds for the demo: the example service (no socket is opened).
+                built.attach_demo(&UpstreamConfig::single("http://127.0.0.1:1"));
                 if let Err(e) = openim_callback_gateway::gateway::Gateway::new(&built, None) {
                     eprintln!("openim-callback-gateway: invalid configuration: {e}");
                     return ExitCode::from(2);
                 }
                 match serde_json::to_string_pretty(&config) {
                     Ok(text) => {
-                        println!("{text}");
+                        if let Err(e) = print_lines([text]) {
+                            return stdout_failed(&e, ExitCode::SUCCESS);
+                        }
                         for warning in config.warnings() {
                             eprintln!("warning: {warning}");
+                        }
+                        if config.serves_demo() {
+                            eprintln!(
+                                "note: demo: {}",
+                                openim_callback_gateway::config::DEMO_NOTICE
+                            );
                         }
                         eprintln!("configuration is valid (effective settings above)");
                         ExitCode::SUCCESS
@@ -215,6 +240,8 @@ fn main() -> ExitCode {
                 .await
                 {
                     Ok(()) => ExitCode::SUCCESS,
+                    // The reader went away (`spool list | head`): nothing left to say.
+                    Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("openim-callback-gateway spool: {e}");
                         ExitCode::FAILURE
@@ -342,20 +369,25 @@ async fn doctor(
         (true, None) => return fail(&"--probe needs a URL: OpenIM's url was not read"),
         _ => {}
     }
-    if !webhooks.sources.is_empty() {
-        println!("OpenIM's webhooks from {}", webhooks.sources.join(" + "));
-    }
-    for finding in &findings {
-        println!("{finding}");
-    }
     let code = doctor::exit_code(&findings);
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
-    println!(
+    let mut lines = Vec::new();
+    if !webhooks.sources.is_empty() {
+        lines.push(format!(
+            "OpenIM's webhooks from {}",
+            webhooks.sources.join(" + ")
+        ));
+    }
+    lines.extend(findings.iter().map(ToString::to_string));
+    lines.push(format!(
         "{} error(s), {} warning(s), {} note(s)",
         count(doctor::Severity::Error),
         count(doctor::Severity::Warning),
         count(doctor::Severity::Info)
-    );
+    ));
+    if let Err(e) = print_lines(lines) {
+        return stdout_failed(&e, ExitCode::from(code));
+    }
     ExitCode::from(code)
 }
 
@@ -364,27 +396,48 @@ async fn doctor(
 #[derive(Debug, Clone)]
 struct Overrides {
     path: Option<PathBuf>,
-    listen: Option<std::net::SocketAddr>,
-    upstream: Option<String>,
+    flags: Flags,
 }
 
 impl Overrides {
+    /// The configuration, or why not (the caller says "invalid configuration" once).
     fn load(&self) -> Result<Config, String> {
-        let mut config = Config::load(self.path.as_deref())
-            .map_err(|e| format!("invalid configuration: {e}"))?;
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        if let Some(uri) = &self.upstream {
-            config
-                .upstreams
-                .insert(DEFAULT_UPSTREAM.into(), UpstreamConfig::single(uri.clone()));
-            config
-                .validate()
-                .map_err(|e| format!("invalid --upstream: {e}"))?;
-        }
-        Ok(config)
+        Config::load_with(self.path.as_deref(), &self.flags).map_err(|e| e.to_string())
     }
+}
+
+/// Writes lines to stdout, stopping at the first error (a closed pipe: `routes | head -1`).
+fn print_lines(lines: impl IntoIterator<Item = String>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+}
+
+/// Whether an error is, or was caused by, writing to a closed pipe.
+fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The exit of a command whose output could not be written: quietly `done` (what the command
+/// would have exited with) when the reader closed the pipe (as `head` does), else the error and 1.
+fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
+    if broken_pipe(e) {
+        return done;
+    }
+    eprintln!("openim-callback-gateway: cannot write to stdout: {e}");
+    ExitCode::FAILURE
 }
 
 async fn serve(config: Config, overrides: Overrides) -> ExitCode {
@@ -415,24 +468,34 @@ async fn serve(config: Config, overrides: Overrides) -> ExitCode {
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C: stop accepting, finish in-flight requests, flush the spool.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// The handlers are installed when this is called, not when the future is first polled, so that
+/// a SIGTERM right after the "listening" line drains instead of killing the process.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {},
+            () = wait(int) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    }
+}
+
+/// Ctrl-C: stop accepting, finish in-flight requests, flush the spool.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -460,7 +523,7 @@ fn routes(config: &Config, json: bool) -> ExitCode {
             .upstreams
             .get(&s.upstream)
             .map(|u| u.endpoints.join(","))
-            .unwrap_or_else(|| "(built-in example)".into());
+            .unwrap_or_else(|| "(built-in demo)".into());
         let delivery = match (entry.phase, s.delivery) {
             (Phase::Before, _) => "sync (before)",
             (Phase::After, Delivery::Sync) => "sync",
@@ -485,10 +548,10 @@ fn routes(config: &Config, json: bool) -> ExitCode {
         }));
     }
     if json {
-        for row in rows {
-            println!("{row}");
-        }
-        return ExitCode::SUCCESS;
+        return match print_lines(rows.iter().map(ToString::to_string)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
+        };
     }
     let cols = [
         "command",
@@ -519,13 +582,16 @@ fn routes(config: &Config, json: bool) -> ExitCode {
         for (cell, w) in cells.iter().zip(&widths) {
             out.push_str(&format!("{cell:<w$}  "));
         }
-        println!("{}", out.trim_end());
+        out.trim_end().to_owned()
     };
-    line(cols.iter().map(|c| c.to_uppercase()).collect());
-    for row in &rows {
-        line(cols.iter().map(|c| cell(row, c)).collect());
+    let header = line(cols.iter().map(|c| c.to_uppercase()).collect());
+    let body = rows
+        .iter()
+        .map(|row| line(cols.iter().map(|c| cell(row, c)).collect()));
+    match print_lines(std::iter::once(header).chain(body)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
     }
-    ExitCode::SUCCESS
 }
 
 /// `proto`: needs no configuration, so it runs before the config is loaded.
@@ -538,12 +604,10 @@ fn write_proto(
         return ExitCode::from(2);
     }
     match openim_callback_gateway::proto::write_contract(out, descriptor_set) {
-        Ok(paths) => {
-            for path in paths {
-                println!("{}", path.display());
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(paths) => match print_lines(paths.iter().map(|p| p.display().to_string())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
+        },
         Err(e) => {
             eprintln!("openim-callback-gateway proto: {e}");
             ExitCode::FAILURE

@@ -52,7 +52,7 @@ pub enum BodyError {
         drained: bool,
     },
     /// Not read within `limits.request_timeout`.
-    #[error("body not read within limits.request_timeout ({0:?})")]
+    #[error("body not read within limits.request_timeout ({})", crate::telemetry::human_duration(*.0))]
     Timeout(std::time::Duration),
     /// The body could not be read.
     #[error("body could not be read: {0}")]

@@ -43,6 +43,8 @@ fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
         ("tracing", j(serde_json::to_value(&c.tracing))),
         ("reload", j(serde_json::to_value(&c.reload))),
         ("example", j(serde_json::to_value(&c.example))),
+        // The example service runs only if the start needed it (`prepare` attaches it).
+        ("demo", j(serde_json::to_value(c.serves_demo()))),
         ("shutdown_grace", j(serde_json::to_value(c.shutdown_grace))),
         ("shutdown_delay", j(serde_json::to_value(c.shutdown_delay))),
         (
@@ -135,13 +137,16 @@ pub fn reload(
     outcome
 }
 
-/// Reloads on SIGHUP and (with `reload.watch`) when the file changes, until aborted.
-pub async fn watch(
+/// Reloads on SIGHUP and (with `reload.watch`) when the file changes, until aborted. The file's
+/// first fingerprint is taken and the SIGHUP handler installed when this is called, not when the
+/// task first runs, so that a change or a SIGHUP right after the start is not missed. Must be
+/// called inside a tokio runtime.
+pub fn watch(
     gw: Gateway,
     source: ConfigSource,
     mut running: Config,
     prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let interval = running
         .reload
         .poll_interval
@@ -151,31 +156,33 @@ pub async fn watch(
     let mut seen = fingerprint(source.path.as_deref());
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
+    async move {
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let trigger = tokio::select! {
-            () = hangup => "SIGHUP",
-            () = tokio::time::sleep(interval), if watching => {
-                let now = fingerprint(source.path.as_deref());
-                if now == seen {
-                    continue;
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<()>();
+            let trigger = tokio::select! {
+                () = hangup => "SIGHUP",
+                () = tokio::time::sleep(interval), if watching => {
+                    let now = fingerprint(source.path.as_deref());
+                    if now == seen {
+                        continue;
+                    }
+                    "file change"
                 }
-                "file change"
-            }
-        };
-        // A SIGHUP also re-reads the file: remember what it looked like.
-        seen = fingerprint(source.path.as_deref());
-        reload(&gw, &source, &mut running, &*prepare, trigger);
+            };
+            // A SIGHUP also re-reads the file: remember what it looked like.
+            seen = fingerprint(source.path.as_deref());
+            reload(&gw, &source, &mut running, &*prepare, trigger);
+        }
     }
 }
 
@@ -207,5 +214,23 @@ mod tests {
         b.listen = "127.0.0.1:1".parse().unwrap();
         b.spool.dir = "/elsewhere".into();
         assert_eq!(restart_only_changes(&a, &b), vec!["listen", "spool"]);
+    }
+
+    #[test]
+    fn the_demo_is_restart_only_unless_the_start_runs_it() {
+        let real = Config::from_yaml("upstreams: {default: {endpoints: ['http://h:1']}}").unwrap();
+        let demo = Config::from_yaml("demo: true").unwrap();
+        assert_eq!(restart_only_changes(&real, &demo), vec!["demo"]);
+        // Started with the demo: `prepare` attaches the running example to the new config.
+        let example = crate::config::UpstreamConfig::single("http://127.0.0.1:9");
+        let mut running = demo.clone();
+        running.attach_demo(&example);
+        let mut again = demo.clone();
+        again.attach_demo(&example);
+        assert!(restart_only_changes(&running, &again).is_empty());
+        assert!(
+            restart_only_changes(&running, &real).is_empty(),
+            "the demo can be left"
+        );
     }
 }

@@ -68,15 +68,45 @@ impl Drop for Telemetry {
 ///
 /// With `tracing.otlp` set it must run inside a tokio runtime, which then carries the exports.
 pub fn init(log: &LogConfig, tracing: &TracingConfig) -> Result<Telemetry, TelemetryError> {
+    init_to(log, tracing, LogOutput::Stdout)
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    /// Standard output: the gateway's log.
+    Stdout,
+    /// Standard error: for the subcommands whose stdout is their result (`check`, `routes`),
+    /// so that a line logged meanwhile cannot mix with it.
+    Stderr,
+}
+
+/// [`init`], with the log lines going to `output`.
+pub fn init_to(
+    log: &LogConfig,
+    tracing: &TracingConfig,
+    output: LogOutput,
+) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     REDACT.store(log.redact, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none();
+    let (terminal, writer) = match output {
+        LogOutput::Stdout => (
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            BoxMakeWriter::new(std::io::stdout),
+        ),
+        LogOutput::Stderr => (
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            BoxMakeWriter::new(std::io::stderr),
+        ),
+    };
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let fmt = match log.format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         // One flat object per line: the per-callback line carries its own ids, so the span
@@ -168,6 +198,23 @@ pub fn delivery_error(text: &str) -> std::borrow::Cow<'_, str> {
         from = at + 2;
     }
     text.into()
+}
+
+/// A duration as a log line or an error shows it: to the millisecond, in the largest unit that
+/// reads well (`58ms`, `2.5s`, `1m 30s`), never `58ms 463us 162ns`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        return format!("{}us", d.as_micros().max(1));
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        let text = format!("{:.3}", d.as_secs_f64());
+        return format!("{}s", text.trim_end_matches('0').trim_end_matches('.'));
+    }
+    humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// The gRPC status of an upstream call's result: `OK` for a reply, the status the upstream sent,
@@ -280,6 +327,18 @@ mod tests {
         );
         let plain = "gave up after 3 attempts: upstream did not answer within 1s";
         assert_eq!(delivery_error(plain), plain);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        let d = |ns: u64| human_duration(std::time::Duration::from_nanos(ns));
+        assert_eq!(d(58_463_162), "58ms");
+        assert_eq!(d(0), "0ms");
+        assert_eq!(d(12_345), "12us");
+        assert_eq!(d(2_500_000_000), "2.5s");
+        assert_eq!(d(3_000_000_000), "3s");
+        assert_eq!(d(3_041_700_000), "3.042s");
+        assert_eq!(d(90_400_000_000), "1m 30s");
     }
 
     #[test]

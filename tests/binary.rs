@@ -172,7 +172,7 @@ fn check_config_catches_spool_settings_and_reports_warnings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spool.workers"), "{err}");
 
-    std::fs::write(&cfg, "defaults:\n  timeout: 6s\n").unwrap();
+    std::fs::write(&cfg, "demo: true\ndefaults:\n  timeout: 6s\n").unwrap();
     let out = Command::new(BIN)
         .args(["--config", cfg.to_str().unwrap(), "check-config"])
         .output()
@@ -399,4 +399,271 @@ fn admin_listen_moves_health_metrics_and_the_spool_api_off_openims_port() {
     let (code, body) = request(&gw.addr, "POST", "/admin/spool/purge?which=dead");
     assert_eq!(code, 200);
     assert!(body.contains("\"nextCode\":0"), "{body}");
+}
+
+/// Runs the binary to completion with `args` and extra environment variables.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The README's start command: callbacks on every interface, the admin API on loopback. Without
+/// `--admin-listen` it is refused, naming the ways out and not blaming `--upstream`.
+#[test]
+fn the_readme_start_command_starts_with_the_admin_api_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().to_str().unwrap();
+    let (code, _, err) = run(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--upstream",
+            "http://im-hooks:50051",
+        ],
+        &[("OPENIM_GATEWAY_SPOOL__DIR", spool)],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    for way_out in ["--admin-listen", "admin_listen", "admin_token_file"] {
+        assert!(err.contains(way_out), "{way_out}: {err}");
+    }
+    assert!(
+        !err.contains("--upstream"),
+        "not blamed on --upstream: {err}"
+    );
+
+    let gw = spawn(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://im-hooks:50051",
+        ],
+        dir.path(),
+    );
+    let admin = gw.admin_addr().expect("the admin port is logged");
+    assert!(admin.starts_with("127.0.0.1:"), "{admin}");
+    assert_eq!(request(&admin, "GET", "/healthz"), (200, "ok".into()));
+    assert!(gw.addr.starts_with("0.0.0.0:"), "{}", gw.addr);
+}
+
+/// `--upstream URL` sets the endpoint of `upstreams.default`; an environment override of the
+/// same upstream's other settings merges with it instead of refusing the start (#18).
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_flag_merges_with_env_overrides_of_its_upstream() {
+    let env = [
+        (
+            "OPENIM_GATEWAY_UPSTREAMS__DEFAULT__BREAKER__ENABLED",
+            "false",
+        ),
+        (
+            "OPENIM_GATEWAY_UPSTREAMS__DEFAULT__CONNECT_TIMEOUT",
+            "250ms",
+        ),
+        ("OPENIM_GATEWAY_DEFAULTS__DELIVERY", "sync"),
+    ];
+    let (code, out, err) = run(&["--upstream", "http://im-hooks:50051", "check"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    let effective: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let default = &effective["upstreams"]["default"];
+    assert_eq!(
+        default["endpoints"],
+        serde_json::json!(["http://im-hooks:50051"])
+    );
+    assert_eq!(default["breaker"]["enabled"], false);
+    assert_eq!(default["connect_timeout"], "250ms");
+
+    let up = Upstream::start().await;
+    up.reply(
+        "BeforeCreateGroup",
+        pb::BeforeCreateGroupResponse {
+            group_name: Some("Merged".into()),
+            ..Default::default()
+        },
+    );
+    let uri = up.uri();
+    let dir = tempfile::tempdir().unwrap();
+    let answer = tokio::task::spawn_blocking(move || {
+        let gw = spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &uri],
+            dir.path(),
+            &env,
+        );
+        post(
+            &mut connect(&gw.addr),
+            "/callbackExample/callbackBeforeCreateGroupCommand",
+            &payload("callbackBeforeCreateGroupCommand"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.0, 200);
+    assert_eq!(answer.1["groupName"], "Merged", "{:?}", answer.1);
+}
+
+/// `routes | head -1` and friends: stdout closed before anything is written. Every printing
+/// subcommand exits quietly with the code it would have had (0; doctor's by its findings), no
+/// panic, no "Broken pipe".
+#[test]
+fn printing_subcommands_exit_quietly_when_the_reader_closes_the_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("proto");
+    let out = out.to_str().unwrap();
+    let webhooks = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/openim/webhooks.yml"
+    );
+    let (doctor_code, _, _) = run(&["doctor", "--openim", webhooks], &[]);
+    for args in [
+        &["routes"][..],
+        &["routes", "--json"],
+        &["check"],
+        &["proto", "--out", out],
+        &["doctor", "--openim", webhooks],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // The reader is gone before the command writes: every write meets EPIPE.
+        drop(reader);
+        let done = Command::new(BIN)
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        let code = if args[0] == "doctor" {
+            doctor_code
+        } else {
+            Some(0)
+        };
+        assert_eq!(done.status.code(), code, "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Config errors name where the key was written (file line and column, or the environment
+/// variable), the key as written, what was expected with an example, and the nearest key. The
+/// missing upstream of enabled commands is refused by `check` and at start, naming them.
+#[test]
+fn config_errors_say_where_and_what_was_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    let path = cfg.to_str().unwrap();
+    std::fs::write(&cfg, "demo: true\ndefaults:\n  timout: 3s\n").unwrap();
+    let (code, _, err) = run(&["--config", path, "check"], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        format!(
+            "openim-callback-gateway: invalid configuration: config key `defaults.timout` ({path} line 3, column 3): `timout` is not a known key here; did you mean `timeout`?\n"
+        )
+    );
+
+    let (code, _, err) = run(&["check"], &[("OPENIM_GATEWAY_DEFAULTS__TIMEOUT", "soon")]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        err,
+        "openim-callback-gateway: invalid configuration: config key `defaults.timeout` (environment variable OPENIM_GATEWAY_DEFAULTS__TIMEOUT): expected a duration such as 800ms or 3s, found \"soon\"\n"
+    );
+
+    std::fs::write(&cfg, "defaults:\n  timeout: 2s\n").unwrap();
+    for args in [&["--config", path, "check"][..], &["--config", path]] {
+        let (code, _, err) = run(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        for part in [
+            "upstreams.default",
+            "callbackBeforeSendSingleMsgCommand",
+            "`demo: true`",
+        ] {
+            assert!(err.contains(part), "{args:?}: {part}: {err}");
+        }
+    }
+    // Asked for by name, the demo answers.
+    let (code, _, err) = run(&["--config", path, "--demo", "check"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// A refused reload says why once: no doubled "invalid configuration", the file's line, the
+/// nearest key.
+#[test]
+fn a_refused_reload_says_why_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    let good = "listen: 127.0.0.1:0\nreload: {poll_interval: 100ms}\nupstreams: {default: {endpoints: ['http://127.0.0.1:1']}}\n";
+    std::fs::write(&cfg, good).unwrap();
+    let gw = spawn(&["--config", cfg.to_str().unwrap()], dir.path());
+    std::fs::write(&cfg, format!("{good}defaults: {{timout: 1s}}\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        if let Some(l) = gw
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("configuration reload refused"))
+        {
+            break l.clone();
+        }
+        assert!(Instant::now() < deadline, "the reload is refused");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        line.contains("invalid configuration: config key `defaults.timout` (")
+            && line.contains("line 4, column 12")
+            && line.contains("did you mean `timeout`?"),
+        "{line}"
+    );
+    assert_eq!(line.matches("invalid configuration").count(), 1, "{line}");
+}
+
+/// A probe answered 503 (here: draining after SIGTERM) is an answer, not an error: no ERROR line.
+#[test]
+fn a_503_probe_logs_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = spawn_with_env(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:1",
+        ],
+        dir.path(),
+        &[("OPENIM_GATEWAY_SHUTDOWN_DELAY", "60s")],
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request(&gw.addr, "GET", "/readyz").0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz turns 503 while draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(request(&gw.addr, "GET", "/readyz").0, 503);
+    // A line logged after the probes: everything the probes logged is in by then.
+    let _ = request(&gw.addr, "POST", "/cb/callbackNoSuchCommand");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gw.log_text().contains("unknown callback command") {
+        assert!(Instant::now() < deadline, "the marker line is logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = gw.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
 }

@@ -55,7 +55,23 @@ fn openims_default_webhooks_yml_has_nothing_enabled_and_an_env_file_enables_comm
          - IMENV_WEBHOOKS_BEFORECREATEGROUP_ENABLE=true\nexport IMENV_WEBHOOKS_AFTERSENDGROUPMSG_ENABLE=\"true\"\n\
          IMENV_WEBHOOKS_BEFOREGROUPONLINEPUSH_ENABLE=true\nMONGO_PASSWORD=ignored\n",
     );
+    // Without the gateway's config, the embedded default's demo would answer: said first.
     let (code, text) = doctor(&["--openim", DEFAULT_YML, "--openim-env", &env]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("error [demo-answers]"), "{text}");
+    let gateway = write(
+        dir.path(),
+        "gateway.yaml",
+        "upstreams: {default: {endpoints: ['http://127.0.0.1:1']}}\n",
+    );
+    let (code, text) = doctor(&[
+        "--config",
+        &gateway,
+        "--openim",
+        DEFAULT_YML,
+        "--openim-env",
+        &env,
+    ]);
     // The defaults keep `failedContinue: true`, which OpenIM ignores: a warning, nothing worse.
     assert_eq!(code, 1, "{text}");
     assert!(
@@ -75,7 +91,7 @@ fn openims_default_webhooks_yml_has_nothing_enabled_and_an_env_file_enables_comm
         "only.env",
         "IMENV_WEBHOOKS_URL=http://gw:10006/cb\nIMENV_WEBHOOKS_AFTERQUITGROUP_ENABLE=true\n",
     );
-    let (code, text) = doctor(&["--openim-env", &only]);
+    let (code, text) = doctor(&["--config", &gateway, "--openim-env", &only]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("0 error(s), 0 warning(s)"), "{text}");
 }
@@ -94,6 +110,7 @@ fn every_check_prints_its_line_and_sets_the_exit_code() {
         "secret.yaml",
         "upstreams: {default: {endpoints: ['http://127.0.0.1:1']}}\nauth: {path_secrets: [s3cret]}\n",
     );
+    let demo = write(dir.path(), "demo.yaml", "demo: true\n");
     let ok = "url: http://gw:10006/cb\nafterQuitGroup: {enable: true}\n";
     // (what, webhooks.yml, gateway config, the expected line, the exit code)
     let cases: &[(&str, &str, &str, &str, i32)] = &[
@@ -242,6 +259,13 @@ fn every_check_prints_its_line_and_sets_the_exit_code() {
             "url: http://gw/cb\n",
             &gateway,
             "error [nothing-enabled] webhooks",
+            2,
+        ),
+        (
+            "the demo answers",
+            ok,
+            &demo,
+            "error [demo-answers] upstreams",
             2,
         ),
     ];

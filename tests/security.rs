@@ -290,7 +290,7 @@ fn check_config_never_prints_secrets() {
     let cfg = write(
         dir.path(),
         "gateway.yaml",
-        "auth:\n  path_secrets: [pathsecret-8d1]\n  header: {name: X-S, values: [hdrsecret-77]}\n",
+        "demo: true\nauth:\n  path_secrets: [pathsecret-8d1]\n  header: {name: X-S, values: [hdrsecret-77]}\n",
     );
     let out = Command::new(BIN)
         .args(["--config", &cfg, "check-config"])

@@ -36,6 +36,7 @@ impl InboundAuth {
                         crate::config::ConfigError::Invalid {
                             key: "auth.header.name".into(),
                             problem: e.to_string(),
+                            at: None,
                         }
                     })?,
                     cfg.all_header_values()?,

@@ -27,9 +27,13 @@ use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 
 /// The one layer stack every router gets; where inbound auth, trace extraction and limits go.
-/// Today it holds tower-http's `TraceLayer` (a request span at debug level).
+/// Today it holds tower-http's `TraceLayer` (a request span at debug level). Its failure event
+/// stays at debug too: the only 5xx answers are the probes' (`/readyz` 503 while not ready or
+/// draining), which are answers, not errors; each callback logs its own line.
 fn layers(router: Router) -> Router {
-    router.layer(tower::ServiceBuilder::new().layer(tower_http::trace::TraceLayer::new_for_http()))
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    router.layer(tower::ServiceBuilder::new().layer(trace))
 }
 
 /// The callbacks only: every POST path is `<any prefix>/<command>`, behind the inbound checks.

@@ -64,8 +64,8 @@ pub async fn serve(
         shutdown.await;
         drain.health().begin_drain();
         tracing::info!(
-            shutdown_delay = %humantime::format_duration(delay),
-            shutdown_grace = %humantime::format_duration(grace),
+            shutdown_delay = %crate::telemetry::human_duration(delay),
+            shutdown_grace = %crate::telemetry::human_duration(grace),
             "shutting down: /readyz answers 503 now; the listeners close after shutdown_delay, then in-flight callbacks get shutdown_grace"
         );
         tokio::time::sleep(delay).await;
@@ -203,7 +203,7 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!(
-            shutdown_grace = %humantime::format_duration(grace),
+            shutdown_grace = %crate::telemetry::human_duration(grace),
             "connections still open after shutdown_grace; closing them"
         );
     }

@@ -35,7 +35,7 @@ pub enum CallError {
     #[error("upstream status {:?}: {}", .0.code(), .0.message())]
     Status(tonic::Status),
     /// No answer within the deadline.
-    #[error("upstream did not answer within {0:?}")]
+    #[error("upstream did not answer within {}", crate::telemetry::human_duration(*.0))]
     Timeout(Duration),
     /// The upstream could not be reached or the connection failed before a status arrived.
     #[error("upstream unreachable: {}", error_chain(.0.as_ref()))]
@@ -212,17 +212,52 @@ pub fn metadata(pairs: &[(&'static str, &str)]) -> MetadataMap {
     md
 }
 
-/// An error and its sources on one line.
+/// An error and its sources as one statement: each text once. A `tonic::Status` made from a
+/// transport error already says what its sources say in its message (its `Display` would add
+/// the code, the metadata and the sources' debug form), so its message ends the chain.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
+    let mut s = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let (text, last) = match err.downcast_ref::<tonic::Status>() {
+            Some(status) if !status.message().is_empty() => (status.message().to_owned(), true),
+            _ => (err.to_string(), false),
+        };
         if !s.contains(&text) {
-            s.push_str(": ");
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
             s.push_str(&text);
         }
-        cur = inner.source();
+        if last {
+            break;
+        }
+        cur = err.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What tonic hands back for a refused connection: a status whose message is the connect
+    /// error, with the transport error and the connect error as its sources.
+    #[test]
+    fn an_unreachable_upstream_is_one_statement() {
+        let connect = super::super::ConnectError::Failed {
+            target: "127.0.0.1:1".into(),
+            reason: "Connection refused (os error 111)".into(),
+        };
+        let status = tonic::Status::from_error(Box::new(connect));
+        let text = CallError::Unreachable(Box::new(status)).to_string();
+        assert_eq!(
+            text,
+            "upstream unreachable: connect to 127.0.0.1:1: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            CallError::Timeout(Duration::from_nanos(58_463_162)).to_string(),
+            "upstream did not answer within 58ms"
+        );
+    }
 }

@@ -253,7 +253,10 @@ impl Discovery {
                 }
                 Ok(Ok(_)) => format!("`{host}` has no address"),
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("resolving `{host}` took longer than {RESOLVE_TIMEOUT:?}"),
+                Err(_) => format!(
+                    "resolving `{host}` took longer than {}",
+                    crate::telemetry::human_duration(RESOLVE_TIMEOUT)
+                ),
             };
             self.resolve_failed(i, &reason);
             wanted.extend(self.members.iter().filter(|k| k.endpoint == i).copied());
@@ -264,7 +267,7 @@ impl Discovery {
     fn resolved(&mut self, i: usize) {
         if let Some(f) = self.failing.remove(&i) {
             tracing::info!(upstream = %self.upstream, endpoint = %self.specs[i].uri,
-                failures = f.count, failing_for = ?f.since.elapsed(), "upstream host resolves again");
+                failures = f.count, failing_for = %crate::telemetry::human_duration(f.since.elapsed()), "upstream host resolves again");
         }
     }
 

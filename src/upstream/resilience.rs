@@ -352,7 +352,7 @@ impl Breaker {
             match after {
                 BreakerState::Open => tracing::warn!(
                     upstream,
-                    cool_down = %humantime::format_duration(self.cfg.cool_down.0),
+                    cool_down = %crate::telemetry::human_duration(self.cfg.cool_down.0),
                     "circuit breaker open: calls to this upstream get their failure policy at once"
                 ),
                 BreakerState::HalfOpen => {

@@ -483,7 +483,7 @@ pub enum ConnectError {
         reason: String,
     },
     /// No connection within `connect_timeout`.
-    #[error("connect to {target}: no connection within {timeout:?}")]
+    #[error("connect to {target}: no connection within {}", crate::telemetry::human_duration(*timeout))]
     Timeout {
         /// The address or name.
         target: String,
@@ -524,7 +524,13 @@ impl Target {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
                 }
-                Err(e) => last = failed(format!("{addr}: {e}")),
+                // The target already names a single address; a name's addresses are told apart.
+                Err(e) => {
+                    last = failed(match self {
+                        Self::Addr(_) => e.to_string(),
+                        Self::Host { .. } => format!("{addr}: {e}"),
+                    });
+                }
             }
         }
         Err(last)
