@@ -46,6 +46,10 @@ pub enum OrderBy {
 /// One command of the catalogue.
 #[derive(Debug)]
 pub struct Row {
+    /// The key of this command in OpenIM's `config/webhooks.yml` (and, upper-cased, in its
+    /// `IMENV_WEBHOOKS_<KEY>_ENABLE` variables). Six keys are not the command's name:
+    /// `afterRevokeMsg` is `callbackBeforeAfterMsgCommand`, for one.
+    pub key: &'static str,
     /// The OpenIM command: the last path segment and the body's `callbackCommand`.
     pub command: &'static str,
     /// The service name inside the package, e.g. `GroupCallbackService`.
@@ -71,15 +75,17 @@ impl Row {
 }
 
 const fn row(
+    key: &'static str,
     command: &'static str,
     service: &'static str,
     rpc: &'static str,
     order_by: OrderBy,
 ) -> Row {
-    ruled(command, service, rpc, order_by, &[])
+    ruled(key, command, service, rpc, order_by, &[])
 }
 
 const fn ruled(
+    key: &'static str,
     command: &'static str,
     service: &'static str,
     rpc: &'static str,
@@ -87,6 +93,7 @@ const fn ruled(
     rules: &'static [Rule],
 ) -> Row {
     Row {
+        key,
         command,
         service,
         rpc,
@@ -107,30 +114,35 @@ use OrderBy::{Conversation, Key};
 /// The 52 commands of OpenIM (webhooks.md §3), in its order.
 pub static ROWS: &[Row] = &[
     row(
+        "beforeSendSingleMsg",
         "callbackBeforeSendSingleMsgCommand",
         MSG,
         "BeforeSendSingleMsg",
         Conversation,
     ),
     row(
+        "afterSendSingleMsg",
         "callbackAfterSendSingleMsgCommand",
         MSG,
         "AfterSendSingleMsg",
         Conversation,
     ),
     row(
+        "beforeSendGroupMsg",
         "callbackBeforeSendGroupMsgCommand",
         MSG,
         "BeforeSendGroupMsg",
         Conversation,
     ),
     row(
+        "afterSendGroupMsg",
         "callbackAfterSendGroupMsgCommand",
         MSG,
         "AfterSendGroupMsg",
         Conversation,
     ),
     ruled(
+        "beforeMsgModify",
         "callbackBeforeMsgModifyCommand",
         MSG,
         "BeforeMsgModify",
@@ -141,144 +153,168 @@ pub static ROWS: &[Row] = &[
         ],
     ),
     row(
+        "afterMsgSaveDB",
         "callbackAfterMsgSaveDBCommand",
         MSG,
         "AfterMsgSaveDB",
         Conversation,
     ),
     row(
+        "afterGroupMsgRead",
         "callbackAfterGroupMsgReadCommand",
         MSG,
         "AfterGroupMsgRead",
         Key("sendID"),
     ),
     row(
+        "afterSingleMsgRead",
         "callbackAfterSingleMsgReadCommand",
         MSG,
         "AfterSingleMsgRead",
         Key("conversationID"),
     ),
     row(
+        "afterRevokeMsg",
         "callbackBeforeAfterMsgCommand",
         MSG,
         "AfterRevokeMsg",
         Key("conversationID"),
     ),
     row(
+        "afterUserOnline",
         "callbackAfterUserOnlineCommand",
         USER,
         "AfterUserOnline",
         Key("userID"),
     ),
     row(
+        "afterUserOffline",
         "callbackAfterUserOfflineCommand",
         USER,
         "AfterUserOffline",
         Key("userID"),
     ),
     row(
+        "afterUserKickOff",
         "callbackAfterUserKickOffCommand",
         USER,
         "AfterUserKickOff",
         Key("userID"),
     ),
     row(
+        "beforeOfflinePush",
         "callbackBeforeOfflinePushCommand",
         PUSH,
         "BeforeOfflinePush",
         Key("sendID"),
     ),
     row(
+        "beforeOnlinePush",
         "callbackBeforeOnlinePushCommand",
         PUSH,
         "BeforeOnlinePush",
         Key("sendID"),
     ),
     row(
+        "beforeGroupOnlinePush",
         "callbackBeforeGroupOnlinePushCommand",
         PUSH,
         "BeforeGroupOnlinePush",
         Key("groupID"),
     ),
     row(
+        "beforeAddFriend",
         "callbackBeforeAddFriendCommand",
         FRIEND,
         "BeforeAddFriend",
         Key("fromUserID"),
     ),
     row(
+        "afterAddFriend",
         "callbackAfterAddFriendCommand",
         FRIEND,
         "AfterAddFriend",
         Key("fromUserID"),
     ),
     row(
+        "beforeAddFriendAgree",
         "callbackBeforeAddFriendAgreeCommand",
         FRIEND,
         "BeforeAddFriendAgree",
         Key("fromUserID"),
     ),
     row(
+        "afterAddFriendAgree",
         "callbackAfterAddFriendAgreeCommand",
         FRIEND,
         "AfterAddFriendAgree",
         Key("fromUserID"),
     ),
     row(
+        "afterDeleteFriend",
         "callbackAfterDeleteFriendCommand",
         FRIEND,
         "AfterDeleteFriend",
         Key("ownerUserID"),
     ),
     row(
+        "beforeImportFriends",
         "callbackBeforeImportFriendsCommand",
         FRIEND,
         "BeforeImportFriends",
         Key("ownerUserID"),
     ),
     row(
+        "afterImportFriends",
         "callbackAfterImportFriendsCommand",
         FRIEND,
         "AfterImportFriends",
         Key("ownerUserID"),
     ),
     row(
+        "beforeAddBlack",
         "callbackBeforeAddBlackCommand",
         FRIEND,
         "BeforeAddBlack",
         Key("ownerUserID"),
     ),
     row(
+        "afterRemoveBlack",
         "callbackAfterRemoveBlackCommand",
         FRIEND,
         "AfterRemoveBlack",
         Key("ownerUserID"),
     ),
     row(
+        "beforeSetFriendRemark",
         "callbackBeforeSetFriendRemarkCommand",
         FRIEND,
         "BeforeSetFriendRemark",
         Key("ownerUserID"),
     ),
     row(
+        "afterSetFriendRemark",
         "callbackAfterSetFriendRemarkCommand",
         FRIEND,
         "AfterSetFriendRemark",
         Key("ownerUserID"),
     ),
     row(
+        "beforeUpdateUserInfo",
         "callbackBeforeUpdateUserInfoCommand",
         USER,
         "BeforeUpdateUserInfo",
         Key("userID"),
     ),
     row(
+        "afterUpdateUserInfo",
         "callbackAfterUpdateUserInfoCommand",
         USER,
         "AfterUpdateUserInfo",
         Key("userID"),
     ),
     ruled(
+        "beforeUpdateUserInfoEx",
         "callbackBeforeUpdateUserInfoExCommand",
         USER,
         "BeforeUpdateUserInfoEx",
@@ -286,36 +322,42 @@ pub static ROWS: &[Row] = &[
         &[Rule::OnlyIfInRequest(&["nickName", "faceURL", "ex"])],
     ),
     row(
+        "afterUpdateUserInfoEx",
         "callbackAfterUpdateUserInfoExCommand",
         USER,
         "AfterUpdateUserInfoEx",
         Key("userID"),
     ),
     row(
+        "beforeUserRegister",
         "callbackBeforeUserRegisterCommand",
         USER,
         "BeforeUserRegister",
         Key("callbackCommand"),
     ),
     row(
+        "afterUserRegister",
         "callbackAfterUserRegisterCommand",
         USER,
         "AfterUserRegister",
         Key("callbackCommand"),
     ),
     row(
+        "beforeCreateGroup",
         "callbackBeforeCreateGroupCommand",
         GROUP,
         "BeforeCreateGroup",
         Key("groupID"),
     ),
     row(
+        "afterCreateGroup",
         "callbackAfterCreateGroupCommand",
         GROUP,
         "AfterCreateGroup",
         Key("groupID"),
     ),
     ruled(
+        "beforeMemberJoinGroup",
         "callbackBeforeMembersJoinGroupCommand",
         GROUP,
         "BeforeMembersJoinGroup",
@@ -326,60 +368,70 @@ pub static ROWS: &[Row] = &[
         }],
     ),
     row(
+        "beforeSetGroupMemberInfo",
         "callbackBeforeSetGroupMemberInfoCommand",
         GROUP,
         "BeforeSetGroupMemberInfo",
         Key("groupID"),
     ),
     row(
+        "afterSetGroupMemberInfo",
         "callbackAfterSetGroupMemberInfoCommand",
         GROUP,
         "AfterSetGroupMemberInfo",
         Key("groupID"),
     ),
     row(
+        "afterQuitGroup",
         "callbackAfterQuitGroupCommand",
         GROUP,
         "AfterQuitGroup",
         Key("groupID"),
     ),
     row(
+        "afterKickGroupMember",
         "callbackAfterKickGroupCommand",
         GROUP,
         "AfterKickGroup",
         Key("groupID"),
     ),
     row(
+        "afterDismissGroup",
         "callbackAfterDisMissGroupCommand",
         GROUP,
         "AfterDismissGroup",
         Key("groupID"),
     ),
     row(
+        "beforeApplyJoinGroup",
         "callbackBeforeJoinGroupCommand",
         GROUP,
         "BeforeJoinGroup",
         Key("groupID"),
     ),
     row(
+        "afterTransferGroupOwner",
         "callbackAfterTransferGroupOwnerCommand",
         GROUP,
         "AfterTransferGroupOwner",
         Key("groupID"),
     ),
     row(
+        "beforeInviteUserToGroup",
         "callbackBeforeInviteJoinGroupCommand",
         GROUP,
         "BeforeInviteJoinGroup",
         Key("groupID"),
     ),
     row(
+        "afterJoinGroup",
         "callbackAfterJoinGroupCommand",
         GROUP,
         "AfterJoinGroup",
         Key("groupID"),
     ),
     ruled(
+        "beforeSetGroupInfo",
         "callbackBeforeSetGroupInfoCommand",
         GROUP,
         "BeforeSetGroupInfo",
@@ -392,12 +444,14 @@ pub static ROWS: &[Row] = &[
         ])],
     ),
     row(
+        "afterSetGroupInfo",
         "callbackAfterSetGroupInfoCommand",
         GROUP,
         "AfterSetGroupInfo",
         Key("groupID"),
     ),
     ruled(
+        "beforeSetGroupInfoEx",
         "callbackBeforeSetGroupInfoExCommand",
         GROUP,
         "BeforeSetGroupInfoEx",
@@ -414,30 +468,35 @@ pub static ROWS: &[Row] = &[
         ])],
     ),
     row(
+        "afterSetGroupInfoEx",
         "callbackAfterSetGroupInfoExCommand",
         GROUP,
         "AfterSetGroupInfoEx",
         Key("groupID"),
     ),
     row(
+        "beforeCreateSingleChatConversations",
         "callbackBeforeCreateSingleChatConversationsCommand",
         CONV,
         "BeforeCreateSingleChatConversations",
         Key("conversationId"),
     ),
     row(
+        "afterCreateSingleChatConversations",
         "callbackAfterCreateSingleChatConversationsCommand",
         CONV,
         "AfterCreateSingleChatConversations",
         Key("conversationId"),
     ),
     row(
+        "beforeCreateGroupChatConversations",
         "callbackBeforeCreateGroupChatConversationsCommand",
         CONV,
         "BeforeCreateGroupChatConversations",
         Key("conversationId"),
     ),
     row(
+        "afterCreateGroupChatConversations",
         "callbackAfterCreateGroupChatConversationsCommand",
         CONV,
         "AfterCreateGroupChatConversations",
