@@ -321,6 +321,10 @@ fn normalise(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Files another change adds, linked already: `docs/spool.md` comes with the spool's work (#19).
+/// Remove an entry when its file lands (the test says so).
+const PENDING: [&str; 1] = ["docs/spool.md"];
+
 #[test]
 fn no_link_leaves_the_repository_or_points_at_nothing() {
     let root = root();
@@ -350,7 +354,7 @@ fn no_link_leaves_the_repository_or_points_at_nothing() {
             }
             // Paths in code spans that climb out of their folder name files too (`../shared/x`).
             for (i, span) in line.split('`').enumerate() {
-                if i % 2 == 1 && span.starts_with("../") && !span.contains(' ') {
+                if i % 2 == 1 && span.starts_with("../") && !span.contains([' ', '*']) {
                     targets.push(span.to_owned());
                 }
             }
@@ -378,6 +382,9 @@ fn no_link_leaves_the_repository_or_points_at_nothing() {
                     continue;
                 };
                 if !root.join(&resolved).exists() {
+                    if PENDING.iter().any(|p| resolved == Path::new(p)) {
+                        continue;
+                    }
                     problems.push(format!("{where_}: no such file"));
                     continue;
                 }
@@ -391,6 +398,12 @@ fn no_link_leaves_the_repository_or_points_at_nothing() {
         }
     }
     assert!(checked > 50, "checked {checked} links");
+    for p in PENDING {
+        assert!(
+            !root.join(p).exists(),
+            "{p} exists now: remove it from PENDING in tests/docs.rs"
+        );
+    }
     problems.sort();
     assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
 }
@@ -670,8 +683,10 @@ fn hook_service_as_printed(lang: &str) {
     let _service = serve(&line, dir.path());
     let spool = tempfile::tempdir().unwrap();
     let upstream = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{}", process::free_port());
-    let gateway = process::spawn(&["--listen", &listen, "--upstream", &upstream], spool.path());
+    let gateway = process::spawn(
+        &["--listen", "127.0.0.1:0", "--upstream", &upstream],
+        spool.path(),
+    );
     let mut conn = process::connect(&gateway.addr);
     let path = "/callbackExample/callbackBeforeCreateGroupCommand";
 
@@ -708,4 +723,19 @@ fn hook_service_python_as_printed() {
 #[ignore = "needs Node 20 and npm; run by .ci/run"]
 fn hook_service_node_as_printed() {
     hook_service_as_printed("node");
+}
+
+#[test]
+fn the_compose_config_passes_check() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = Command::new(process::BIN)
+        .args(["--config", "deploy/compose/gateway.yaml", "check"])
+        .current_dir(root())
+        .env("OPENIM_GATEWAY_SPOOL__DIR", spool.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(effective.contains("0.0.0.0:10006"), "{effective}");
+    assert!(effective.contains("im-hooks:50051"), "{effective}");
 }
