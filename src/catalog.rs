@@ -1,7 +1,7 @@
 //! The command table: one row per OpenIM callback command, resolved against the compiled contract.
 //!
 //! A row says which service and RPC own a command, how after-events are ordered, and which reply
-//! safety rules (design §3) apply. Everything else — the request and reply shapes, before or
+//! safety rules (docs/commands.md, "OpenIM traps") apply. Everything else — the request and reply shapes, before or
 //! after — comes from the proto descriptors. Adding a callback is: proto messages + one row.
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, MessageDescriptor, MethodDescriptor};
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 /// The proto field of every before-response that carries a rejection.
 pub const REJECTION_FIELD: &str = "rejection";
 
-/// A reply safety rule (design §3, webhooks.md §6.1–6.2). Field names are OpenIM JSON keys.
+/// A reply safety rule (docs/commands.md, "OpenIM traps"). Field names are OpenIM JSON keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     /// OpenIM copies these reply fields unconditionally: when the service left one unset, fill it
@@ -111,7 +111,7 @@ const CONV: &str = "ConversationCallbackService";
 
 use OrderBy::{Conversation, Key};
 
-/// The 52 commands of OpenIM (webhooks.md §3), in its order.
+/// The 52 commands of OpenIM (its `pkg/callbackstruct/constant.go`), in its order; docs/commands.md is generated from them.
 pub static ROWS: &[Row] = &[
     row(
         "beforeSendSingleMsg",

@@ -1,5 +1,5 @@
 //! "What does OpenIM get": every exit of a callback as a [`Decision`], and the two gRPC-status
-//! tables side by side: the synchronous one ([`sync_status`], design §2) and the spool's
+//! tables side by side: the synchronous one ([`sync_status`], the status table of the README's "The contract") and the spool's
 //! retry/dead-letter classification ([`delivery_status`]), tested together as one table.
 //!
 //! [`decide`] turns an upstream call's result into a `Decision`; [`fail`] applies a command's
@@ -24,7 +24,7 @@ pub struct Policy {
     pub reject_code: i32,
     /// errMsg of a fail-closed rejection.
     pub reject_message: String,
-    /// Allow MsgModify replies to override `offlinePushInfo` (design §3).
+    /// Allow MsgModify replies to override `offlinePushInfo` (docs/commands.md, "OpenIM traps").
     pub allow_offline_push_info: bool,
 }
 
@@ -175,7 +175,7 @@ impl Decision {
     }
 }
 
-/// What a before callback does with a non-OK status (design §2).
+/// What a before callback does with a non-OK status (the README's status table, "The contract").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncStatus {
     /// The service rejects the operation (code and text from the status and its details).
@@ -219,7 +219,7 @@ pub fn delivery_status(code: tonic::Code) -> DeliveryStatus {
     }
 }
 
-/// Decides the answer to OpenIM for a synchronous call's result (design §2 table).
+/// Decides the answer to OpenIM for a synchronous call's result (the README's status table, "The contract").
 pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &Policy) -> Decision {
     let code_or_default = |code: i32| {
         if code > 0 { code } else { policy.reject_code }
@@ -464,7 +464,7 @@ mod tests {
         );
     }
 
-    /// The design §2 table, row by row: call result × failure policy → envelope.
+    /// The README's status table ("The contract"), row by row: call result × failure policy → envelope.
     #[test]
     fn decision_table() {
         let c = catalog();

@@ -1,4 +1,4 @@
-//! The reply envelope and the reply safety rules of design §3, rendered once per request.
+//! The reply envelope and the reply safety rules (docs/commands.md, "OpenIM traps"), rendered once per request.
 //!
 //! Every exit of a callback is a [`Decision`] (`crate::decision`); [`render`] is the one place
 //! that turns it into the envelope OpenIM's Go decoder accepts: the five keys always present,

@@ -1,4 +1,4 @@
-//! OpenIM JSON <-> protobuf, driven by the message descriptors (design §3 and §4).
+//! OpenIM JSON <-> protobuf, driven by the message descriptors (docs/commands.md, "OpenIM traps").
 //!
 //! OpenIM speaks Go `encoding/json`, not protojson: keys are the struct tags, `null` means absent,
 //! int64 values are JSON numbers, and its wrapper types travel as bare values. This module is the
@@ -455,7 +455,7 @@ fn map_key_string(k: &MapKey) -> String {
 }
 
 /// Removes `null` members recursively, so that two OpenIM bodies can be compared with
-/// "`null` ≡ absent" (webhooks.md §4.0).
+/// "`null` ≡ absent" (Go's `encoding/json`, which OpenIM uses).
 pub fn strip_nulls(json: &Json) -> Json {
     match json {
         Json::Object(map) => Json::Object(

@@ -8,10 +8,10 @@
 //! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
 //!   crate in `crates/contract`).
 //! - [`catalog`]: the command table, one row per OpenIM command, resolved against the descriptors.
-//! - [`json`]: OpenIM JSON <-> protobuf by descriptor (the input leniencies of design §4).
+//! - [`json`]: OpenIM JSON <-> protobuf by descriptor (the input leniencies of docs/commands.md, "OpenIM traps").
 //! - [`decision`]: "what does OpenIM get": the [`decision::Decision`] every path ends in, and the
 //!   two gRPC-status tables (synchronous, spool) side by side.
-//! - [`envelope`]: the envelope and the reply safety rules of design §3, rendered once per request.
+//! - [`envelope`]: the envelope and the reply safety rules (docs/commands.md), rendered once per request.
 //! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
 //!   part (per-command routes and policies, upstream clients, limits).
 //! - [`pipeline`]: one callback, one path, every exit a decision.

@@ -1,4 +1,4 @@
-//! How a service's answer, status or failure becomes OpenIM's envelope (design §2 table), through
+//! How a service's answer, status or failure becomes OpenIM's envelope (the README's status table, "The contract"), through
 //! a real upstream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

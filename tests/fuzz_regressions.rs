@@ -1,7 +1,7 @@
 //! The fuzz targets' inputs as ordinary tests: the committed seeds, adversarial bodies, replies
 //! and statuses, and (when the fuzzer finds one) each minimised crash. Every input goes through
 //! the exact function its fuzz target calls (`fuzz/src/check.rs`, included here), so every
-//! invariant the fuzzer checks is checked here too: no panic, a well-formed envelope, the design §3
+//! invariant the fuzzer checks is checked here too: no panic, a well-formed envelope, the docs/commands.md
 //! reply rules. See fuzz/README.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,4 @@
-//! Bad and odd input from OpenIM (design §4): every case gets a valid envelope, nothing panics,
+//! Bad and odd input from OpenIM (docs/commands.md, "OpenIM traps"): every case gets a valid envelope, nothing panics,
 //! the upstream sees only what was well-formed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

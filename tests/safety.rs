@@ -1,4 +1,4 @@
-//! The reply safety rules (design §3, webhooks.md §6.1–6.2): replies OpenIM can never trip on.
+//! The reply safety rules (docs/commands.md, "OpenIM traps"): replies OpenIM can never trip on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,5 +1,5 @@
--- wrk script: POST one body as OpenIM's Go client does (headers of a raw capture, see
--- ../shared/openim/webhooks.md §2.3), and print the summary as one JSON line prefixed WRKJSON.
+-- wrk script: POST one body as OpenIM's Go client does (the headers
+-- open-im-server pkg/common/webhook/http_client.go sends them), and print the summary as one JSON line prefixed WRKJSON.
 --   wrk -s bench/wrk/post.lua URL -- BODY_FILE [OPERATION_ID]
 -- Latencies are microseconds; p99.9 comes from wrk's own histogram.
 

@@ -1,5 +1,5 @@
 // Command openim-client posts callbacks to a webhook URL exactly as OpenIM's server does
-// (openimsdk/tools httputil + pkg/common/webhook, see ../../../shared/openim/webhooks.md §2):
+// (openimsdk/tools httputil + openimsdk/open-im-server pkg/common/webhook/http_client.go):
 // one http.Client{Timeout: 15s} with Transport{MaxConnsPerHost: 100} (keep-alive, pooled
 // connections), json.NewEncoder bodies, the operationID and Content-Type headers, a 5 s context
 // per call, io.ReadAll and json.Unmarshal of the answer. Each round sends oversized bodies, each
