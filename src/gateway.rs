@@ -26,6 +26,17 @@ pub struct Gateway {
     live: Arc<ArcSwap<Snapshot>>,
 }
 
+/// When the running configuration was loaded, by what, and which keys that changed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// When.
+    pub at: std::time::SystemTime,
+    /// `start`, `file change` or `SIGHUP`.
+    pub trigger: String,
+    /// The keys (dotted paths) the last reload changed.
+    pub changed: Vec<String>,
+}
+
 /// What does not change while the process runs.
 struct Fixed {
     catalog: &'static Catalog,
@@ -34,6 +45,7 @@ struct Fixed {
     unknown_keys: UnknownKeys,
     health: crate::health::Health,
     inspector: crate::inspect::Inspector,
+    loaded: Mutex<Loaded>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -64,6 +76,9 @@ pub struct Snapshot {
     pub protect_metrics: bool,
     /// The inspector's settings.
     pub inspect: crate::config::InspectConfig,
+    /// The configuration it was built from, as JSON with the secrets `<redacted>`
+    /// (`GET /admin/config`).
+    pub config: Arc<serde_json::Value>,
 }
 
 /// One command as the current snapshot routes it.
@@ -219,6 +234,7 @@ impl Snapshot {
             },
             protect_metrics: config.admin_protect_metrics,
             inspect: config.inspect.clone(),
+            config: Arc::new(serde_json::to_value(config).unwrap_or_default()),
         })
     }
 
@@ -244,6 +260,11 @@ impl Gateway {
                 unknown_keys: UnknownKeys::default(),
                 health: crate::health::Health::default(),
                 inspector: crate::inspect::Inspector::default(),
+                loaded: Mutex::new(Loaded {
+                    at: std::time::SystemTime::now(),
+                    trigger: "start".into(),
+                    changed: Vec::new(),
+                }),
                 generation: std::sync::atomic::AtomicU64::new(0),
             }),
             live: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -271,6 +292,25 @@ impl Gateway {
     /// The recent callbacks.
     pub fn inspector(&self) -> &crate::inspect::Inspector {
         &self.fixed.inspector
+    }
+
+    /// Records that a reload by `trigger` swapped in a configuration changing `changed`.
+    pub fn note_loaded(&self, trigger: &str, changed: Vec<String>) {
+        let mut loaded = self.fixed.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        *loaded = Loaded {
+            at: std::time::SystemTime::now(),
+            trigger: trigger.to_owned(),
+            changed,
+        };
+    }
+
+    /// When and how the running configuration was loaded.
+    pub fn loaded(&self) -> Loaded {
+        self.fixed
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current snapshot; hold it for the whole of one request or delivery attempt.

@@ -60,6 +60,13 @@ enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// The live route table of a running gateway (its admin API, e.g.
+        /// http://127.0.0.1:10007) instead of the file's.
+        #[arg(long)]
+        admin: Option<String>,
+        /// With --admin: a file holding the admin API's bearer token (`admin_token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Read OpenIM's webhook configuration beside this gateway's config and say what would keep
     /// callbacks from arriving or being answered as meant, with what to change. Exits 0 (fine),
@@ -202,7 +209,20 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Some(Command::Routes { json }) => routes(&config, json),
+            Some(Command::Routes {
+                json, admin: None, ..
+            }) => routes(&config, json),
+            Some(Command::Routes {
+                json,
+                admin: Some(admin),
+                token_file,
+            }) => match live_config(&admin, token_file.as_deref()).await {
+                Ok(live) => routes(&live, json),
+                Err(e) => {
+                    eprintln!("openim-callback-gateway routes: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Some(Command::Tail {
                 admin,
                 token_file,
@@ -261,6 +281,23 @@ fn main() -> ExitCode {
     // The runtime's workers still run: the last batch of spans is exported on them.
     telemetry.shutdown();
     code
+}
+
+/// The running configuration of a gateway, from its `GET /admin/config`.
+async fn live_config(admin: &str, token_file: Option<&std::path::Path>) -> Result<Config, String> {
+    use openim_callback_gateway::cli::admin::AdminClient;
+    let token = token_file
+        .map(openim_callback_gateway::config::read_admin_token)
+        .transpose()
+        .map_err(|e| format!("--token-file: {e}"))?
+        .map(|t| t.expose().to_owned());
+    let client = AdminClient::parse(admin, token).map_err(|e| e.to_string())?;
+    let answer: serde_json::Value = client
+        .call("GET", "/admin/config", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(answer["config"].clone())
+        .map_err(|e| format!("{admin}/admin/config: not a configuration: {e}"))
 }
 
 /// `tail`: the live callbacks of a running gateway.

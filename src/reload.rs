@@ -81,6 +81,44 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         .collect()
 }
 
+/// The keys (dotted paths, list items by index) whose values differ between two configurations,
+/// compared as the JSON they serialise to (secrets compare equal: both are `<redacted>`).
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = Value::Null;
+                    walk(
+                        &join(k),
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a == b => {}
+            _ => out.push(path.to_owned()),
+        }
+    }
+    let (a, b) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out
+}
+
 /// What a reload did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -100,11 +138,13 @@ pub fn reload(
     prepare: &(dyn Fn(&mut Config) + Send + Sync),
     trigger: &str,
 ) -> Outcome {
+    let mut keys = Vec::new();
     let outcome = match (source.load)() {
         Err(e) => Outcome::Refused(format!("invalid configuration: {e}")),
         Ok(mut new) => {
             prepare(&mut new);
             let changed = restart_only_changes(running, &new);
+            keys = changed_keys(running, &new);
             if !changed.is_empty() {
                 Outcome::Refused(format!(
                     "these settings only take effect at start-up; restart to change them: {}",
@@ -117,6 +157,7 @@ pub fn reload(
                             tracing::warn!(key = %warning.key, "{}", warning.message);
                         }
                         *running = new;
+                        gw.note_loaded(trigger, keys.clone());
                         Outcome::Applied
                     }
                     Err(e) => Outcome::Refused(format!("cannot build the configuration: {e}")),
@@ -127,7 +168,12 @@ pub fn reload(
     match &outcome {
         Outcome::Applied => {
             metrics::counter!("gateway_config_reloads_total", "result" => "ok").increment(1);
-            tracing::info!(trigger, "configuration reloaded");
+            let changed = if keys.is_empty() {
+                "nothing".to_owned()
+            } else {
+                keys.join(", ")
+            };
+            tracing::info!(trigger, %changed, "configuration reloaded");
         }
         Outcome::Refused(why) => {
             metrics::counter!("gateway_config_reloads_total", "result" => "error").increment(1);

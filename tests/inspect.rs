@@ -346,3 +346,78 @@ async fn a_capture_replays_against_another_gateway_and_shows_what_changed() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_config_shows_the_live_configuration_and_what_a_reload_changed() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, u) = (dir.path().to_owned(), up.clone());
+    tokio::task::spawn_blocking(move || {
+        let cfg = d.join("gateway.yaml");
+        let write = |timeout: &str| {
+            let tmp = d.join("gateway.yaml.tmp");
+            std::fs::write(
+                &tmp,
+                format!(
+                    "listen: 127.0.0.1:0\nupstreams: {{default: {{endpoints: ['{}']}}}}\n\
+                     defaults: {{delivery: sync, timeout: {timeout}}}\n\
+                     reload: {{poll_interval: 100ms}}\nauth: {{path_secrets: [s3cret]}}\n",
+                    u.uri()
+                ),
+            )
+            .unwrap();
+            std::fs::rename(&tmp, &cfg).unwrap();
+        };
+        write("2s");
+        let gw = process::spawn(&["--config", cfg.to_str().unwrap()], &d.join("spool"));
+        let (status, body) = get(&gw.addr, "/admin/config", None);
+        assert_eq!(status, 200, "{body}");
+        let live: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(live["trigger"], "start", "{live}");
+        assert_eq!(live["config"]["defaults"]["timeout"], "2s", "{live}");
+        assert_eq!(
+            live["config"]["auth"]["path_secrets"][0], "<redacted>",
+            "secrets redacted: {live}"
+        );
+        write("1s");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let live = loop {
+            let live: Value =
+                serde_json::from_str(&get(&gw.addr, "/admin/config", None).1).unwrap();
+            if live["trigger"] == "file change" {
+                break live;
+            }
+            assert!(std::time::Instant::now() < deadline, "reloaded: {live}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            live["changed"],
+            serde_json::json!(["defaults.timeout"]),
+            "{live}"
+        );
+        assert_eq!(live["config"]["defaults"]["timeout"], "1s", "{live}");
+        let log = gw.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("configuration reloaded") && l.contains("defaults.timeout")),
+            "the reload line names the keys:\n{log}"
+        );
+        // `routes --admin`: the live table, not the file's, which now holds a value the reload
+        // refuses (the live 1s keeps serving).
+        write("soon");
+        let out = Command::new(BIN)
+            .args(["routes", "--admin", &format!("http://{}", gw.addr)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(CREATE))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.contains(" 1s "), "{row}");
+        assert!(row.contains(&u.uri()), "{row}");
+    })
+    .await
+    .unwrap();
+}

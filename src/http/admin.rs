@@ -34,6 +34,7 @@ pub(super) fn router(gw: &Gateway) -> Router {
     let upstreams = Router::new()
         .route("/admin/upstreams", get(upstreams))
         .route("/admin/callbacks", get(callbacks))
+        .route("/admin/config", get(config))
         .route("/admin/callbacks/stream", get(callback_stream))
         .layer(token())
         .with_state(gw.clone());
@@ -207,4 +208,17 @@ async fn callback_stream(
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response()
+}
+
+/// `GET /admin/config`: the configuration the running snapshot uses (secrets `<redacted>`), when
+/// it was loaded, by what (`start`, `file change`, `SIGHUP`), and the keys the last reload changed.
+async fn config(State(gw): State<Gateway>) -> Response {
+    let loaded = gw.loaded();
+    axum::Json(serde_json::json!({
+        "loaded_at": humantime::format_rfc3339_millis(loaded.at).to_string(),
+        "trigger": loaded.trigger,
+        "changed": loaded.changed,
+        "config": &*gw.snapshot().config,
+    }))
+    .into_response()
 }
