@@ -8,14 +8,16 @@
 //!
 //! - `config/diagnose.rs`: config errors in the operator's words (where the key was written,
 //!   what was expected with an example, the nearest valid key).
-//! - `config/mesh.rs`, `config/security.rs`: the upstream mesh and the security settings.
+//! - `config/mesh.rs`, `config/security.rs`, `config/inspect.rs`: the upstream mesh, the
+//!   security settings, the live view of callbacks.
 
 mod diagnose;
+mod inspect;
 mod mesh;
 mod security;
 
 pub use diagnose::Origin;
-
+pub use inspect::InspectConfig;
 pub use mesh::{
     BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,
     UpstreamTlsConfig,
@@ -121,6 +123,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Reloading the config file while running.
     pub reload: ReloadConfig,
+    /// The recent callbacks kept for `/admin/callbacks` (live).
+    pub inspect: InspectConfig,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             tracing: TracingConfig::default(),
             reload: ReloadConfig::default(),
+            inspect: InspectConfig::default(),
         }
     }
 }

@@ -684,59 +684,27 @@ pub async fn probe(url: &str, timeout: Duration) -> Finding {
         problem,
         fix: fix.to_owned(),
     };
-    let uri: http::Uri = match target.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            return finding(
-                Severity::Error,
-                format!("not a URL: {e}"),
-                "fix OpenIM's url",
-            );
-        }
-    };
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, http_body_util::Full<bytes::Bytes>>(connector);
-    let body = format!("{{\"callbackCommand\":\"{PROBE_COMMAND}\"}}\n");
-    let request = http::Request::post(uri)
-        .header("user-agent", "Go-http-client/1.1")
-        .header("content-type", "application/json; charset=utf-8")
-        .header("operationID", "openim-callback-gateway-doctor")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)));
-    let request = match request {
+    let body = format!("{{\"callbackCommand\":\"{PROBE_COMMAND}\"}}");
+    let response = match crate::cli::openim::OpenImClient::default()
+        .post(
+            &target,
+            body.as_bytes(),
+            "openim-callback-gateway-doctor",
+            timeout,
+        )
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             return finding(
                 Severity::Error,
-                format!("cannot build the request: {e}"),
-                "fix OpenIM's url",
-            );
-        }
-    };
-    let answer = tokio::time::timeout(timeout, client.request(request)).await;
-    let response = match answer {
-        Err(_) => {
-            return finding(
-                Severity::Error,
-                format!("no answer within {}", humantime::format_duration(timeout)),
-                "check that the gateway listens there and that OpenIM's network reaches it",
-            );
-        }
-        Ok(Err(e)) => {
-            return finding(
-                Severity::Error,
-                format!("cannot reach it: {}", crate::upstream::error_chain(&e)),
+                e,
                 "check the host and port, and that the gateway listens on an address OpenIM can reach (--listen 0.0.0.0:10006)",
             );
         }
-        Ok(Ok(r)) => r,
     };
-    let status = response.status();
-    let ours = response.headers().contains_key(PROBE_HEADER);
+    let status = response.status;
+    let ours = response.headers.contains_key(PROBE_HEADER);
     match (status.as_u16(), ours) {
         (200, true) => finding(
             Severity::Info,

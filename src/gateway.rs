@@ -33,6 +33,7 @@ struct Fixed {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     unknown_keys: UnknownKeys,
     health: crate::health::Health,
+    inspector: crate::inspect::Inspector,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -61,6 +62,8 @@ pub struct Snapshot {
     pub admin_token: Option<Secret>,
     /// Whether `/metrics` needs the admin token.
     pub protect_metrics: bool,
+    /// The inspector's settings.
+    pub inspect: crate::config::InspectConfig,
 }
 
 /// One command as the current snapshot routes it.
@@ -215,6 +218,7 @@ impl Snapshot {
                 None => None,
             },
             protect_metrics: config.admin_protect_metrics,
+            inspect: config.inspect.clone(),
         })
     }
 
@@ -239,6 +243,7 @@ impl Gateway {
                 metrics,
                 unknown_keys: UnknownKeys::default(),
                 health: crate::health::Health::default(),
+                inspector: crate::inspect::Inspector::default(),
                 generation: std::sync::atomic::AtomicU64::new(0),
             }),
             live: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -261,6 +266,11 @@ impl Gateway {
     /// The readiness state.
     pub fn health(&self) -> &crate::health::Health {
         &self.fixed.health
+    }
+
+    /// The recent callbacks.
+    pub fn inspector(&self) -> &crate::inspect::Inspector {
+        &self.fixed.inspector
     }
 
     /// The current snapshot; hold it for the whole of one request or delivery attempt.

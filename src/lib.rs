@@ -33,6 +33,7 @@
 //! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
 
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod decision;
 pub mod delivery;
@@ -41,6 +42,7 @@ pub mod envelope;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod inspect;
 pub mod json;
 pub mod pipeline;
 pub mod proto;

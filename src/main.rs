@@ -77,6 +77,33 @@ enum Command {
         #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
         probe: Option<String>,
     },
+    /// Print the callbacks a running gateway answers, one line each as they arrive.
+    Tail {
+        /// The gateway's admin API (its admin_listen, or its port when it has none).
+        #[arg(long, default_value = "http://127.0.0.1:10006")]
+        admin: String,
+        /// A file holding the admin API's bearer token (`admin_token_file`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Only this command.
+        #[arg(long)]
+        command: Option<String>,
+        /// Write each callback's record as one JSON line (a capture for `replay`).
+        #[arg(long)]
+        jsonl: bool,
+    },
+    /// Send a capture (`tail --jsonl`, or GET /admin/callbacks?format=jsonl) again as OpenIM
+    /// would, and print each envelope next to the recorded one.
+    Replay {
+        /// The capture: one record per line.
+        file: PathBuf,
+        /// The gateway to send to, as OpenIM's `url` (e.g. http://127.0.0.1:10006/callbackExample).
+        #[arg(long)]
+        to: String,
+        /// As fast as possible instead of at the recorded pace.
+        #[arg(long)]
+        fast: bool,
+    },
     /// Write the contract compiled into this binary, for generating stubs in any language.
     Proto {
         /// Directory to write the `.proto` files into (as `openim/callback/v1/*.proto`).
@@ -176,6 +203,13 @@ fn main() -> ExitCode {
                 }
             }
             Some(Command::Routes { json }) => routes(&config, json),
+            Some(Command::Tail {
+                admin,
+                token_file,
+                command,
+                jsonl,
+            }) => tail(&admin, token_file.as_deref(), command.as_deref(), jsonl).await,
+            Some(Command::Replay { file, to, fast }) => replay(&file, &to, fast).await,
             Some(Command::Doctor {
                 openim,
                 openim_env,
@@ -227,6 +261,63 @@ fn main() -> ExitCode {
     // The runtime's workers still run: the last batch of spans is exported on them.
     telemetry.shutdown();
     code
+}
+
+/// `tail`: the live callbacks of a running gateway.
+async fn tail(
+    admin: &str,
+    token_file: Option<&std::path::Path>,
+    command: Option<&str>,
+    jsonl: bool,
+) -> ExitCode {
+    use openim_callback_gateway::cli::{admin::AdminClient, tail};
+    let token = match token_file
+        .map(openim_callback_gateway::config::read_admin_token)
+        .transpose()
+    {
+        Ok(t) => t.map(|t| t.expose().to_owned()),
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: --token-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match AdminClient::parse(admin, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout();
+    match tail::run(&client, command, jsonl, &mut out).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `replay`: a capture sent again; exit 0 when every envelope is as recorded, 1 when some
+/// changed or failed, 2 when the capture cannot be used.
+async fn replay(file: &std::path::Path, to: &str, fast: bool) -> ExitCode {
+    use openim_callback_gateway::cli::replay;
+    let records = match replay::read(file) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("openim-callback-gateway replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout();
+    match replay::run(&records, to, fast, &mut out).await {
+        Ok(s) if s.changed == 0 && s.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("openim-callback-gateway replay: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `doctor`: OpenIM's webhook configuration against this gateway's; the findings on stdout.

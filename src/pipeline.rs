@@ -70,6 +70,8 @@ pub struct Exit {
     known: Option<Known>,
     /// The operationID used in logs (header, else body).
     pub operation_id: String,
+    /// The upstream's gRPC status, when a call got one.
+    pub grpc_status: Option<tonic::Code>,
 }
 
 struct Known {
@@ -126,6 +128,41 @@ impl Exit {
     /// The command, when it is known.
     pub fn command(&self) -> Option<&'static str> {
         self.known.as_ref().map(|k| k.entry.row.command)
+    }
+
+    /// The upstream the command is routed to, when it is known and enabled.
+    pub fn upstream(&self) -> Option<&str> {
+        let k = self.known.as_ref()?;
+        let route = k.snapshot.route(k.entry.row.command)?;
+        route.upstream.as_ref()?;
+        Some(route.settings.upstream.as_str())
+    }
+
+    /// The way the callback took, for the inspector: `call <upstream>`, `spool`, `disabled`,
+    /// `unknown command`, `bad input`, `shed`.
+    pub fn route(&self) -> String {
+        use crate::decision::Failure;
+        match &self.decision {
+            Decision::Continue {
+                reason: Reason::UnknownCommand,
+                ..
+            } => "unknown command".into(),
+            Decision::Continue {
+                reason: Reason::Disabled,
+                ..
+            } => "disabled".into(),
+            Decision::Continue {
+                reason: Reason::Spooled,
+                ..
+            } => "spool".into(),
+            d if matches!(d.failure(), Some(Failure::BadInput(_))) => "bad input".into(),
+            d if matches!(d.failure(), Some(Failure::Overloaded(_))) => "shed".into(),
+            d if matches!(d.failure(), Some(Failure::Spool(_))) => "spool".into(),
+            _ => match self.upstream() {
+                Some(u) => format!("call {u}"),
+                None => "continue".into(),
+            },
+        }
     }
 
     /// The envelope: rendered here, once per request.
@@ -186,6 +223,7 @@ async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exi
             decision,
             known: None,
             operation_id: cb.header_operation_id,
+            grpc_status: None,
         };
     };
     let mut operation_id = cb.header_operation_id.clone();
@@ -210,6 +248,7 @@ async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exi
             request,
         }),
         operation_id,
+        grpc_status,
     };
     log(&exit, entry.row.command, &route, grpc_status, received);
     exit

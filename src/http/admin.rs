@@ -1,6 +1,8 @@
 //! The operators' routes: `/healthz` (the process serves), `/readyz` (this gateway can answer),
-//! `/metrics`, `/admin/upstreams` (each upstream's members, health, breaker and calls in flight)
-//! and the spool admin API (`crate::spool::admin`) when a spool is open.
+//! `/metrics`, `/admin/upstreams` (each upstream's members, health, breaker and calls in flight),
+//! `/admin/callbacks` and `/admin/callbacks/stream` (the inspector's recent callbacks, and new
+//! ones live as server-sent events), and the spool admin API (`crate::spool::admin`) when a
+//! spool is open.
 
 use crate::gateway::Gateway;
 use axum::Router;
@@ -31,6 +33,8 @@ pub(super) fn router(gw: &Gateway) -> Router {
         .with_state(gw.clone());
     let upstreams = Router::new()
         .route("/admin/upstreams", get(upstreams))
+        .route("/admin/callbacks", get(callbacks))
+        .route("/admin/callbacks/stream", get(callback_stream))
         .layer(token())
         .with_state(gw.clone());
     let router = health.merge(metrics).merge(upstreams);
@@ -118,4 +122,89 @@ async fn upstreams(State(gw): State<Gateway>) -> Response {
         })
         .collect();
     axum::Json(serde_json::json!({ "upstreams": list })).into_response()
+}
+
+/// The query of `GET /admin/callbacks`: the filter, and `format=jsonl` for a capture.
+#[derive(Debug, Default, serde::Deserialize)]
+struct CallbacksQuery {
+    command: Option<String>,
+    outcome: Option<String>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+/// `GET /admin/callbacks`: the recent callbacks, newest first, with the count of every command
+/// seen and the commands never seen; `format=jsonl`: one record per line, oldest first (a
+/// capture for `replay`).
+async fn callbacks(
+    State(gw): State<Gateway>,
+    axum::extract::Query(q): axum::extract::Query<CallbacksQuery>,
+) -> Response {
+    let inspector = gw.inspector();
+    let mut recent = inspector.recent(&crate::inspect::Filter {
+        command: q.command,
+        outcome: q.outcome,
+        limit: q.limit,
+    });
+    if q.format.as_deref() == Some("jsonl") {
+        recent.reverse();
+        let mut body = String::new();
+        for r in &recent {
+            if let Ok(line) = serde_json::to_string(r) {
+                body.push_str(&line);
+                body.push('\n');
+            }
+        }
+        return ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    }
+    let seen = inspector.seen();
+    let never_seen: Vec<&str> = gw
+        .catalog()
+        .entries()
+        .map(|e| e.row.command)
+        .filter(|c| !seen.contains_key(*c))
+        .collect();
+    axum::Json(serde_json::json!({
+        "keep": gw.snapshot().inspect.keep,
+        "capture_bodies": gw.snapshot().inspect.capture_bodies,
+        "callbacks": recent,
+        "seen": seen,
+        "never_seen": never_seen,
+    }))
+    .into_response()
+}
+
+/// `GET /admin/callbacks/stream`: every new callback (matching `command`/`outcome`) as one
+/// server-sent event of JSON, as it is answered; a comment every 15 s keeps proxies open.
+async fn callback_stream(
+    State(gw): State<Gateway>,
+    axum::extract::Query(filter): axum::extract::Query<crate::inspect::Filter>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = gw.inspector().subscribe();
+    let stream = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(kept) => {
+                    let record = kept.view();
+                    if !filter.matches(&record) {
+                        continue;
+                    }
+                    let event = Event::default()
+                        .event("callback")
+                        .json_data(&record)
+                        .unwrap_or_else(|_| Event::default().comment("unserialisable"));
+                    return Some((Ok::<_, std::convert::Infallible>(event), (rx, filter)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let event = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(event), (rx, filter)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }

@@ -131,10 +131,18 @@ async fn callback(
         }
         other => other,
     };
+    let inspect = &snapshot.inspect;
+    let captured = if inspect.capture_bodies && inspect.keep > 0 {
+        body.as_ref().ok().cloned()
+    } else {
+        None
+    };
+    let key = key_of(query.as_deref());
+    let captured_key = captured.as_ref().and(key.clone());
     let cb = Callback {
         command: command_of(&uri).to_owned(),
         path: uri.path().to_owned(),
-        key: key_of(query.as_deref()),
+        key,
         header_operation_id: headers
             .get("operationID")
             .and_then(|v| v.to_str().ok())
@@ -144,9 +152,27 @@ async fn callback(
         received: started,
         body,
     };
+    let inspect = snapshot.inspect.clone();
     let exit = pipeline::run(&gw, snapshot, cb).await;
     drop(permit);
     let env = exit.render();
+    let env_bytes = env.to_bytes();
+    gw.inspector().record(
+        &inspect,
+        crate::inspect::Seen {
+            command: exit.command().unwrap_or_else(|| command_of(&uri)),
+            known: exit.command().is_some(),
+            operation_id: &exit.operation_id,
+            route: exit.route(),
+            outcome: exit.decision.outcome(),
+            received: started,
+            upstream: exit.upstream(),
+            grpc_status: exit.grpc_status.map(crate::telemetry::grpc_code_name),
+            envelope: &env_bytes,
+            body: captured,
+            key: captured_key.as_deref(),
+        },
+    );
     if let Some(command) = exit.command() {
         metrics::counter!("gateway_callbacks_total", "command" => command, "outcome" => exit.decision.outcome())
             .increment(1);
@@ -156,7 +182,7 @@ async fn callback(
     let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        env.to_bytes(),
+        env_bytes,
     )
         .into_response();
     if close {

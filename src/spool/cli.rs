@@ -2,21 +2,23 @@
 //! `--admin URL`, through the admin API of the running gateway (which holds the file's lock).
 
 use std::io::Write;
-use std::time::Duration;
-
-use serde::de::DeserializeOwned;
 
 use super::admin::{CountView, EventView};
 use super::{BackendKind, Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
 
+use crate::cli::admin::{AdminClient, AdminError};
+
+impl From<AdminError> for SpoolError {
+    fn from(e: AdminError) -> Self {
+        Self::Admin {
+            url: e.url,
+            detail: e.detail,
+        }
+    }
+}
+
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
-
-/// Longest wait for one admin API request.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Largest admin API answer read.
-const ADMIN_MAX_RESPONSE: usize = 256 << 20;
 
 /// Operator commands on the spool.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -285,7 +287,7 @@ impl Backend {
     async fn stats(&self) -> Result<SpoolStats, SpoolError> {
         match self {
             Backend::Local(s) => s.stats_now(),
-            Backend::Admin(a) => a.call("GET", "/admin/spool", &[]).await,
+            Backend::Admin(a) => Ok(a.call("GET", "/admin/spool", &[]).await?),
         }
     }
 
@@ -295,12 +297,12 @@ impl Backend {
             Backend::Admin(a) => {
                 let limit = limit.to_string();
                 let which = which.to_string();
-                a.call(
+                Ok(a.call(
                     "GET",
                     "/admin/spool/events",
                     &[("which", Some(&which)), ("limit", Some(&limit))],
                 )
-                .await
+                .await?)
             }
         }
     }
@@ -333,7 +335,7 @@ impl Backend {
             Backend::Admin(a) => {
                 let after = after.map(|a| a.to_string());
                 let max = max.to_string();
-                a.call(
+                Ok(a.call(
                     "POST",
                     "/admin/spool/replay",
                     &[
@@ -342,7 +344,7 @@ impl Backend {
                         ("max", Some(&max)),
                     ],
                 )
-                .await
+                .await?)
             }
         }
     }
@@ -360,7 +362,7 @@ impl Backend {
                 let which = which.to_string();
                 let after = after.map(|a| a.to_string());
                 let max = max.to_string();
-                a.call(
+                Ok(a.call(
                     "POST",
                     "/admin/spool/purge",
                     &[
@@ -370,138 +372,8 @@ impl Backend {
                         ("max", Some(&max)),
                     ],
                 )
-                .await
+                .await?)
             }
         }
     }
-}
-
-/// The admin API's client (hyper-util's HTTP/1.1 client): plain HTTP, an optional bearer token.
-struct AdminClient {
-    /// The base URL, without a trailing slash.
-    url: String,
-    token: Option<String>,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
-}
-
-impl AdminClient {
-    fn parse(url: &str, token: Option<String>) -> Result<AdminClient, SpoolError> {
-        let bad = |detail: &str| SpoolError::Admin {
-            url: url.to_owned(),
-            detail: detail.to_owned(),
-        };
-        let with_scheme = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
-        let uri: http::Uri = with_scheme
-            .parse()
-            .map_err(|_| bad("not a URL; expected e.g. http://127.0.0.1:10006"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(scheme) => {
-                return Err(bad(&format!(
-                    "scheme {scheme:?} is not supported; give the admin listener's plain http:// URL"
-                )));
-            }
-            None => return Err(bad("no scheme; expected e.g. http://127.0.0.1:10006")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(bad("no host; expected e.g. http://127.0.0.1:10006"));
-        }
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        Ok(AdminClient {
-            url: with_scheme.trim_end_matches('/').to_owned(),
-            token,
-            client,
-        })
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        query: &[(&str, Option<&str>)],
-    ) -> Result<T, SpoolError> {
-        use http_body_util::BodyExt as _;
-        let mut target = format!("{}{path}", self.url);
-        let mut sep = '?';
-        for (k, v) in query {
-            if let Some(v) = v {
-                target.push(sep);
-                target.push_str(k);
-                target.push('=');
-                target.push_str(&percent_encode(v));
-                sep = '&';
-            }
-        }
-        let url = format!("{}{path}", self.url);
-        let err = |detail: String| SpoolError::Admin {
-            url: url.clone(),
-            detail,
-        };
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(&target)
-            .header(http::header::ACCEPT, "application/json");
-        if let Some(token) = &self.token {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(http_body_util::Empty::new())
-            .map_err(|e| err(format!("bad request: {e}")))?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                err(format!(
-                    "cannot connect: {}; is the gateway running, and is this its admin address?",
-                    crate::upstream::error_chain(&e)
-                ))
-            })?;
-            let status = response.status();
-            let body = http_body_util::Limited::new(response.into_body(), ADMIN_MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| err(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, SpoolError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
-            .await
-            .map_err(|_| err(format!("no answer within {ADMIN_TIMEOUT:?}")))??;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
-            let hint = if status == http::StatusCode::UNAUTHORIZED {
-                " (the admin API needs a token: pass --token-file FILE)"
-            } else {
-                ""
-            };
-            return Err(err(format!(
-                "HTTP {}: {}{hint}",
-                status.as_u16(),
-                detail.trim()
-            )));
-        }
-        serde_json::from_slice(&body).map_err(|e| err(format!("unexpected answer: {e}")))
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
