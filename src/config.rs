@@ -8,8 +8,8 @@
 //!
 //! - `config/diagnose.rs`: config errors in the operator's words (where the key was written,
 //!   what was expected with an example, the nearest valid key).
-//! - `config/mesh.rs`, `config/security.rs`: the upstream mesh and the security settings.
-//! - `config/inspect.rs`: the inspector's settings (`inspect:`).
+//! - `config/mesh.rs`, `config/security.rs`, `config/inspect.rs`: the upstream mesh, the
+//!   security settings, the live view of callbacks.
 
 mod diagnose;
 mod inspect;

@@ -164,11 +164,7 @@ impl Positions {
             if written.eq_ignore_ascii_case(key) {
                 return Some(at(*pos));
             }
-            let parent = key
-                .get(..written.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(written))
-                && key.as_bytes().get(written.len()) == Some(&b'.');
-            if parent && best.is_none_or(|(b, _)| b.len() < written.len()) {
+            if is_under(key, written) && best.is_none_or(|(b, _)| b.len() < written.len()) {
                 best = Some((written, *pos));
             }
         }
@@ -188,22 +184,27 @@ pub(super) fn env_var_for(key: &str) -> Option<String> {
         else {
             continue;
         };
-        let dotted = rest.split("__").collect::<Vec<_>>().join(".");
+        let dotted = rest.replace("__", ".");
         if dotted.eq_ignore_ascii_case(key) {
             return Some(name.to_owned());
         }
-        let below = dotted
-            .get(..key.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(key))
-            && dotted.as_bytes().get(key.len()) == Some(&b'.');
-        if below && !key.is_empty() {
+        if is_under(&dotted, key) {
             under.get_or_insert_with(|| name.to_owned());
         }
     }
     under
 }
 
-/// A figment error kind as `(problem)`, in words: what was expected, with an example, and the
+/// Whether the dotted `key` lies below `parent` (ignoring case, as environment keys arrive).
+fn is_under(key: &str, parent: &str) -> bool {
+    !parent.is_empty()
+        && key
+            .get(..parent.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+        && key.as_bytes().get(parent.len()) == Some(&b'.')
+}
+
+/// A figment error kind in words: what was expected, with an example, and the
 /// nearest valid key or value.
 pub(super) fn problem(kind: &Kind) -> String {
     match kind {

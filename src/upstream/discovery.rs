@@ -158,6 +158,10 @@ impl Discovery {
     fn connector(&self, key: Key) -> Connector {
         let spec = &self.specs[key.endpoint];
         let (target, label) = match key.addr {
+            // A literal address is not repeated beside itself in every log line.
+            Some(addr) if spec.ip == Some(addr.ip()) && spec.port == addr.port() => {
+                (Target::Addr(addr), spec.uri.clone())
+            }
             Some(addr) => (Target::Addr(addr), format!("{} ({addr})", spec.uri)),
             None => (
                 Target::Host {
