@@ -87,7 +87,7 @@ pub(crate) async fn run_to<W: Write + Send>(
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
         None if settings.backend == BackendKind::Redis => {
             // Redis has no lock: the commands work beside running gateways, from anywhere.
-            let spool = Spool::open(settings)?;
+            let spool = Spool::open_for_operator(settings)?;
             spool.check()?;
             Backend::Local(spool)
         }

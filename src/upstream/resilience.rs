@@ -165,6 +165,7 @@ pub fn grpc_status(result: &Result<Bytes, CallError>) -> &'static str {
         Err(CallError::Status(s)) => crate::telemetry::grpc_code_name(s.code()),
         Err(CallError::Timeout(_)) => "DEADLINE_EXCEEDED",
         Err(CallError::Unreachable(_)) => "UNAVAILABLE",
+        Err(CallError::Reset(_)) => "CANCELLED",
         Err(CallError::Refused(_)) => "NOT_SENT",
     }
 }
@@ -174,7 +175,7 @@ fn is_failure(result: &Result<Bytes, CallError>) -> bool {
     use tonic::Code;
     match result {
         Ok(_) | Err(CallError::Refused(_)) => false,
-        Err(CallError::Timeout(_) | CallError::Unreachable(_)) => true,
+        Err(CallError::Timeout(_) | CallError::Unreachable(_) | CallError::Reset(_)) => true,
         Err(CallError::Status(s)) => matches!(
             s.code(),
             Code::Unavailable
