@@ -199,8 +199,9 @@ pub(crate) struct Core {
     ids: String,
     /// The second half: counts up.
     next_id: AtomicU64,
-    /// This replica's local buffer (`None` for the operator commands, which never append).
-    buffer: Option<RedbSpool>,
+    /// This replica's local buffer (`None` for the operator commands, which never append);
+    /// taken when the spool is dropped, so that the file closes with it.
+    buffer: Mutex<Option<RedbSpool>>,
     /// The deliverer given to `start`, for `when_unreachable: sync`.
     deliverer: std::sync::OnceLock<Arc<dyn Deliver>>,
 }
@@ -213,6 +214,14 @@ pub(crate) struct RedisSpool {
 impl Drop for RedisSpool {
     fn drop(&mut self) {
         self.core.stop.send_replace(true);
+        // Tasks may hold the core a moment longer; the buffer file closes now.
+        drop(
+            self.core
+                .buffer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -263,7 +272,7 @@ impl RedisSpool {
             probing: AtomicBool::new(false),
             ids: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             next_id: AtomicU64::new(1),
-            buffer,
+            buffer: Mutex::new(buffer),
             deliverer: std::sync::OnceLock::new(),
             settings: settings.clone(),
         });
@@ -299,6 +308,14 @@ impl RedisSpool {
 }
 
 impl Core {
+    /// The local buffer, while the spool is open with one.
+    fn buffer(&self) -> Option<RedbSpool> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
@@ -566,7 +583,7 @@ impl Core {
                 .fallback(rec, "redis is unreachable (the probe has not reached it since)".into())
                 .await;
         }
-        if self.buffer.as_ref().is_some_and(|b| b.stats().pending > 0) {
+        if self.buffer().is_some_and(|b| b.stats().pending > 0) {
             // Events of the outage are still being moved: a new one joins them, so that the
             // events of an ordering key reach Redis in order.
             return self.to_buffer(rec, None).await;
@@ -779,7 +796,7 @@ impl Core {
     /// Writes `rec` to the local buffer (fsynced before it returns); `why`: Redis could not
     /// take it (`None`: earlier events are still in the buffer).
     async fn to_buffer(&self, rec: Record, why: Option<String>) -> Result<StoredEventRef, AppendError> {
-        let Some(buffer) = &self.buffer else {
+        let Some(buffer) = self.buffer() else {
             return Err(AppendError::Unavailable(why.unwrap_or_default()));
         };
         buffer.append_record(rec).await
@@ -860,8 +877,7 @@ impl Backend for RedisSpool {
         let _ = self.core.deliverer.set(deliverer.clone());
         let mover = self
             .core
-            .buffer
-            .as_ref()
+            .buffer()
             .map(|b| b.start(Arc::new(buffer::Mover::new(&self.core))));
         let abort = mover.as_ref().map(tokio::task::JoinHandle::abort_handle);
         let core = self.core.clone();
@@ -877,7 +893,7 @@ impl Backend for RedisSpool {
             let core = &self.core;
             core.stop.send_replace(true);
             core.closed.store(true, Ordering::SeqCst);
-            if let Some(buffer) = &core.buffer {
+            if let Some(buffer) = core.buffer() {
                 // The mover's waits end with `stop`; what is still buffered stays on disk.
                 buffer.shutdown().await;
             }
@@ -903,7 +919,7 @@ impl Backend for RedisSpool {
             bytes: c.bytes.load(Ordering::Relaxed),
             in_flight: c.in_flight.load(Ordering::Relaxed),
             commits: c.appends.load(Ordering::Relaxed),
-            buffered: c.buffer.as_ref().map_or(0, |b| b.stats().pending),
+            buffered: c.buffer().map_or(0, |b| b.stats().pending),
         }
     }
 
