@@ -139,9 +139,7 @@ impl Spool {
     fn open_with(settings: &SpoolConfig, with_buffer: bool) -> Result<Spool, SpoolError> {
         let backend: Arc<dyn Backend> = match settings.backend {
             BackendKind::Redb => Arc::new(RedbSpool::open(settings)?),
-            BackendKind::Redis => {
-                Arc::new(super::redis::RedisSpool::open(settings, with_buffer)?)
-            }
+            BackendKind::Redis => Arc::new(super::redis::RedisSpool::open(settings, with_buffer)?),
         };
         Ok(Spool {
             backend,
@@ -187,10 +185,20 @@ impl Spool {
     }
 
     /// [`Spool::stats`] with the shared counters read again first (for Redis, whose counters
-    /// other replicas change; [`Spool::stats`] may be up to a second old there). Blocking.
+    /// other replicas change; [`Spool::stats`] may be up to a second old there). While Redis
+    /// does not answer: the last counters read, marked `stale`, with the local buffer's depth,
+    /// which is what an operator needs most then. Blocking.
     pub fn stats_now(&self) -> Result<SpoolStats, SpoolError> {
-        self.backend.refresh()?;
-        Ok(self.backend.stats())
+        match self.backend.refresh() {
+            Ok(()) => Ok(self.backend.stats()),
+            Err(SpoolError::Storage { .. }) if self.kind == BackendKind::Redis => {
+                Ok(SpoolStats {
+                    stale: true,
+                    ..self.backend.stats()
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `Ok` while the backend takes events; `Err(why)` while it cannot (Redis unreachable or

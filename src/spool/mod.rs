@@ -367,6 +367,10 @@ pub struct SpoolStats {
     /// Redis (acknowledged, stored on this replica's disk only). Always 0 with redb.
     #[serde(default)]
     pub buffered: u64,
+    /// `true` when the shared counters (`pending`, `dead`, `bytes`) are the last ones read,
+    /// because Redis does not answer now; `buffered` is always current.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`]).
@@ -712,6 +716,7 @@ impl RedbSpool {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
             buffered: 0,
+            stale: false,
         }
     }
 

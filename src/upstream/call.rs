@@ -247,7 +247,10 @@ mod tests {
     fn a_locally_raised_cancelled_is_a_reset_not_a_timeout() {
         let e = classify(local(tonic::Code::Cancelled), Duration::from_secs(3));
         assert_eq!(e.label(), "reset", "{e}");
-        assert!(e.to_string().starts_with("upstream reset the stream"), "{e}");
+        assert!(
+            e.to_string().starts_with("upstream reset the stream"),
+            "{e}"
+        );
         let e = classify(local(tonic::Code::DeadlineExceeded), Duration::from_secs(3));
         assert!(matches!(e, CallError::Timeout(_)), "{e}");
         // A CANCELLED the service sent itself is its status.

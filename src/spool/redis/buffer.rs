@@ -78,7 +78,7 @@ impl Deliver for Mover {
                 }
                 // Full: kept here until the shared spool has room.
                 Ok(_) => DeliveryResult::Deferred(
-                        core.settings.backoff_max,
+                    core.settings.backoff_max,
                     "the redis spool is full".into(),
                 ),
                 Err(why) => {

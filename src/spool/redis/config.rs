@@ -178,7 +178,11 @@ impl RedisConfig {
         if self.buffer_max_bytes == 0 {
             return bad("redis.buffer_max_bytes", "must be at least 1");
         }
-        if self.buffer_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if self
+            .buffer_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return bad(
                 "redis.buffer_dir",
                 "must not be empty (leave it unset for <spool.dir>/redis-buffer)",

@@ -230,13 +230,19 @@ impl RedisSpool {
     /// without) and tries Redis once (instance id, consumer group, counters). An unreachable
     /// Redis is logged, not an error: appends follow `when_unreachable` and a probe tries it
     /// again.
-    pub(crate) fn open(settings: &SpoolConfig, with_buffer: bool) -> Result<RedisSpool, SpoolError> {
+    pub(crate) fn open(
+        settings: &SpoolConfig,
+        with_buffer: bool,
+    ) -> Result<RedisSpool, SpoolError> {
         settings
             .validate()
             .map_err(|e| SpoolError::Config(e.to_string()))?;
         let rc = &settings.redis;
         let buffer = if with_buffer {
-            Some(RedbSpool::open_as(&settings.buffer_settings(), Role::Buffer)?)
+            Some(RedbSpool::open_as(
+                &settings.buffer_settings(),
+                Role::Buffer,
+            )?)
         } else {
             None
         };
@@ -580,7 +586,10 @@ impl Core {
             // Known down: no wait for reconnects.
             self.probe();
             return self
-                .fallback(rec, "redis is unreachable (the probe has not reached it since)".into())
+                .fallback(
+                    rec,
+                    "redis is unreachable (the probe has not reached it since)".into(),
+                )
                 .await;
         }
         if self.buffer().is_some_and(|b| b.stats().pending > 0) {
@@ -795,7 +804,11 @@ impl Core {
 
     /// Writes `rec` to the local buffer (fsynced before it returns); `why`: Redis could not
     /// take it (`None`: earlier events are still in the buffer).
-    async fn to_buffer(&self, rec: Record, why: Option<String>) -> Result<StoredEventRef, AppendError> {
+    async fn to_buffer(
+        &self,
+        rec: Record,
+        why: Option<String>,
+    ) -> Result<StoredEventRef, AppendError> {
         let Some(buffer) = self.buffer() else {
             return Err(AppendError::Unavailable(why.unwrap_or_default()));
         };
@@ -920,6 +933,7 @@ impl Backend for RedisSpool {
             in_flight: c.in_flight.load(Ordering::Relaxed),
             commits: c.appends.load(Ordering::Relaxed),
             buffered: c.buffer().map_or(0, |b| b.stats().pending),
+            stale: false,
         }
     }
 

@@ -544,7 +544,11 @@ async fn redis_down_each_policy_keeps_its_promise_and_the_buffer_moves_with_the_
     // measures it), in order behind the first.
     let second = local.append(event("cmd", 2, Some("k"))).await.unwrap();
     let unordered = local.append(event("cmd", 3, None)).await.unwrap();
-    assert_eq!(local.stats().buffered, 3, "the buffer depth is in the stats");
+    assert_eq!(
+        local.stats().buffered,
+        3,
+        "the buffer depth is in the stats"
+    );
     let sp = local.clone();
     assert!(blocking(move || sp.check()).await.is_err());
 
@@ -581,10 +585,20 @@ async fn redis_down_each_policy_keeps_its_promise_and_the_buffer_moves_with_the_
     let now = sync.append(event("cmd", 20, None)).await.unwrap();
     assert_eq!(format!("{:?}", now.place), "Delivered");
     let got = delivered(&seen);
-    assert_eq!((got[0].n, got[0].delivery_id.as_str()), (20, now.delivery_id.as_str()));
-    assert!(!now.delivery_id.is_empty(), "a synchronous delivery has a delivery id");
+    assert_eq!(
+        (got[0].n, got[0].delivery_id.as_str()),
+        (20, now.delivery_id.as_str())
+    );
+    assert!(
+        !now.delivery_id.is_empty(),
+        "a synchronous delivery has a delivery id"
+    );
     let kept = sync.append(event("cmd", 21, None)).await;
-    assert_eq!(place(&kept), "Buffer", "sync: a failed delivery is buffered");
+    assert_eq!(
+        place(&kept),
+        "Buffer",
+        "sync: a failed delivery is buffered"
+    );
     assert_eq!(sync.stats().buffered, 1);
     sync.shutdown().await;
 
@@ -611,7 +625,11 @@ async fn redis_down_each_policy_keeps_its_promise_and_the_buffer_moves_with_the_
     assert_eq!(id_of(1), first.unwrap().delivery_id);
     assert_eq!(id_of(2), second.delivery_id);
     assert_eq!(id_of(3), unordered.delivery_id);
-    let keyed: Vec<u32> = got.iter().filter(|s| s.key.is_some()).map(|s| s.n).collect();
+    let keyed: Vec<u32> = got
+        .iter()
+        .filter(|s| s.key.is_some())
+        .map(|s| s.n)
+        .collect();
     assert_eq!(keyed, vec![1, 2], "in order per key");
     // Up again: appends go to Redis.
     let direct = local.append(event("cmd", 4, None)).await;
@@ -645,26 +663,38 @@ async fn redis_killed_while_the_upstream_is_down_every_acked_event_arrives_with_
     let mut acked = HashMap::new();
     // The upstream is down; Redis takes the first events.
     for n in 0..20 {
-        let r = spool.append(event("cmd", n, Some(&format!("k{}", n % 3)))).await.unwrap();
+        let r = spool
+            .append(event("cmd", n, Some(&format!("k{}", n % 3))))
+            .await
+            .unwrap();
         acked.insert(n, r.delivery_id);
     }
     // Redis is killed during the upstream outage: the next events are acknowledged from the
     // local buffer (sync tried the upstream, which failed).
     redis.kill();
     for n in 20..60 {
-        let r = spool.append(event("cmd", n, Some(&format!("k{}", n % 3)))).await;
+        let r = spool
+            .append(event("cmd", n, Some(&format!("k{}", n % 3))))
+            .await;
         let r = r.unwrap_or_else(|e| panic!("event {n} acknowledged only once stored: {e}"));
         assert_ne!(format!("{:?}", r.place), "Delivered");
         acked.insert(n, r.delivery_id);
     }
-    assert!(spool.stats().buffered > 0, "the outage's events are buffered");
+    assert!(
+        spool.stats().buffered > 0,
+        "the outage's events are buffered"
+    );
     // Both come back.
     redis.restart();
     upstream_up.store(true, std::sync::atomic::Ordering::SeqCst);
-    wait_for("every acknowledged event delivered", Duration::from_secs(60), || {
-        let got: HashSet<u32> = delivered(&seen).iter().map(|s| s.n).collect();
-        got.len() == acked.len()
-    })
+    wait_for(
+        "every acknowledged event delivered",
+        Duration::from_secs(60),
+        || {
+            let got: HashSet<u32> = delivered(&seen).iter().map(|s| s.n).collect();
+            got.len() == acked.len()
+        },
+    )
     .await;
     // One delivery id per event across all its attempts, failed ones and the synchronous one
     // included.
@@ -697,7 +727,11 @@ async fn a_full_local_buffer_answers_by_the_full_policy_and_acks_nothing_unstore
         Err(AppendError::Full { pending: 2, .. }) => {}
         other => panic!("when_full: reject: expected Full, got {}", place(&other)),
     }
-    assert_eq!(spool.stats().buffered, 2, "the refused event was not stored");
+    assert_eq!(
+        spool.stats().buffered,
+        2,
+        "the refused event was not stored"
+    );
     drop(spool);
     s.when_full = FullPolicy::DropOldest;
     let spool = Spool::open(&s).unwrap();
