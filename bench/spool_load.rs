@@ -228,9 +228,10 @@ async fn main() {
         drop(redis);
     }
     print(&a, &results);
-    if results.iter().any(|(_, m)| {
-        m.distinct != a.events + m.outage || m.missing_id > 0 || !m.dup_same_id
-    }) {
+    if results
+        .iter()
+        .any(|(_, m)| m.distinct != a.events + m.outage || m.missing_id > 0 || !m.dup_same_id)
+    {
         eprintln!("FAILED: events were lost or lacked a stable delivery id");
         std::process::exit(1);
     }
@@ -393,9 +394,16 @@ fn print(a: &Args, results: &[(&str, Measured)]) {
             (Some(max), None) => ms(*max),
         }
     };
-    row("Redis down: events sent (acknowledged from the local buffer)", &|m| {
-        if m.outage == 0 { "n/a".to_owned() } else { m.outage.to_string() }
-    });
+    row(
+        "Redis down: events sent (acknowledged from the local buffer)",
+        &|m| {
+            if m.outage == 0 {
+                "n/a".to_owned()
+            } else {
+                m.outage.to_string()
+            }
+        },
+    );
     row("Redis down: ack latency p50", &outage(Some(0.50)));
     row("Redis down: ack latency p99", &outage(Some(0.99)));
     row("Redis down: ack latency max", &outage(None));

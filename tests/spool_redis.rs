@@ -7,7 +7,8 @@
 //! over its events after `claim_idle` and every acknowledged event arrives at least once, with
 //! one delivery id across all its deliveries. Then the operator commands run against Redis
 //! directly (no `--admin`). A second test shows each `when_unreachable` policy while Redis is
-//! down and the upstream up.
+//! down and the upstream up, and a gateway killed (-9) with events in its local buffer that
+//! moves them into Redis once it returns.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -329,7 +330,10 @@ fn log_with(gw: &process::Gateway, marker: &str, n: usize) -> String {
         if log.lines().filter(|l| l.contains(marker)).count() >= n {
             return log;
         }
-        assert!(Instant::now() < deadline, "{n} lines with {marker:?}:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "{n} lines with {marker:?}:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -352,7 +356,7 @@ fn logged_id(log: &str, marker: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_down_local_buffers_sync_delivers_now_with_its_id_reject_refuses() {
+async fn redis_down_local_buffers_survive_kill_9_sync_delivers_now_with_its_id_reject_refuses() {
     let mut redis = RedisServer::not_started();
     let url = redis.url();
     let up = Upstream::start().await;
@@ -368,6 +372,7 @@ async fn redis_down_local_buffers_sync_delivers_now_with_its_id_reject_refuses()
         ));
         env
     };
+    let (restart_env, restart_uri, restart_dir) = (env_of.clone(), uri.clone(), d.join("local"));
     let (local, admin, metrics, sync_log, reject_answer) = tokio::task::spawn_blocking(move || {
         let gateway = |policy: &str| {
             let env = env_of(policy);
@@ -445,11 +450,27 @@ async fn redis_down_local_buffers_sync_delivers_now_with_its_id_reject_refuses()
         "reject: OpenIM gets a rejection envelope"
     );
 
-    // Redis comes up: the local gateway's buffer moves into Redis, and each event is delivered
-    // with the delivery id its callback's line named.
-    redis.restart();
+    // The local gateway is killed (-9) with its buffer full while Redis is still down, and
+    // starts again on the same disk.
     let logged = logged_id(&log_with(&local, "local buffer", 3), "local buffer");
     assert_eq!(logged.len(), 3, "{}", local.log_text());
+    drop(local);
+    let local = tokio::task::spawn_blocking(move || {
+        let env = restart_env("local");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &restart_uri],
+            &restart_dir,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
+    let (_, admin) = get(&local.addr, "/admin/spool");
+    assert!(admin.contains("\"buffered\":3"), "found again: {admin}");
+    // Redis comes up: the restarted gateway moves the buffer into Redis, and each event is
+    // delivered with the delivery id its callback's line named.
+    redis.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     let delivered = loop {
         let got: HashMap<String, String> = up
@@ -466,14 +487,20 @@ async fn redis_down_local_buffers_sync_delivers_now_with_its_id_reject_refuses()
         if got.len() == 3 {
             break got;
         }
-        assert!(Instant::now() < deadline, "the buffered events are delivered");
+        assert!(
+            Instant::now() < deadline,
+            "the buffered events are delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut ids: Vec<String> = delivered.into_values().collect();
     ids.sort();
     let mut logged = logged;
     logged.sort();
-    assert_eq!(ids, logged, "the ids given at the callback are the ids delivered");
+    assert_eq!(
+        ids, logged,
+        "the ids given at the callback are the ids delivered"
+    );
     assert!(
         !up.calls()
             .iter()

@@ -191,12 +191,10 @@ impl Spool {
     pub fn stats_now(&self) -> Result<SpoolStats, SpoolError> {
         match self.backend.refresh() {
             Ok(()) => Ok(self.backend.stats()),
-            Err(SpoolError::Storage { .. }) if self.kind == BackendKind::Redis => {
-                Ok(SpoolStats {
-                    stale: true,
-                    ..self.backend.stats()
-                })
-            }
+            Err(SpoolError::Storage { .. }) if self.kind == BackendKind::Redis => Ok(SpoolStats {
+                stale: true,
+                ..self.backend.stats()
+            }),
             Err(e) => Err(e),
         }
     }
