@@ -277,7 +277,7 @@ async fn send(port: u16, from: usize, to: usize, connections: usize) -> (Vec<Dur
     (latencies, wall)
 }
 
-async fn run(a: &Args, mut redis_server: Option<&mut redis_server::RedisServer>) -> Measured {
+async fn run(a: &Args, redis_server: Option<&mut redis_server::RedisServer>) -> Measured {
     let url = redis_server.as_ref().map(|r| r.url());
     let redis = url.as_deref();
     let dir = tempfile::tempdir().unwrap();
@@ -293,7 +293,7 @@ async fn run(a: &Args, mut redis_server: Option<&mut redis_server::RedisServer>)
     // 1b. Redis: killed; the next events are acknowledged from the local buffer.
     let mut outage = 0;
     let mut outage_latencies = Vec::new();
-    if let Some(server) = redis_server.as_deref_mut() {
+    if let Some(server) = redis_server {
         outage = a.outage_events.unwrap_or(a.events / 10).max(1);
         server.kill();
         (outage_latencies, _) = send(port, a.events, a.events + outage, a.connections).await;
