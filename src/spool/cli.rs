@@ -122,6 +122,16 @@ async fn execute<W: Write + Send>(
             writeln!(out, "bytes: {}", s.bytes)?;
             if matches!(backend, Backend::Admin(_)) {
                 writeln!(out, "in_flight: {}", s.in_flight)?;
+                // That replica's local buffer (Redis backend; 0 with redb).
+                if s.buffered > 0 {
+                    writeln!(out, "buffered (local to that replica): {}", s.buffered)?;
+                }
+                if s.stale {
+                    writeln!(
+                        out,
+                        "(redis does not answer: pending, dead and bytes are the last read)"
+                    )?;
+                }
             }
         }
         SpoolCommand::List { dead, limit, json } => {

@@ -12,7 +12,10 @@
 //!   errors, reads.
 //! - `writer.rs`: the one thread that owns write transactions: group commit, limits, dead letters.
 //! - `delivery.rs`: the scheduler (ordering keys, backoff) and the delivery workers.
-//! - `duration.rs`: `"250ms"` / `"24h"` durations in the config.
+//! - `rules.rs`: what an attempt's result means (retry, dead letter), shared by both backends.
+//! - `backend.rs`: the backend trait and [`Spool`], which dispatches to redb or Redis.
+//! - `redis/`: the Redis Streams backend, with its local buffer for Redis outages (a redb spool
+//!   file of this module in the role of a buffer, whose "delivery" is the move into Redis).
 //! - `admin.rs`: the admin HTTP API of a running gateway; `cli.rs`: the `spool` operator commands.
 //!
 //! # Life of an event

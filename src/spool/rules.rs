@@ -193,3 +193,22 @@ pub(crate) fn judge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::rounded;
+    use std::time::Duration;
+
+    #[test]
+    fn log_durations_are_rounded_to_the_millisecond() {
+        assert_eq!(
+            rounded(Duration::from_nanos(58_463_162)).to_string(),
+            "58ms"
+        );
+        assert_eq!(
+            rounded(Duration::from_nanos(1_200_999_999)).to_string(),
+            "1s 200ms"
+        );
+        assert_eq!(rounded(Duration::from_micros(300)).to_string(), "0s");
+    }
+}

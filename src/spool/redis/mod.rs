@@ -5,6 +5,7 @@
 //! - `worker.rs`: delivery: the consumer-group reader, the reclaimer (`XAUTOCLAIM`), the
 //!   retry poller, the heartbeat, and one attempt.
 //! - `ops.rs`: the operator commands (list, count, replay, purge) on a blocking connection.
+//! - `buffer.rs`: the local buffer's mover (buffered events into Redis).
 //!
 //! An append runs the `APPEND` script (the event's record into a hash, a delivery token into
 //! the stream with `XADD`), then, per `spool.redis.durability`, `WAIT` or `WAITAOF`; OpenIM is
