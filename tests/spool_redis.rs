@@ -103,6 +103,20 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// Appends that went to Redis and found it unreachable, from the gateway's `/metrics`: once
+/// one has, the later ones go straight to the fallback (fail fast), so this stays at most 1
+/// per outage.
+fn failed_appends(addr: &str) -> u64 {
+    let (_, metrics) = get(addr, "/metrics");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gateway_spool_backend_errors_total") && l.contains("op=\"append\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Waits (bounded) until `/readyz` of `addr` does or does not name the spool.
 fn wait_readyz_spool(addr: &str, named: bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -187,6 +201,12 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
         let tb = send(ba.clone(), EVENTS + DURING / 2, EVENTS + DURING);
         ta.join().unwrap();
         tb.join().unwrap();
+        for addr in [&aa, &ba] {
+            assert!(
+                failed_appends(addr) <= 1,
+                "{addr}: after the first append found Redis down, none waited for it"
+            );
+        }
         let depth = |addr: &str| {
             let (_, body) = get(addr, "/admin/spool");
             serde_json::from_str::<serde_json::Value>(&body).unwrap()["buffered"]
@@ -400,6 +420,8 @@ async fn redis_down_local_buffers_survive_kill_9_sync_delivers_now_with_its_id_r
         }
         let (_, admin) = get(&local.addr, "/admin/spool");
         let (_, metrics) = get(&local.addr, "/metrics");
+        // Down since the start: no append even tried Redis.
+        assert_eq!(failed_appends(&local.addr), 0, "fail fast");
         // sync: delivered during the callback, with its delivery id.
         let sync = gateway("sync");
         assert_eq!(callback(&sync, "sync-user"), (200, allow()));
