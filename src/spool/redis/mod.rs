@@ -16,7 +16,7 @@
 //! in the record, so they are unchanged.
 //!
 //! The delivery id is the gateway's, given before the event is stored anywhere and kept in the
-//! record (records of 0.2 and earlier have none: theirs is `<instance>-<id>`).
+//! record (records written before it did have none: theirs is `<instance>-<id>`).
 //!
 //! When Redis cannot take an event (`buffer.rs`), the gateway does not wait for it: the first
 //! append that finds Redis unreachable marks it down, later appends go straight to the
@@ -557,7 +557,7 @@ impl Core {
     }
 
     /// An event as stored in Redis: the record's delivery id, or for a record written before
-    /// the gateway gave them (0.2 and earlier), `<instance>-<id>`.
+    /// the gateway gave them, `<instance>-<id>`.
     pub(crate) fn event_of(&self, id: u64, rec: Record) -> StoredEvent {
         let mut ev = rec.into_stored(id);
         if ev.delivery_id.is_empty() {
@@ -789,13 +789,13 @@ impl Core {
                                 place: Place::Delivered,
                             });
                         }
-                        super::DeliveryResult::Retry(e)
-                        | super::DeliveryResult::Permanent(e)
-                        | super::DeliveryResult::Deferred(_, e) => {
+                        super::DeliveryResult::Retry(e) | super::DeliveryResult::Permanent(e) => {
                             // Kept with the failed attempt; delivered from Redis later.
                             rec.attempts = 1;
                             rec.last_error = Some(e);
                         }
+                        // Not attempted (the upstream's breaker is open): no attempt used.
+                        super::DeliveryResult::Deferred(_, e) => rec.last_error = Some(e),
                     }
                 }
                 self.to_buffer(rec, Some(why)).await
