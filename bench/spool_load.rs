@@ -10,8 +10,14 @@
 //! with redb; `--redis-fsync everysec` for Redis's default); `--backend both` runs redb, then
 //! Redis, in the same run, and prints one column each.
 //!
+//! With Redis, a second point (issue #19): Redis is killed, `--outage-events` more after-events
+//! (default a tenth of `--events`) are sent while it is down, and their acknowledgement latency
+//! (from the gateway's local buffer, `when_unreachable: local`) is printed next to the normal
+//! figure; Redis restarts before the gateway's kill -9, so the restarted gateway moves its
+//! buffer into Redis and those events are delivered with the others.
+//!
 //! Usage: spool_load <gateway-binary> [--events N] [--connections C] [--backend redb|redis|both]
-//!        [--redis-fsync always|everysec]
+//!        [--redis-fsync always|everysec] [--outage-events N]
 
 #![allow(
     clippy::unwrap_used,
@@ -38,6 +44,8 @@ struct Args {
     connections: usize,
     backends: Vec<&'static str>,
     redis_fsync: String,
+    /// After-events sent while Redis is down (Redis backend only).
+    outage_events: Option<usize>,
 }
 
 fn args() -> Args {
@@ -48,6 +56,7 @@ fn args() -> Args {
         connections: 16,
         backends: vec!["redb"],
         redis_fsync: "always".to_owned(),
+        outage_events: None,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -67,6 +76,13 @@ fn args() -> Args {
                 }
             }
             "--redis-fsync" => a.redis_fsync = it.next().expect("--redis-fsync always|everysec"),
+            "--outage-events" => {
+                a.outage_events = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--outage-events N"),
+                )
+            }
             other => a.binary = other.to_owned(),
         }
     }
@@ -189,6 +205,9 @@ struct Measured {
     attempts: String,
     latencies: Vec<Duration>,
     ack_wall: Duration,
+    /// Events sent while Redis was down, and their sorted ack latencies (Redis only).
+    outage: usize,
+    outage_latencies: Vec<Duration>,
     distinct: usize,
     first: Duration,
     deliver_wall: Duration,
@@ -202,45 +221,37 @@ async fn main() {
     let a = args();
     let mut results = Vec::new();
     for backend in &a.backends {
-        let redis = (*backend == "redis")
+        let mut redis = (*backend == "redis")
             .then(|| redis_server::RedisServer::start_with(&["--appendfsync", &a.redis_fsync]));
-        let m = run(&a, redis.as_ref().map(redis_server::RedisServer::url)).await;
+        let m = run(&a, redis.as_mut()).await;
         results.push((*backend, m));
         drop(redis);
     }
     print(&a, &results);
     if results
         .iter()
-        .any(|(_, m)| m.distinct != a.events || m.missing_id > 0 || !m.dup_same_id)
+        .any(|(_, m)| m.distinct != a.events + m.outage || m.missing_id > 0 || !m.dup_same_id)
     {
         eprintln!("FAILED: events were lost or lacked a stable delivery id");
         std::process::exit(1);
     }
 }
 
-async fn run(a: &Args, redis: Option<String>) -> Measured {
-    let redis = redis.as_deref();
-    let dir = tempfile::tempdir().unwrap();
-    let upstream_port = support::free_port();
-    let upstream_uri = format!("http://127.0.0.1:{upstream_port}");
-    let port = support::free_port();
-
-    // 1. Upstream stopped; the gateway acknowledges every event from its spool.
-    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path(), redis);
-    wait_listening(port).await;
+/// Sends the after-events of users `from..to` over `connections` keep-alive connections;
+/// returns the sorted acknowledgement latencies and the wall time.
+async fn send(port: u16, from: usize, to: usize, connections: usize) -> (Vec<Duration>, Duration) {
     let template = support::read_json("payloads/callbackAfterQuitGroupCommand.json");
-    let per_conn = a.events.div_ceil(a.connections);
-    let events = a.events;
+    let per_conn = (to - from).div_ceil(connections);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..a.connections {
+    for c in 0..connections {
         let template = template.clone();
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             stream.set_nodelay(true).unwrap();
             let mut conn = BufReader::new(stream);
             let mut latencies = Vec::with_capacity(per_conn);
-            for i in (c * per_conn)..((c + 1) * per_conn).min(events) {
+            for i in (from + c * per_conn)..(from + (c + 1) * per_conn).min(to) {
                 let mut body = template.clone();
                 body["userID"] = format!("user-{i}").into();
                 let t = Instant::now();
@@ -257,12 +268,38 @@ async fn run(a: &Args, redis: Option<String>) -> Measured {
             latencies
         }));
     }
-    let mut latencies = Vec::with_capacity(a.events);
+    let mut latencies = Vec::with_capacity(to - from);
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    let ack_wall = started.elapsed();
+    let wall = started.elapsed();
     latencies.sort();
+    (latencies, wall)
+}
+
+async fn run(a: &Args, redis_server: Option<&mut redis_server::RedisServer>) -> Measured {
+    let url = redis_server.as_ref().map(|r| r.url());
+    let redis = url.as_deref();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = support::free_port();
+    let upstream_uri = format!("http://127.0.0.1:{upstream_port}");
+    let port = support::free_port();
+
+    // 1. Upstream stopped; the gateway acknowledges every event from its spool.
+    let mut gw = start_gateway(&a.binary, port, &upstream_uri, dir.path(), redis);
+    wait_listening(port).await;
+    let (latencies, ack_wall) = send(port, 0, a.events, a.connections).await;
+
+    // 1b. Redis: killed; the next events are acknowledged from the local buffer.
+    let mut outage = 0;
+    let mut outage_latencies = Vec::new();
+    if let Some(server) = redis_server {
+        outage = a.outage_events.unwrap_or(a.events / 10).max(1);
+        server.kill();
+        (outage_latencies, _) = send(port, a.events, a.events + outage, a.connections).await;
+        server.restart();
+    }
+    let total = a.events + outage;
 
     // 2. kill -9, restart; the upstream comes up; everything arrives.
     gw.kill().unwrap();
@@ -294,7 +331,7 @@ async fn run(a: &Args, redis: Option<String>) -> Measured {
                 .or_default()
                 .push(call.meta("openim-delivery-id").unwrap_or_default());
         }
-        if by_user.len() >= a.events || Instant::now() > deadline {
+        if by_user.len() >= total || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -320,6 +357,8 @@ async fn run(a: &Args, redis: Option<String>) -> Measured {
         attempts,
         latencies,
         ack_wall,
+        outage,
+        outage_latencies,
         distinct: by_user.len(),
         first: first_delivery.unwrap_or_default(),
         deliver_wall,
@@ -348,8 +387,28 @@ fn print(a: &Args, results: &[(&str, Measured)]) {
     row("acks per second", &|m| {
         format!("{:.0}", a.events as f64 / m.ack_wall.as_secs_f64())
     });
+    let outage = |p: Option<f64>| {
+        move |m: &Measured| match (m.outage_latencies.last(), p) {
+            (None, _) => "n/a".to_owned(),
+            (Some(_), Some(p)) => ms(percentile(&m.outage_latencies, p)),
+            (Some(max), None) => ms(*max),
+        }
+    };
+    row(
+        "Redis down: events sent (acknowledged from the local buffer)",
+        &|m| {
+            if m.outage == 0 {
+                "n/a".to_owned()
+            } else {
+                m.outage.to_string()
+            }
+        },
+    );
+    row("Redis down: ack latency p50", &outage(Some(0.50)));
+    row("Redis down: ack latency p99", &outage(Some(0.99)));
+    row("Redis down: ack latency max", &outage(None));
     row("after kill -9 + restart: distinct events delivered", &|m| {
-        format!("{} of {}", m.distinct, a.events)
+        format!("{} of {}", m.distinct, a.events + m.outage)
     });
     row(
         "upstream up → first delivery (reconnect + retry backoff)",

@@ -556,8 +556,13 @@ impl Config {
         .extract(&figment, false)
     }
 
-    /// Canonicalises command keys (environment variables arrive lower-cased) and validates.
+    /// Canonicalises command keys (environment variables arrive lower-cased), resolves
+    /// defaults that depend on other keys (so that `check` shows them), and validates.
     fn normalize(&mut self) -> Result<(), ConfigError> {
+        if self.spool.backend == crate::spool::BackendKind::Redis {
+            // Where this replica's local buffer lives: `check` prints it.
+            self.spool.redis.buffer_dir = Some(self.spool.buffer_dir());
+        }
         let mut commands = BTreeMap::new();
         for (key, value) in std::mem::take(&mut self.commands) {
             let row = catalog::ROWS

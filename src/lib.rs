@@ -120,7 +120,10 @@ pub async fn run_reloadable(
             spool::BackendKind::Redb => {
                 tracing::info!(dir = %config.spool.dir.display(), "after-event spool open");
             }
-            spool::BackendKind::Redis => tracing::info!("after-event spool open (redis)"),
+            spool::BackendKind::Redis => tracing::info!(
+                buffer_dir = %config.spool.buffer_dir().display(),
+                "after-event spool open (redis; the local buffer for Redis outages in buffer_dir)"
+            ),
         }
         Some(spool)
     } else {

@@ -229,15 +229,19 @@ async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exi
     let mut operation_id = cb.header_operation_id.clone();
     let mut request = None;
     let mut grpc_status = None;
+    let mut spooled = None;
     let decision = decide(
         gw,
         &snapshot,
         entry,
         &route,
         cb,
-        &mut operation_id,
-        &mut request,
-        &mut grpc_status,
+        Found {
+            operation_id: &mut operation_id,
+            request: &mut request,
+            grpc_status: &mut grpc_status,
+            spooled: &mut spooled,
+        },
     )
     .await;
     let exit = Exit {
@@ -250,25 +254,44 @@ async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exi
         operation_id,
         grpc_status,
     };
-    log(&exit, entry.row.command, &route, grpc_status, received);
+    log(
+        &exit,
+        entry.row.command,
+        &route,
+        grpc_status,
+        spooled.as_ref(),
+        received,
+    );
     exit
 }
 
-/// The steps of a known command. Sets `operation_id` from the body when the header had none,
-/// `request` to the request as far as it could be read (the echo rules fill from it), and
-/// `grpc_status` to the upstream's status when a call got one.
-// The three out-parameters are what the log line and the envelope need from the way.
-#[allow(clippy::too_many_arguments)]
+/// What the log line and the envelope need from the way of a callback, filled by [`decide`].
+struct Found<'a> {
+    /// The header's operationID, else the body's.
+    operation_id: &'a mut String,
+    /// The request as far as it could be read (the echo rules fill from it).
+    request: &'a mut Option<Request>,
+    /// The upstream's status, when a call got one.
+    grpc_status: &'a mut Option<tonic::Code>,
+    /// Where the spool put an after-event, with its delivery id.
+    spooled: &'a mut Option<spool::StoredEventRef>,
+}
+
+/// The steps of a known command; fills `found` on the way.
 async fn decide(
     gw: &Gateway,
     snapshot: &Snapshot,
     entry: &'static CommandEntry,
     route: &CommandRoute,
     cb: Callback,
-    operation_id: &mut String,
-    request_out: &mut Option<Request>,
-    grpc_status: &mut Option<tonic::Code>,
+    found: Found<'_>,
 ) -> Decision {
+    let Found {
+        operation_id,
+        request: request_out,
+        grpc_status,
+        spooled,
+    } = found;
     let command = entry.row.command;
     let policy = &route.policy;
     let budget = snapshot.openim_timeout;
@@ -354,15 +377,12 @@ async fn decide(
                 payload: payload.to_vec(),
                 trace: TraceContext::of(&tracing::Span::current()),
             };
+            // Stored (in the spool, or in the local buffer while Redis is down) or delivered
+            // before OpenIM is answered; otherwise refused, never acknowledged.
             match spool.append(event).await {
-                Ok(_) => return Decision::continue_for(Reason::Spooled),
-                // The backend cannot store it now (Redis unreachable, `when_unreachable: sync`):
-                // deliver it synchronously below rather than lose it.
-                Err(spool::AppendError::Unavailable(why)) => {
-                    tracing::warn!(command, operation_id, error = %why,
-                        "spool backend unavailable: delivering the after-event synchronously");
-                    metrics::counter!("gateway_spool_unavailable_total", "command" => command, "policy" => "sync")
-                        .increment(1);
+                Ok(stored) => {
+                    *spooled = Some(stored);
+                    return Decision::continue_for(Reason::Spooled);
                 }
                 Err(e) => {
                     let message = match e {
@@ -372,8 +392,11 @@ async fn decide(
                         spool::AppendError::Closed => {
                             "gateway is shutting down: event not accepted"
                         }
-                        spool::AppendError::Storage(_) | spool::AppendError::Unavailable(_) => {
+                        spool::AppendError::Storage(_) => {
                             "gateway spool cannot write: event not accepted"
+                        }
+                        spool::AppendError::Unavailable(_) => {
+                            "gateway spool unavailable: event not accepted"
                         }
                     };
                     // OpenIM ignores after replies; the rejection tells a person reading traffic.
@@ -422,6 +445,7 @@ fn log(
     command: &'static str,
     route: &CommandRoute,
     grpc_status: Option<tonic::Code>,
+    spooled: Option<&spool::StoredEventRef>,
     received: Instant,
 ) {
     let span = tracing::Span::current();
@@ -449,7 +473,7 @@ fn log(
         Decision::Continue { reason, .. } => (
             tracing::Level::INFO,
             match reason {
-                Reason::Spooled => "after-event spooled",
+                Reason::Spooled => spooled.map_or("after-event spooled", |s| s.place.message()),
                 Reason::Disabled => "command disabled: continue",
                 Reason::Unimplemented => "service does not implement it: continue",
                 _ => "service answered",
@@ -473,6 +497,7 @@ fn log(
     let grpc_status_name = grpc_status.map(telemetry::grpc_code_name);
     let trace_id = telemetry::trace_id(&span);
     let failure_label = failure.map(Failure::label);
+    let delivery_id = spooled.map(|s| s.delivery_id.as_str());
     let error = failure.map(telemetry::failure_text);
     telemetry::record_outcome(
         &span,
@@ -486,6 +511,7 @@ fn log(
             tracing::$level!(
                 command,
                 operation_id = exit.operation_id.as_str(),
+                delivery_id,
                 upstream,
                 outcome,
                 latency_ms,

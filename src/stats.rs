@@ -164,7 +164,27 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "gateway_spool_unavailable_total",
         Kind::Counter,
-        "After-events the spool backend could not take (Redis unreachable or slow), by command and policy (sync: delivered synchronously; reject: refused).",
+        "After-events the spool backend could not take (Redis unreachable or slow), by command and policy (local: stored in the local buffer; sync: delivered at once, else buffered; reject: refused).",
+    ),
+    (
+        "gateway_spool_buffered",
+        Kind::Gauge,
+        "After-events in this replica's local buffer, waiting for Redis (redis backend).",
+    ),
+    (
+        "gateway_spool_buffered_bytes",
+        Kind::Gauge,
+        "Bytes of the after-events in this replica's local buffer (redis backend).",
+    ),
+    (
+        "gateway_spool_buffered_total",
+        Kind::Counter,
+        "After-events written to this replica's local buffer while Redis could not take them, by command.",
+    ),
+    (
+        "gateway_spool_buffer_moved_total",
+        Kind::Counter,
+        "After-events moved from this replica's local buffer into Redis.",
     ),
     (
         "gateway_spool_backend_up",

@@ -1,9 +1,14 @@
-//! The multi-replica proof of the Redis spool (issue #11 item 4): two gateway PROCESSES share
-//! one real `redis-server`; the upstream is down while 2 000 after-events are spread over both;
-//! Redis is killed (-9) and restarted from its AOF with everything pending; the upstream comes
-//! up; one gateway is killed with -9 while delivering; the survivor takes over its events after
-//! `claim_idle` and every event arrives at least once with its delivery id (duplicates carry the
-//! same id). Then the operator commands run against Redis directly (no `--admin`).
+//! The multi-replica proof of the Redis spool (issues #11 item 4 and #19): two gateway PROCESSES
+//! share one real `redis-server`; the upstream is down while 2 000 after-events are spread over
+//! both; Redis is killed (-9) during the upstream outage and 200 more are acknowledged from the
+//! replicas' local buffers (one replica `when_unreachable: local`, the other `sync`, whose
+//! delivery fails); Redis restarts from its AOF with everything pending and the buffers move in;
+//! the upstream comes up; one gateway is killed with -9 while delivering; the survivor takes
+//! over its events after `claim_idle` and every acknowledged event arrives at least once, with
+//! one delivery id across all its deliveries. Then the operator commands run against Redis
+//! directly (no `--admin`). A second test shows each `when_unreachable` policy while Redis is
+//! down and the upstream up, and a gateway killed (-9) with events in its local buffer that
+//! moves them into Redis once it returns.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,6 +30,9 @@ use support::*;
 
 const EVENTS: usize = 2_000;
 
+/// After-events acknowledged while Redis and the upstream are both down.
+const DURING: usize = 200;
+
 fn redis_env(url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("OPENIM_GATEWAY_SPOOL__BACKEND", "redis".to_owned()),
@@ -38,9 +46,19 @@ fn redis_env(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn start(uri: &str, url: &str, dir: &std::path::Path, name: &str) -> process::Gateway {
+fn start(
+    uri: &str,
+    url: &str,
+    dir: &std::path::Path,
+    name: &str,
+    when_unreachable: &str,
+) -> process::Gateway {
     let mut env = redis_env(url);
     env.push(("OPENIM_GATEWAY_SPOOL__REDIS__CONSUMER", name.to_owned()));
+    env.push((
+        "OPENIM_GATEWAY_SPOOL__REDIS__WHEN_UNREACHABLE",
+        when_unreachable.to_owned(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     spawn_with_env(&["--listen", "127.0.0.1:0", "--upstream", uri], dir, &env)
 }
@@ -83,6 +101,20 @@ fn get(addr: &str, path: &str) -> (u16, String) {
         .map_or("", |(_, b)| b)
         .to_owned();
     (code, body)
+}
+
+/// Appends that went to Redis and found it unreachable, from the gateway's `/metrics`: once
+/// one has, the later ones go straight to the fallback (fail fast), so this stays at most 1
+/// per outage.
+fn failed_appends(addr: &str) -> u64 {
+    let (_, metrics) = get(addr, "/metrics");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gateway_spool_backend_errors_total") && l.contains("op=\"append\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Waits (bounded) until `/readyz` of `addr` does or does not name the spool.
@@ -133,8 +165,8 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     let (u, d) = (uri.clone(), dir.path().to_owned());
     let (url2, d2) = (url.clone(), dir.path().to_owned());
     let (a, b) = tokio::task::spawn_blocking(move || {
-        let a = start(&u, &url2, &d.join("a"), "replica-a");
-        let b = start(&u, &url2, &d2.join("b"), "replica-b");
+        let a = start(&u, &url2, &d.join("a"), "replica-a", "local");
+        let b = start(&u, &url2, &d2.join("b"), "replica-b", "sync");
         let half = EVENTS / 2;
         let ta = send(a.addr.clone(), 0, half);
         let tb = send(b.addr.clone(), half, EVENTS);
@@ -161,6 +193,34 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     .await
     .unwrap();
     assert!(body.contains("unreachable"), "{body}");
+    // Redis and the upstream are both down: every after-event is still acknowledged, each only
+    // once it is in its replica's local buffer (a: `local`; b: `sync`, whose delivery fails).
+    let (aa, ba) = (a.addr.clone(), b.addr.clone());
+    let buffered = tokio::task::spawn_blocking(move || {
+        let ta = send(aa.clone(), EVENTS, EVENTS + DURING / 2);
+        let tb = send(ba.clone(), EVENTS + DURING / 2, EVENTS + DURING);
+        ta.join().unwrap();
+        tb.join().unwrap();
+        for addr in [&aa, &ba] {
+            assert!(
+                failed_appends(addr) <= 1,
+                "{addr}: after the first append found Redis down, none waited for it"
+            );
+        }
+        let depth = |addr: &str| {
+            let (_, body) = get(addr, "/admin/spool");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["buffered"]
+                .as_u64()
+                .unwrap()
+        };
+        depth(&aa) + depth(&ba)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        buffered, DURING as u64,
+        "/admin/spool shows the local buffers' depth"
+    );
     redis.restart();
     let (aa, ba) = (a.addr.clone(), b.addr.clone());
     tokio::task::spawn_blocking(move || {
@@ -169,14 +229,24 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     })
     .await
     .unwrap();
+    let total = EVENTS + DURING;
+    let moved_by = Instant::now() + Duration::from_secs(60);
+    while redis.int(&["ZCARD", "{proof}:idx"]) < total as i64 {
+        assert!(
+            Instant::now() < moved_by,
+            "the local buffers move into Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         redis.int(&["ZCARD", "{proof}:idx"]),
-        EVENTS as i64,
-        "after a Redis restart every event is still pending"
+        total as i64,
+        "after a Redis restart every event is pending: the earlier ones from its AOF, the \
+         outage's moved in from the local buffers"
     );
     let (code, out, err) = spool_cli(&url, &["count"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains(&format!("pending: {EVENTS}")), "{out}");
+    assert!(out.contains(&format!("pending: {total}")), "{out}");
 
     // 3. The upstream comes up (slow, so that deliveries are in flight); gateway a is killed
     // with -9 while it delivers.
@@ -210,19 +280,19 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
                 .or_default()
                 .push(c.meta("openim-delivery-id").unwrap_or_default());
         }
-        if ids.len() == EVENTS && redis.int(&["ZCARD", "{proof}:idx"]) == 0 {
+        if ids.len() == total && redis.int(&["ZCARD", "{proof}:idx"]) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all_in = killed_at.elapsed();
-    assert_eq!(ids.len(), EVENTS, "every event was delivered at least once");
+    assert_eq!(ids.len(), total, "every event was delivered at least once");
     let calls = up.calls().len();
     for (user, seen) in &ids {
         assert!(!seen[0].is_empty(), "{user} has a delivery id");
         assert!(
             seen.iter().all(|id| id == &seen[0]),
-            "{user}: duplicates carry the same id: {seen:?}"
+            "{user}: every delivery carries the event's one id: {seen:?}"
         );
     }
     let log = b.log_text();
@@ -236,9 +306,10 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
             .join("\n")
     );
     println!(
-        "multi-replica proof: {EVENTS} events, {calls} deliveries ({} duplicates, same ids), \
-         everything in {:.1} s after kill -9 (claim_idle 2s, backoff_max 1s)",
-        calls - EVENTS,
+        "multi-replica proof: {total} events ({DURING} while Redis and the upstream were down), \
+         {calls} deliveries ({} duplicates, same ids), everything in {:.1} s after kill -9 \
+         (claim_idle 2s, backoff_max 1s)",
+        calls - total,
         all_in.as_secs_f64()
     );
 
@@ -271,72 +342,128 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     drop(dir);
 }
 
+/// The log of `gw` once it has `n` lines containing `marker` (the lines arrive through a pipe).
+fn log_with(gw: &process::Gateway, marker: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = gw.log_text();
+        if log.lines().filter(|l| l.contains(marker)).count() >= n {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} lines with {marker:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The delivery ids on the log lines containing `marker`.
+fn logged_id(log: &str, marker: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            let at = l.find("delivery_id=")? + "delivery_id=".len();
+            Some(
+                l[at..]
+                    .split_whitespace()
+                    .next()?
+                    .trim_matches('"')
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_down_after_events_are_delivered_synchronously_or_rejected_per_policy() {
-    let redis = RedisServer::not_started();
+async fn redis_down_local_buffers_survive_kill_9_sync_delivers_now_with_its_id_reject_refuses() {
+    let mut redis = RedisServer::not_started();
     let url = redis.url();
     let up = Upstream::start().await;
     let uri = up.uri();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
-    let (sync_calls, reject_answer, readyz, metrics) = tokio::task::spawn_blocking(move || {
+    let env_of = move |policy: &str| {
         let mut env = redis_env(&url);
         env.push(("OPENIM_GATEWAY_SPOOL__REDIS__TIMEOUT", "300ms".to_owned()));
-        let env_sync: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let gw = spawn_with_env(
-            &["--listen", "127.0.0.1:0", "--upstream", &uri],
-            &d.join("s"),
-            &env_sync,
-        );
-        let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
-        body["userID"] = "sync-user".into();
-        let mut conn = connect(&gw.addr);
-        let (code, json) = post(
-            &mut conn,
-            "/callbackExample/callbackAfterQuitGroupCommand",
-            &wire(&body),
-        );
-        assert_eq!((code, json), (200, allow()));
-        let readyz = wait_readyz_spool(&gw.addr, true);
-        let (_, metrics) = get(&gw.addr, "/metrics");
-        drop(gw);
-
         env.push((
             "OPENIM_GATEWAY_SPOOL__REDIS__WHEN_UNREACHABLE",
-            "reject".to_owned(),
+            policy.to_owned(),
         ));
-        let env_reject: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let gw = spawn_with_env(
-            &["--listen", "127.0.0.1:0", "--upstream", &uri],
-            &d.join("r"),
-            &env_reject,
-        );
-        body["userID"] = "rejected-user".into();
-        let mut conn = connect(&gw.addr);
-        let (_, json) = post(
-            &mut conn,
-            "/callbackExample/callbackAfterQuitGroupCommand",
-            &wire(&body),
-        );
-        (1, json, readyz, metrics)
+        env
+    };
+    let (restart_env, restart_uri, restart_dir) = (env_of.clone(), uri.clone(), d.join("local"));
+    let (local, admin, metrics, sync_log, reject_answer) = tokio::task::spawn_blocking(move || {
+        let gateway = |policy: &str| {
+            let env = env_of(policy);
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            spawn_with_env(
+                &["--listen", "127.0.0.1:0", "--upstream", &uri],
+                &d.join(policy),
+                &env,
+            )
+        };
+        let callback = |gw: &process::Gateway, user: &str| {
+            let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
+            body["userID"] = user.into();
+            let mut conn = connect(&gw.addr);
+            post(
+                &mut conn,
+                "/callbackExample/callbackAfterQuitGroupCommand",
+                &wire(&body),
+            )
+        };
+        // local (the default): acknowledged once in the local buffer.
+        let local = gateway("local");
+        for i in 0..3 {
+            assert_eq!(callback(&local, &format!("local-{i}")), (200, allow()));
+        }
+        let (_, admin) = get(&local.addr, "/admin/spool");
+        let (_, metrics) = get(&local.addr, "/metrics");
+        // Down since the start: no append even tried Redis.
+        assert_eq!(failed_appends(&local.addr), 0, "fail fast");
+        // sync: delivered during the callback, with its delivery id.
+        let sync = gateway("sync");
+        assert_eq!(callback(&sync, "sync-user"), (200, allow()));
+        let sync_log = log_with(&sync, "delivered synchronously", 1);
+        drop(sync);
+        // reject: refused, stored nowhere.
+        let reject = gateway("reject");
+        let (_, reject_answer) = callback(&reject, "rejected-user");
+        drop(reject);
+        (local, admin, metrics, sync_log, reject_answer)
     })
     .await
     .unwrap();
-    let _ = sync_calls;
-    // sync: the upstream got the event during the callback, without a delivery id (not spooled).
     let calls = up.calls();
     let users: Vec<String> = calls
         .iter()
         .map(|c| c.decode::<pb::AfterQuitGroupRequest>().user_id)
         .collect();
-    assert_eq!(users, vec!["sync-user".to_owned()], "reject: not delivered");
-    assert!(calls[0].meta("openim-delivery-id").is_none());
-    assert!(readyz.contains("spool:"), "{readyz}");
+    assert_eq!(
+        users,
+        vec!["sync-user".to_owned()],
+        "only sync delivered while Redis was down"
+    );
+    let sync_id = calls[0].meta("openim-delivery-id").expect("a delivery id");
+    assert_eq!(
+        logged_id(&sync_log, "delivered synchronously"),
+        vec![sync_id],
+        "the callback's line names the delivery id the upstream got"
+    );
+    let admin: serde_json::Value = serde_json::from_str(&admin).unwrap();
+    assert_eq!(admin["buffered"], 3, "{admin}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_spool_buffered ") && l.ends_with(" 3")),
+        "the buffer depth is a metric"
+    );
     assert!(
         metrics
             .lines()
             .any(|l| l.starts_with("gateway_spool_unavailable_total")
-                && l.contains("policy=\"sync\"")),
+                && l.contains("policy=\"local\"")),
         "counted"
     );
     assert_ne!(
@@ -344,5 +471,64 @@ async fn redis_down_after_events_are_delivered_synchronously_or_rejected_per_pol
         allow(),
         "reject: OpenIM gets a rejection envelope"
     );
+
+    // The local gateway is killed (-9) with its buffer full while Redis is still down, and
+    // starts again on the same disk.
+    let logged = logged_id(&log_with(&local, "local buffer", 3), "local buffer");
+    assert_eq!(logged.len(), 3, "{}", local.log_text());
+    drop(local);
+    let local = tokio::task::spawn_blocking(move || {
+        let env = restart_env("local");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn_with_env(
+            &["--listen", "127.0.0.1:0", "--upstream", &restart_uri],
+            &restart_dir,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
+    let (_, admin) = get(&local.addr, "/admin/spool");
+    assert!(admin.contains("\"buffered\":3"), "found again: {admin}");
+    // Redis comes up: the restarted gateway moves the buffer into Redis, and each event is
+    // delivered with the delivery id its callback's line named.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let got: HashMap<String, String> = up
+            .calls()
+            .iter()
+            .map(|c| {
+                (
+                    c.decode::<pb::AfterQuitGroupRequest>().user_id,
+                    c.meta("openim-delivery-id").unwrap_or_default(),
+                )
+            })
+            .filter(|(u, _)| u.starts_with("local-"))
+            .collect();
+        if got.len() == 3 {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the buffered events are delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut ids: Vec<String> = delivered.into_values().collect();
+    ids.sort();
+    let mut logged = logged;
+    logged.sort();
+    assert_eq!(
+        ids, logged,
+        "the ids given at the callback are the ids delivered"
+    );
+    assert!(
+        !up.calls()
+            .iter()
+            .any(|c| c.decode::<pb::AfterQuitGroupRequest>().user_id == "rejected-user"),
+        "reject: never delivered"
+    );
+    drop(local);
     drop(redis);
 }

@@ -124,10 +124,22 @@ impl Spool {
     /// open. Redis: checks the settings and tries to connect; an unreachable Redis is not an
     /// error here (the gateway starts, [`Spool::health`] reports it and appends follow
     /// `spool.redis.when_unreachable`). Needs no tokio runtime.
+    /// With Redis, this replica's local buffer (`spool.redis.buffer_dir`) is opened too, like
+    /// a redb spool file (one process at a time).
     pub fn open(settings: &SpoolConfig) -> Result<Spool, SpoolError> {
+        Self::open_with(settings, true)
+    }
+
+    /// [`Spool::open`] for the operator commands: with Redis, without the local buffer (a
+    /// running gateway holds it; the commands never append).
+    pub(crate) fn open_for_operator(settings: &SpoolConfig) -> Result<Spool, SpoolError> {
+        Self::open_with(settings, false)
+    }
+
+    fn open_with(settings: &SpoolConfig, with_buffer: bool) -> Result<Spool, SpoolError> {
         let backend: Arc<dyn Backend> = match settings.backend {
             BackendKind::Redb => Arc::new(RedbSpool::open(settings)?),
-            BackendKind::Redis => Arc::new(super::redis::RedisSpool::open(settings)?),
+            BackendKind::Redis => Arc::new(super::redis::RedisSpool::open(settings, with_buffer)?),
         };
         Ok(Spool {
             backend,
@@ -173,10 +185,18 @@ impl Spool {
     }
 
     /// [`Spool::stats`] with the shared counters read again first (for Redis, whose counters
-    /// other replicas change; [`Spool::stats`] may be up to a second old there). Blocking.
+    /// other replicas change; [`Spool::stats`] may be up to a second old there). While Redis
+    /// does not answer: the last counters read, marked `stale`, with the local buffer's depth,
+    /// which is what an operator needs most then. Blocking.
     pub fn stats_now(&self) -> Result<SpoolStats, SpoolError> {
-        self.backend.refresh()?;
-        Ok(self.backend.stats())
+        match self.backend.refresh() {
+            Ok(()) => Ok(self.backend.stats()),
+            Err(SpoolError::Storage { .. }) if self.kind == BackendKind::Redis => Ok(SpoolStats {
+                stale: true,
+                ..self.backend.stats()
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// `Ok` while the backend takes events; `Err(why)` while it cannot (Redis unreachable or

@@ -89,7 +89,7 @@ pub(crate) async fn run_to<W: Write + Send>(
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
         None if settings.backend == BackendKind::Redis => {
             // Redis has no lock: the commands work beside running gateways, from anywhere.
-            let spool = Spool::open(settings)?;
+            let spool = Spool::open_for_operator(settings)?;
             spool.check()?;
             Backend::Local(spool)
         }
@@ -124,6 +124,16 @@ async fn execute<W: Write + Send>(
             writeln!(out, "bytes: {}", s.bytes)?;
             if matches!(backend, Backend::Admin(_)) {
                 writeln!(out, "in_flight: {}", s.in_flight)?;
+                // That replica's local buffer (Redis backend; 0 with redb).
+                if s.buffered > 0 {
+                    writeln!(out, "buffered (local to that replica): {}", s.buffered)?;
+                }
+                if s.stale {
+                    writeln!(
+                        out,
+                        "(redis does not answer: pending, dead and bytes are the last read)"
+                    )?;
+                }
             }
         }
         SpoolCommand::List { dead, limit, json } => {

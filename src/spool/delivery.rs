@@ -312,7 +312,14 @@ async fn attempt(
         command: &command,
         operation_id: &operation_id,
     };
-    match judge(&inner.settings, outcome, number, since_ms, &ids) {
+    match judge(
+        &inner.settings,
+        inner.shared.role,
+        outcome,
+        number,
+        since_ms,
+        &ids,
+    ) {
         Verdict::Delivered => {
             send(&inner, Cmd::Delivered { id });
             inner.shared.sched.finish(&entry);

@@ -12,7 +12,10 @@
 //!   errors, reads.
 //! - `writer.rs`: the one thread that owns write transactions: group commit, limits, dead letters.
 //! - `delivery.rs`: the scheduler (ordering keys, backoff) and the delivery workers.
-//! - `duration.rs`: `"250ms"` / `"24h"` durations in the config.
+//! - `rules.rs`: what an attempt's result means (retry, dead letter), shared by both backends.
+//! - `backend.rs`: the backend trait and [`Spool`], which dispatches to redb or Redis.
+//! - `redis/`: the Redis Streams backend, with its local buffer for Redis outages (a redb spool
+//!   file of this module in the role of a buffer, whose "delivery" is the move into Redis).
 //! - `admin.rs`: the admin HTTP API of a running gateway; `cli.rs`: the `spool` operator commands.
 //!
 //! # Life of an event
@@ -60,6 +63,10 @@ use self::writer::{ChunkOp, Cmd};
 
 /// Name of the spool file inside [`SpoolConfig::dir`].
 pub const FILE_NAME: &str = "spool.redb";
+
+/// The Redis backend's local buffer directory inside [`SpoolConfig::dir`] when
+/// `spool.redis.buffer_dir` is not set.
+pub const BUFFER_DIR: &str = "redis-buffer";
 
 /// Longest time between a delete / attempt-count update and the disk sync that makes it durable.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -153,6 +160,27 @@ impl SpoolConfig {
         self.dir.join(FILE_NAME)
     }
 
+    /// The Redis backend's local buffer directory: `spool.redis.buffer_dir`, else
+    /// `<spool.dir>/redis-buffer`.
+    pub fn buffer_dir(&self) -> PathBuf {
+        self.redis
+            .buffer_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join(BUFFER_DIR))
+    }
+
+    /// The settings of the local buffer: a redb spool in [`SpoolConfig::buffer_dir`] with the
+    /// buffer's limits and the spool's full policy.
+    pub(crate) fn buffer_settings(&self) -> SpoolConfig {
+        SpoolConfig {
+            backend: BackendKind::Redb,
+            dir: self.buffer_dir(),
+            max_events: self.redis.buffer_max_events,
+            max_bytes: self.redis.buffer_max_bytes,
+            ..self.clone()
+        }
+    }
+
     /// Checks the values that would make the spool misbehave; `Config::validate` and
     /// [`Spool::open`] call it.
     pub fn validate(&self) -> Result<(), SpoolConfigError> {
@@ -240,10 +268,35 @@ pub struct StoredEvent {
 /// What [`Spool::append`] returns once the event is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEventRef {
-    /// Spool-local id of the stored event.
+    /// Spool-local id of the stored event (of the local buffer when `place` says so).
     pub id: u64,
     /// The delivery id the upstream will see.
     pub delivery_id: String,
+    /// Where the event is now.
+    pub place: Place,
+}
+
+/// Where an acknowledged after-event is (see [`StoredEventRef`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// In the spool (the redb file, or Redis).
+    Spool,
+    /// In this replica's local buffer, because Redis could not take it; moved into Redis once
+    /// it answers.
+    Buffer,
+    /// Not stored: Redis could not take it and `when_unreachable: sync` delivered it at once.
+    Delivered,
+}
+
+impl Place {
+    /// The callback's log line for an event acknowledged here.
+    pub fn message(self) -> &'static str {
+        match self {
+            Place::Spool => "after-event spooled",
+            Place::Buffer => "after-event spooled in the local buffer (redis unreachable)",
+            Place::Delivered => "after-event delivered synchronously (redis unreachable)",
+        }
+    }
 }
 
 /// The result of one delivery attempt.
@@ -313,6 +366,14 @@ pub struct SpoolStats {
     pub in_flight: u64,
     /// Write transactions committed since the spool was opened (one per group commit).
     pub commits: u64,
+    /// Redis backend: after-events in this replica's local buffer, waiting to be moved into
+    /// Redis (acknowledged, stored on this replica's disk only). Always 0 with redb.
+    #[serde(default)]
+    pub buffered: u64,
+    /// `true` when the shared counters (`pending`, `dead`, `bytes`) are the last ones read,
+    /// because Redis does not answer now; `buffered` is always current.
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`]).
@@ -343,11 +404,10 @@ pub enum AppendError {
     /// The write transaction failed (disk full, I/O error).
     #[error("writing to the spool failed, the event was not stored: {0}")]
     Storage(String),
-    /// The backend cannot take the event now (Redis unreachable or too slow) and its policy
-    /// (`spool.redis.when_unreachable: sync`) asks the caller to deliver it synchronously
-    /// instead, so that it is not lost. The event may still have reached Redis (a write that
-    /// timed out), in which case it is delivered a second time, with its own delivery id.
-    #[error("the spool backend is unavailable ({0}); deliver the event synchronously")]
+    /// The backend cannot take the event now (Redis unreachable or too slow) and
+    /// `spool.redis.when_unreachable: reject` says to refuse it. (The event may still have
+    /// reached Redis, a write that timed out: then it is delivered although refused.)
+    #[error("the spool backend is unavailable ({0}); the event was not stored")]
     Unavailable(String),
 }
 
@@ -441,9 +501,19 @@ pub(crate) struct RedbSpool {
     inner: Arc<SpoolCore>,
 }
 
+/// What a redb spool file is for: its log lines and metrics say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The redb backend: events delivered to the upstreams.
+    Spool,
+    /// The Redis backend's local buffer: events moved into Redis.
+    Buffer,
+}
+
 /// Counters shared by the writer thread, the workers and [`Spool::stats`].
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
+    pub(crate) role: Role,
     pub(crate) pending: AtomicU64,
     pub(crate) dead: AtomicU64,
     pub(crate) bytes: AtomicU64,
@@ -493,6 +563,11 @@ impl RedbSpool {
     /// Fails with a clear [`SpoolError`] when the directory cannot be created, the file cannot be
     /// read, is not a spool or is corrupted, or is already open. Needs no tokio runtime.
     pub(crate) fn open(settings: &SpoolConfig) -> Result<RedbSpool, SpoolError> {
+        Self::open_as(settings, Role::Spool)
+    }
+
+    /// [`RedbSpool::open`] for `role`.
+    pub(crate) fn open_as(settings: &SpoolConfig, role: Role) -> Result<RedbSpool, SpoolError> {
         settings
             .validate()
             .map_err(|e| SpoolError::Config(e.to_string()))?;
@@ -504,6 +579,7 @@ impl RedbSpool {
         }
         let shared = Arc::new(Shared {
             path: path.clone(),
+            role,
             pending: AtomicU64::new(opened.pending),
             dead: AtomicU64::new(opened.dead),
             bytes: AtomicU64::new(opened.bytes),
@@ -529,12 +605,19 @@ impl RedbSpool {
                 detail: format!("cannot start the writer thread: {e}"),
             })?;
         let (stop, _) = watch::channel(false);
-        tracing::info!(
-            path = %path.display(),
-            pending = opened.pending,
-            dead = opened.dead,
-            "spool opened"
-        );
+        match role {
+            Role::Spool => tracing::info!(
+                path = %path.display(),
+                pending = opened.pending,
+                dead = opened.dead,
+                "spool opened"
+            ),
+            Role::Buffer => tracing::info!(
+                path = %path.display(),
+                buffered = opened.pending,
+                "local buffer of the redis spool opened"
+            ),
+        }
         writer::publish_gauges(&shared);
         Ok(RedbSpool {
             inner: Arc::new(SpoolCore {
@@ -554,18 +637,26 @@ impl RedbSpool {
     /// so the caller may acknowledge it to OpenIM. Under `when_full: reject` a full spool answers
     /// [`AppendError::Full`] at once, without waiting for the disk.
     pub(crate) async fn append(&self, ev: NewEvent) -> Result<StoredEventRef, AppendError> {
+        self.append_record(Record::new(ev, now_ms())).await
+    }
+
+    /// [`RedbSpool::append`] of a record made elsewhere: one with a delivery id keeps it.
+    pub(crate) async fn append_record(&self, rec: Record) -> Result<StoredEventRef, AppendError> {
         let s = &self.inner.settings;
         if s.when_full == FullPolicy::Reject {
             // Fast path so that a full spool never makes OpenIM wait; the writer checks again.
             let pending = self.inner.shared.pending.load(Ordering::Relaxed);
             let bytes = self.inner.shared.bytes.load(Ordering::Relaxed);
             if pending >= s.max_events || bytes >= s.max_bytes {
+                let ev = NewEvent {
+                    command: rec.command,
+                    operation_id: rec.operation_id,
+                    ..NewEvent::default()
+                };
                 writer::note_rejected(&self.inner.shared.path, &ev, pending, bytes, s.when_full);
                 return Err(AppendError::Full { pending, bytes });
             }
         }
-        let now = now_ms();
-        let rec = Record::new(ev, now);
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
@@ -627,6 +718,8 @@ impl RedbSpool {
             bytes: s.bytes.load(Ordering::Relaxed),
             in_flight: s.in_flight.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
+            buffered: 0,
+            stale: false,
         }
     }
 

@@ -9,7 +9,13 @@ use std::time::Duration;
 use humantime::format_duration;
 
 use super::delivery::backoff;
-use super::{Deliver, DeliveryResult, SpoolConfig, StoredEvent, now_ms};
+use super::{Deliver, DeliveryResult, Role, SpoolConfig, StoredEvent, now_ms};
+
+/// A duration for a log line, to the millisecond: `58ms`, `1s 200ms` (not `58ms 463us 162ns`).
+pub(crate) fn rounded(d: Duration) -> humantime::FormattedDuration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    format_duration(Duration::from_millis(ms))
+}
 
 /// The spool's own guard on top of the deliverer's deadline, so that the deliverer's more
 /// precise error is normally the one recorded.
@@ -32,7 +38,7 @@ pub(crate) async fn attempt(
             call.abort();
             DeliveryResult::Retry(format!(
                 "no answer within the deadline of {}",
-                format_duration(timeout)
+                rounded(timeout)
             ))
         }
     }
@@ -71,9 +77,11 @@ pub(crate) struct Ids<'a> {
 }
 
 /// Judges attempt `number` (1-based) of an event stored since `since_ms` (first stored, or
-/// replayed), logging and counting it as the redb spool does.
+/// replayed), logging and counting it as the redb spool does. For the local buffer (`role`) an
+/// "attempt" is a move into Redis, which is only ever delivered or deferred.
 pub(crate) fn judge(
     s: &SpoolConfig,
+    role: Role,
     outcome: DeliveryResult,
     number: u32,
     since_ms: u64,
@@ -103,22 +111,41 @@ pub(crate) fn judge(
             reason,
         }
     };
+    if role == Role::Buffer {
+        return match outcome {
+            DeliveryResult::Delivered => {
+                metrics::counter!("gateway_spool_buffer_moved_total").increment(1);
+                tracing::debug!(
+                    delivery_id,
+                    command,
+                    "after-event moved from the local buffer into redis"
+                );
+                Verdict::Delivered
+            }
+            DeliveryResult::Deferred(wait, _) => Verdict::Defer(wait),
+            // The mover only defers; whatever else happens, a buffered event is never given up.
+            DeliveryResult::Retry(_) | DeliveryResult::Permanent(_) => {
+                Verdict::Defer(s.backoff_max)
+            }
+        };
+    }
     match outcome {
         DeliveryResult::Delivered => {
             metrics::counter!("gateway_spool_delivered_total", "command" => command_label.clone())
                 .increment(1);
             metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "delivered")
                 .increment(1);
-            tracing::debug!(
+            tracing::info!(
                 delivery_id,
                 command,
+                operation_id,
                 attempt = number,
                 "after-callback delivered"
             );
             Verdict::Delivered
         }
         DeliveryResult::Deferred(wait, why) => {
-            tracing::debug!(delivery_id, command, why, wait = %format_duration(wait), "after-callback delivery deferred");
+            tracing::debug!(delivery_id, command, why, wait = %rounded(wait), "after-callback delivery deferred");
             metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "deferred")
                 .increment(1);
             Verdict::Defer(wait)
@@ -153,7 +180,7 @@ pub(crate) fn judge(
                     tracing::warn!(
                         delivery_id, command, operation_id, attempt = number,
                         error = crate::telemetry::delivery_error(&error).as_ref(),
-                        retry_in = %format_duration(wait),
+                        retry_in = %rounded(wait),
                         "after-callback delivery failed; will retry"
                     );
                 }
@@ -164,5 +191,24 @@ pub(crate) fn judge(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rounded;
+    use std::time::Duration;
+
+    #[test]
+    fn log_durations_are_rounded_to_the_millisecond() {
+        assert_eq!(
+            rounded(Duration::from_nanos(58_463_162)).to_string(),
+            "58ms"
+        );
+        assert_eq!(
+            rounded(Duration::from_nanos(1_200_999_999)).to_string(),
+            "1s 200ms"
+        );
+        assert_eq!(rounded(Duration::from_micros(300)).to_string(), "0s");
     }
 }

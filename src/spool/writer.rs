@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 
 use super::store::{self, DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
 use super::{
-    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Progress as ChunkResult, Shared, SpoolConfig,
-    SpoolError, StoredEventRef, Which, now_ms,
+    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Place, Progress as ChunkResult, Role, Shared,
+    SpoolConfig, SpoolError, StoredEventRef, Which, now_ms,
 };
 
 /// A replay or purge step.
@@ -293,8 +293,11 @@ impl Writer {
                     match reply {
                         Reply::Append(tx, result, command) => {
                             if result.is_ok() {
-                                metrics::counter!("gateway_spool_appended_total", "command" => command)
-                                    .increment(1);
+                                let name = match self.shared.role {
+                                    Role::Spool => "gateway_spool_appended_total",
+                                    Role::Buffer => "gateway_spool_buffered_total",
+                                };
+                                metrics::counter!(name, "command" => command).increment(1);
                             }
                             let _ = tx.send(result);
                         }
@@ -482,7 +485,10 @@ impl Writer {
         }
         let id = c.next_id;
         c.next_id += 1;
-        rec.delivery_id = format!("{}-{id:016x}", self.instance);
+        // An event that already has one (the Redis backend's local buffer) keeps it.
+        if rec.delivery_id.is_empty() {
+            rec.delivery_id = format!("{}-{id:016x}", self.instance);
+        }
         let bytes = rec.encode_to_vec();
         pending.insert(id, bytes.as_slice())?;
         c.pending += 1;
@@ -491,6 +497,10 @@ impl Writer {
         let stored = StoredEventRef {
             id,
             delivery_id: rec.delivery_id.clone(),
+            place: match self.shared.role {
+                Role::Spool => Place::Spool,
+                Role::Buffer => Place::Buffer,
+            },
         };
         fx.enqueue.push((id, rec.order_key.clone(), Some(rec)));
         Ok(Ok(stored))
@@ -638,6 +648,13 @@ pub(crate) fn note_rejected(
 
 #[allow(clippy::cast_precision_loss)]
 pub(crate) fn publish_gauges(shared: &Shared) {
+    if shared.role == Role::Buffer {
+        let buffered = shared.pending.load(Ordering::Relaxed) + shared.dead.load(Ordering::Relaxed);
+        metrics::gauge!("gateway_spool_buffered").set(buffered as f64);
+        metrics::gauge!("gateway_spool_buffered_bytes")
+            .set(shared.bytes.load(Ordering::Relaxed) as f64);
+        return;
+    }
     metrics::gauge!("gateway_spool_pending").set(shared.pending.load(Ordering::Relaxed) as f64);
     metrics::gauge!("gateway_spool_dead").set(shared.dead.load(Ordering::Relaxed) as f64);
     metrics::gauge!("gateway_spool_bytes").set(shared.bytes.load(Ordering::Relaxed) as f64);

@@ -40,6 +40,11 @@ pub enum CallError {
     /// The upstream could not be reached or the connection failed before a status arrived.
     #[error("upstream unreachable: {}", error_chain(.0.as_ref()))]
     Unreachable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The upstream (or a proxy in between) reset the call's stream or closed its connection
+    /// before answering: tonic reports that as a locally raised `CANCELLED`, which is not a
+    /// timeout (it happens at once, whatever the deadline).
+    #[error("upstream reset the stream before answering: {}", error_chain(.0.as_ref()))]
+    Reset(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Not sent: a resilience control of the upstream refused it (`upstream::resilience`).
     #[error("not sent: {}", match .0 {
         super::Refusal::BreakerOpen(_) => "the upstream's circuit breaker is open",
@@ -56,6 +61,7 @@ impl CallError {
             Self::Status(_) => "status",
             Self::Timeout(_) => "timeout",
             Self::Unreachable(_) => "unreachable",
+            Self::Reset(_) => "reset",
             Self::Refused(super::Refusal::BreakerOpen(_)) => "breaker_open",
             Self::Refused(super::Refusal::MaxConcurrency) => "max_concurrency",
             Self::Refused(super::Refusal::NotServing) => "not_serving",
@@ -129,13 +135,13 @@ async fn unary(channel: Transport, call: Call) -> Result<Bytes, CallError> {
 /// carry a source error and no metadata from the peer).
 fn classify(status: tonic::Status, timeout: Duration) -> CallError {
     use std::error::Error as _;
-    let local = status.source().is_some();
-    if matches!(
-        status.code(),
-        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-    ) && status.metadata().is_empty()
-        && local
-    {
+    let local = status.source().is_some() && status.metadata().is_empty();
+    // The deadline itself is enforced by `unary`'s own timer; a locally raised CANCELLED is the
+    // stream being reset under the call (RST_STREAM, a closed connection).
+    if status.code() == tonic::Code::Cancelled && local {
+        return CallError::Reset(Box::new(status));
+    }
+    if status.code() == tonic::Code::DeadlineExceeded && local {
         return CallError::Timeout(timeout);
     }
     if matches!(
@@ -240,6 +246,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// What tonic hands back for a refused connection: a status whose message is the connect
     /// error, with the transport error and the connect error as its sources.
@@ -259,5 +266,29 @@ mod tests {
             CallError::Timeout(Duration::from_nanos(58_463_162)).to_string(),
             "upstream did not answer within 58ms"
         );
+    }
+
+    fn local(code: tonic::Code) -> tonic::Status {
+        let mut status = tonic::Status::new(code, "h2 protocol error: stream reset");
+        status.set_source(Arc::new(std::io::Error::other("stream reset by peer")));
+        status
+    }
+
+    #[test]
+    fn a_locally_raised_cancelled_is_a_reset_not_a_timeout() {
+        let e = classify(local(tonic::Code::Cancelled), Duration::from_secs(3));
+        assert_eq!(e.label(), "reset", "{e}");
+        assert!(
+            e.to_string().starts_with("upstream reset the stream"),
+            "{e}"
+        );
+        let e = classify(local(tonic::Code::DeadlineExceeded), Duration::from_secs(3));
+        assert!(matches!(e, CallError::Timeout(_)), "{e}");
+        // A CANCELLED the service sent itself is its status.
+        let e = classify(
+            tonic::Status::new(tonic::Code::Cancelled, "by the service"),
+            Duration::from_secs(3),
+        );
+        assert!(matches!(e, CallError::Status(_)), "{e}");
     }
 }

@@ -196,6 +196,7 @@ pub fn grpc_status(result: &Result<Bytes, CallError>) -> &'static str {
         Err(CallError::Status(s)) => crate::telemetry::grpc_code_name(s.code()),
         Err(CallError::Timeout(_)) => "DEADLINE_EXCEEDED",
         Err(CallError::Unreachable(_)) => "UNAVAILABLE",
+        Err(CallError::Reset(_)) => "CANCELLED",
         Err(CallError::Refused(_)) => "NOT_SENT",
     }
 }
@@ -224,6 +225,8 @@ fn is_failure(result: &Result<Bytes, CallError>) -> bool {
     match result {
         Ok(_) | Err(CallError::Refused(_)) => false,
         Err(CallError::Timeout(_) | CallError::Unreachable(_)) => true,
+        // A stream reset is about one call (the service may have crashed on this request).
+        Err(CallError::Reset(_)) => false,
         Err(CallError::Status(s)) => matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded),
     }
 }

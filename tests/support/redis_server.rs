@@ -1,7 +1,8 @@
 //! A real `redis-server` for the tests of the Redis spool backend: on a free loopback port, in
 //! its own temp dir, AOF on (`--appendonly yes --appendfsync always --save ''`), stopped (kill)
-//! on drop. `.ci/run` installs `redis-server` from Debian's packages; a missing binary fails
-//! the test with a message saying so. Included with `#[path]` by the tests that need it.
+//! on drop. `.ci/run` installs `redis-server` from Debian's packages; without it each Redis test
+//! fails with one line saying what to install ([`MISSING`]). Included with `#[path]` by the
+//! tests that need it.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -9,6 +10,19 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The one line a Redis test fails with when `redis-server` is not installed.
+pub const MISSING: &str = "redis-server not found: install it (apt-get install redis-server) \
+                           to run the Redis spool tests";
+
+/// Fails the test with [`MISSING`] when `redis-server` is not installed, with the OS error
+/// otherwise.
+fn cannot_run(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        panic!("{MISSING}");
+    }
+    panic!("cannot run redis-server: {e}")
+}
 
 /// A running `redis-server`, killed on drop.
 pub struct RedisServer {
@@ -51,6 +65,10 @@ impl RedisServer {
     /// A server that will listen on `port` once [`RedisServer::restart`] is called: for tests
     /// of a Redis that is down at first.
     pub fn not_started() -> RedisServer {
+        // Started later: say now if it cannot be.
+        if let Err(e) = Command::new("redis-server").arg("--version").output() {
+            cannot_run(&e);
+        }
         let tmp = tempfile::tempdir().unwrap();
         RedisServer {
             child: None,
@@ -97,7 +115,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("redis-server runs (apt-get install -y redis-server)");
+            .unwrap_or_else(|e| cannot_run(&e));
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -135,12 +153,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): the Redis spool tests need it \
-                     (`apt-get install -y redis-server`; .ci/run installs it)"
-                )
-            });
+            .unwrap_or_else(|e| cannot_run(&e));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -27,12 +27,18 @@ pub enum Durability {
 }
 
 /// What an after-event gets when Redis cannot take it (`spool.redis.when_unreachable`).
+///
+/// Whatever the choice, no after-event is acknowledged to OpenIM before it is stored durably
+/// (in Redis or in this replica's local buffer) or delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unreachable {
-    /// Delivered synchronously, as if the command had `delivery: sync`, so that nothing is
-    /// silently lost: OpenIM waits for the upstream, a failure follows the command's policy.
+    /// Written to this replica's local buffer (`buffer_dir`, redb, fsynced) and acknowledged;
+    /// moved into Redis, with its delivery id, once Redis answers again.
     #[default]
+    Local,
+    /// Delivered now, during the callback (one attempt, with its delivery id); when that fails,
+    /// written to the local buffer like `local`. OpenIM waits for the upstream.
     Sync,
     /// Refused like a full spool: the gateway answers OpenIM with the command's `reject_code`
     /// and logs the operation id (OpenIM does not retry after callbacks: the event is lost).
@@ -75,8 +81,16 @@ pub struct RedisConfig {
     /// the `when_unreachable` policy.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// `sync` (deliver synchronously) or `reject`.
+    /// `local` (buffer on this replica's disk), `sync` (deliver now, else buffer) or `reject`.
     pub when_unreachable: Unreachable,
+    /// Directory of this replica's local buffer (a redb spool file): where after-events go while
+    /// Redis cannot take them. Must be on a disk that survives a restart of the process (a
+    /// volume in Kubernetes); empty: `<spool.dir>/redis-buffer`.
+    pub buffer_dir: Option<PathBuf>,
+    /// The local buffer is full when it holds this many events (`spool.when_full` applies).
+    pub buffer_max_events: u64,
+    /// Disk budget of the local buffer in bytes (record bytes, as `spool.max_bytes`).
+    pub buffer_max_bytes: u64,
 }
 
 impl Default for RedisConfig {
@@ -93,7 +107,10 @@ impl Default for RedisConfig {
             replicas: 1,
             wait_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
-            when_unreachable: Unreachable::Sync,
+            when_unreachable: Unreachable::Local,
+            buffer_dir: None,
+            buffer_max_events: 100_000,
+            buffer_max_bytes: 256 << 20,
         }
     }
 }
@@ -153,6 +170,22 @@ impl RedisConfig {
             return bad(
                 "redis.timeout",
                 "must be longer than redis.wait_timeout with durability replicas or fsync",
+            );
+        }
+        if self.buffer_max_events == 0 {
+            return bad("redis.buffer_max_events", "must be at least 1");
+        }
+        if self.buffer_max_bytes == 0 {
+            return bad("redis.buffer_max_bytes", "must be at least 1");
+        }
+        if self
+            .buffer_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return bad(
+                "redis.buffer_dir",
+                "must not be empty (leave it unset for <spool.dir>/redis-buffer)",
             );
         }
         if self.durability == Durability::Replicas && self.replicas == 0 {

@@ -5,6 +5,7 @@
 //! - `worker.rs`: delivery: the consumer-group reader, the reclaimer (`XAUTOCLAIM`), the
 //!   retry poller, the heartbeat, and one attempt.
 //! - `ops.rs`: the operator commands (list, count, replay, purge) on a blocking connection.
+//! - `buffer.rs`: the local buffer's mover (buffered events into Redis).
 //!
 //! An append runs the `APPEND` script (the event's record into a hash, a delivery token into
 //! the stream with `XADD`), then, per `spool.redis.durability`, `WAIT` or `WAITAOF`; OpenIM is
@@ -13,7 +14,17 @@
 //! `XDEL`, and delete, retry via the `P:due` sorted set, or dead letter). A token whose consumer
 //! died is taken over after `claim_idle` by `XAUTOCLAIM`; the attempt count and delivery id live
 //! in the record, so they are unchanged.
+//!
+//! The delivery id is the gateway's, given before the event is stored anywhere and kept in the
+//! record (records written before it did have none: theirs is `<instance>-<id>`).
+//!
+//! When Redis cannot take an event (`buffer.rs`), the gateway does not wait for it: the first
+//! append that finds Redis unreachable marks it down, later appends go straight to the
+//! fallback of `spool.redis.when_unreachable` (by default this replica's local buffer, a redb
+//! spool file whose "delivery" is the move into Redis), and a background probe marks Redis up
+//! again once it answers.
 
+mod buffer;
 mod config;
 mod ops;
 mod scripts;
@@ -37,8 +48,8 @@ use tokio::sync::{Notify, OnceCell, Semaphore, watch};
 use super::backend::Backend;
 use super::store::Record;
 use super::{
-    AppendError, Deliver, FullPolicy, NewEvent, Progress, SHUTDOWN_GRACE, SpoolConfig, SpoolError,
-    SpoolStats, StoredEvent, StoredEventRef, Which, now_ms,
+    AppendError, Deliver, FullPolicy, NewEvent, Place, Progress, RedbSpool, Role, SHUTDOWN_GRACE,
+    SpoolConfig, SpoolError, SpoolStats, StoredEvent, StoredEventRef, Which, now_ms,
 };
 
 /// Append connections with `durability: replicas | fsync` (one with `ack`, where nothing blocks).
@@ -46,6 +57,18 @@ const APPEND_CONNECTIONS: usize = 8;
 
 /// How often the health check pings Redis and refreshes the counters.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the probe tries Redis while it is marked down.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// What Redis answered to an `APPEND`: the new id (0: refused, full), the counters, and the
+/// id, record pairs `drop_oldest` deleted.
+struct Written {
+    id: u64,
+    pending: u64,
+    bytes: i64,
+    dropped: Vec<Vec<u8>>,
+}
 
 /// The key prefix with its hash tag: `{openim-gw}`.
 pub(crate) fn prefix(rc: &RedisConfig) -> String {
@@ -168,6 +191,20 @@ pub(crate) struct Core {
     pub(crate) due_changed: Notify,
     /// The blocking connection of the operator commands.
     sync_conn: Mutex<Option<redis::Connection>>,
+    /// `true` while Redis takes appends. An append that finds it unreachable sets `false`:
+    /// later appends go straight to the fallback until the probe sees Redis answer again.
+    up: watch::Sender<bool>,
+    /// Whether the probe task runs.
+    probing: AtomicBool,
+    /// The first half of the delivery ids this process gives (random per open).
+    ids: String,
+    /// The second half: counts up.
+    next_id: AtomicU64,
+    /// This replica's local buffer (`None` for the operator commands, which never append);
+    /// taken when the spool is dropped, so that the file closes with it.
+    buffer: Mutex<Option<RedbSpool>>,
+    /// The deliverer given to `start`, for `when_unreachable: sync`.
+    deliverer: std::sync::OnceLock<Arc<dyn Deliver>>,
 }
 
 /// The Redis backend: cheap to clone. Dropping the last clone stops its delivery tasks.
@@ -178,18 +215,38 @@ pub(crate) struct RedisSpool {
 impl Drop for RedisSpool {
     fn drop(&mut self) {
         self.core.stop.send_replace(true);
+        // Tasks may hold the core a moment longer; the buffer file closes now.
+        drop(
+            self.core
+                .buffer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
 impl RedisSpool {
-    /// Checks the settings and tries Redis once (instance id, consumer group, counters). An
-    /// unreachable Redis is logged, not an error: the connection is tried again by the first
-    /// append and by the health check.
-    pub(crate) fn open(settings: &SpoolConfig) -> Result<RedisSpool, SpoolError> {
+    /// Checks the settings, opens the local buffer (`with_buffer`; the operator commands do
+    /// without) and tries Redis once (instance id, consumer group, counters). An unreachable
+    /// Redis is logged, not an error: appends follow `when_unreachable` and a probe tries it
+    /// again.
+    pub(crate) fn open(
+        settings: &SpoolConfig,
+        with_buffer: bool,
+    ) -> Result<RedisSpool, SpoolError> {
         settings
             .validate()
             .map_err(|e| SpoolError::Config(e.to_string()))?;
         let rc = &settings.redis;
+        let buffer = if with_buffer {
+            Some(RedbSpool::open_as(
+                &settings.buffer_settings(),
+                Role::Buffer,
+            )?)
+        } else {
+            None
+        };
         let client = client(rc)?;
         let consumer = if rc.consumer.is_empty() {
             default_consumer()
@@ -218,6 +275,12 @@ impl RedisSpool {
             owned: Mutex::new(HashSet::new()),
             due_changed: Notify::new(),
             sync_conn: Mutex::new(None),
+            up: watch::channel(false).0,
+            probing: AtomicBool::new(false),
+            ids: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            next_id: AtomicU64::new(1),
+            buffer: Mutex::new(buffer),
+            deliverer: std::sync::OnceLock::new(),
             settings: settings.clone(),
         });
         match core.with_sync(|conn| core.init_sync(conn)) {
@@ -252,6 +315,14 @@ impl RedisSpool {
 }
 
 impl Core {
+    /// The local buffer, while the spool is open with one.
+    fn buffer(&self) -> Option<RedbSpool> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
@@ -265,6 +336,11 @@ impl Core {
 
     pub(crate) fn set_health(&self, h: Result<(), String>) {
         metrics::gauge!("gateway_spool_backend_up").set(if h.is_ok() { 1.0 } else { 0.0 });
+        self.up.send_if_modified(|up| {
+            let changed = *up != h.is_ok();
+            *up = h.is_ok();
+            changed
+        });
         let mut cur = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match (&*cur, &h) {
             (Err(_), Ok(())) => {
@@ -474,30 +550,71 @@ impl Core {
             .await
     }
 
-    pub(crate) fn delivery_id(&self, id: u64) -> String {
-        let instance = self.instance.get().map_or("", String::as_str);
-        format!("{instance}-{id:016x}")
+    /// A new delivery id, given before the event is stored anywhere.
+    fn new_delivery_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:016x}", self.ids)
+    }
+
+    /// An event as stored in Redis: the record's delivery id, or for a record written before
+    /// the gateway gave them, `<instance>-<id>`.
+    pub(crate) fn event_of(&self, id: u64, rec: Record) -> StoredEvent {
+        let mut ev = rec.into_stored(id);
+        if ev.delivery_id.is_empty() {
+            let instance = self.instance.get().map_or("", String::as_str);
+            ev.delivery_id = format!("{instance}-{id:016x}");
+        }
+        ev
     }
 
     /// A record as an operator or a deliverer sees it.
     pub(crate) fn stored(&self, id: u64, raw: &[u8]) -> StoredEvent {
         match Record::decode(raw) {
-            Ok(rec) => {
-                let mut ev = rec.into_stored(id);
-                ev.delivery_id = self.delivery_id(id);
-                ev
-            }
+            Ok(rec) => self.event_of(id, rec),
             Err(e) => super::store::undecodable(id, raw.len(), &e),
         }
     }
 
-    async fn append(&self, ev: NewEvent) -> Result<StoredEventRef, AppendError> {
+    /// Stores an after-event: in Redis, or per `when_unreachable` when Redis cannot take it.
+    /// Its delivery id is given first, so every copy and every delivery carries the same one.
+    async fn append(self: &Arc<Self>, ev: NewEvent) -> Result<StoredEventRef, AppendError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(AppendError::Closed);
         }
+        let mut rec = Record::new(ev, now_ms());
+        rec.delivery_id = self.new_delivery_id();
+        if !*self.up.borrow() {
+            // Known down: no wait for reconnects.
+            self.probe();
+            return self
+                .fallback(
+                    rec,
+                    "redis is unreachable (the probe has not reached it since)".into(),
+                )
+                .await;
+        }
+        if self.buffer().is_some_and(|b| b.stats().pending > 0) {
+            // Events of the outage are still being moved: a new one joins them, so that the
+            // events of an ordering key reach Redis in order.
+            return self.to_buffer(rec, None).await;
+        }
+        match self.write(&rec).await {
+            Ok(written) => self.written(rec, written),
+            Err(why) => {
+                metrics::counter!("gateway_spool_backend_errors_total", "op" => "append")
+                    .increment(1);
+                self.set_health(Err(why.clone()));
+                self.probe();
+                self.fallback(rec, why).await
+            }
+        }
+    }
+
+    /// Runs the `APPEND` script for `rec` (and `WAIT` / `WAITAOF` per `durability`), within
+    /// `spool.redis.timeout`; the error says why Redis did not take it.
+    async fn write(&self, rec: &Record) -> Result<Written, String> {
         let rc = &self.settings.redis;
         let s = &self.settings;
-        let rec = Record::new(ev, now_ms());
         let raw = rec.encode_to_vec();
         let write = async {
             let ready = self.ready().await?;
@@ -555,25 +672,33 @@ impl Core {
                     }
                 }
             }
-            Ok::<_, redis::RedisError>(Ok((id, pending, bytes, dropped)))
+            Ok::<_, redis::RedisError>(Ok(Written {
+                id,
+                pending,
+                bytes,
+                dropped,
+            }))
         };
-        let outcome = match tokio::time::timeout(rc.timeout, write).await {
+        match tokio::time::timeout(rc.timeout, write).await {
             Err(_) => Err(format!(
                 "no answer from redis within spool.redis.timeout {}",
                 humantime::format_duration(rc.timeout)
             )),
-            Ok(Err(e)) => {
-                let why = describe(&e);
-                self.set_health(Err(why.clone()));
-                Err(why)
-            }
-            Ok(Ok(Err(why))) => Err(why),
-            Ok(Ok(Ok(v))) => Ok(v),
-        };
-        let (id, pending, bytes, dropped) = match outcome {
-            Ok(v) => v,
-            Err(why) => return Err(self.unavailable(&rec, why)),
-        };
+            Ok(Err(e)) => Err(describe(&e)),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// What an `APPEND` Redis answered means: stored (`id` > 0), or refused because the spool
+    /// is full; events `drop_oldest` deleted are logged.
+    fn written(&self, rec: Record, w: Written) -> Result<StoredEventRef, AppendError> {
+        let s = &self.settings;
+        let Written {
+            id,
+            pending,
+            bytes,
+            dropped,
+        } = w;
         for pair in dropped.chunks(2) {
             let (did, raw) = match pair {
                 [i, r] => (
@@ -615,16 +740,24 @@ impl Core {
         metrics::counter!("gateway_spool_appended_total", "command" => rec.command).increment(1);
         Ok(StoredEventRef {
             id,
-            delivery_id: self.delivery_id(id),
+            delivery_id: rec.delivery_id,
+            place: Place::Spool,
         })
     }
 
-    /// The answer to an append Redis did not take, per `when_unreachable`.
-    fn unavailable(&self, rec: &Record, why: String) -> AppendError {
-        metrics::counter!("gateway_spool_backend_errors_total", "op" => "append").increment(1);
-        match self.settings.redis.when_unreachable {
-            // The pipeline logs and counts the synchronous delivery.
-            Unreachable::Sync => AppendError::Unavailable(why),
+    /// The answer to an append Redis did not take, per `when_unreachable`: the local buffer,
+    /// a synchronous delivery (else the local buffer), or a refusal. Never an acknowledgement
+    /// of an event stored nowhere.
+    async fn fallback(&self, mut rec: Record, why: String) -> Result<StoredEventRef, AppendError> {
+        let policy = self.settings.redis.when_unreachable;
+        let label = match policy {
+            Unreachable::Local => "local",
+            Unreachable::Sync => "sync",
+            Unreachable::Reject => "reject",
+        };
+        metrics::counter!("gateway_spool_unavailable_total", "command" => rec.command.clone(), "policy" => label)
+            .increment(1);
+        match policy {
             Unreachable::Reject => {
                 tracing::error!(
                     redis = %self.location,
@@ -633,11 +766,79 @@ impl Core {
                     error = %why,
                     "spool backend unavailable (when_unreachable: reject): the after-callback was NOT stored and will not be delivered"
                 );
-                metrics::counter!("gateway_spool_unavailable_total", "command" => rec.command.clone(), "policy" => "reject")
-                    .increment(1);
-                AppendError::Storage(why)
+                Err(AppendError::Unavailable(why))
+            }
+            Unreachable::Local => self.to_buffer(rec, Some(why)).await,
+            Unreachable::Sync => {
+                if let Some(deliverer) = self.deliverer.get() {
+                    let ev = self.event_of(0, rec.clone());
+                    match super::rules::attempt(deliverer, ev, 1).await {
+                        super::DeliveryResult::Delivered => {
+                            metrics::counter!("gateway_spool_delivered_total", "command" => rec.command.clone())
+                                .increment(1);
+                            tracing::info!(
+                                delivery_id = rec.delivery_id,
+                                command = rec.command,
+                                operation_id = rec.operation_id,
+                                attempt = 1,
+                                "after-callback delivered"
+                            );
+                            return Ok(StoredEventRef {
+                                id: 0,
+                                delivery_id: rec.delivery_id,
+                                place: Place::Delivered,
+                            });
+                        }
+                        super::DeliveryResult::Retry(e) | super::DeliveryResult::Permanent(e) => {
+                            // Kept with the failed attempt; delivered from Redis later.
+                            rec.attempts = 1;
+                            rec.last_error = Some(e);
+                        }
+                        // Not attempted (the upstream's breaker is open): no attempt used.
+                        super::DeliveryResult::Deferred(_, e) => rec.last_error = Some(e),
+                    }
+                }
+                self.to_buffer(rec, Some(why)).await
             }
         }
+    }
+
+    /// Writes `rec` to the local buffer (fsynced before it returns); `why`: Redis could not
+    /// take it (`None`: earlier events are still in the buffer).
+    async fn to_buffer(
+        &self,
+        rec: Record,
+        why: Option<String>,
+    ) -> Result<StoredEventRef, AppendError> {
+        let Some(buffer) = self.buffer() else {
+            return Err(AppendError::Unavailable(why.unwrap_or_default()));
+        };
+        buffer.append_record(rec).await
+    }
+
+    /// Starts the probe unless it runs: it checks Redis until it answers, then appends take
+    /// the normal path again.
+    fn probe(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(core) = weak.upgrade() else { return };
+                if *core.stop.borrow() {
+                    core.probing.store(false, Ordering::SeqCst);
+                    return;
+                }
+                core.check().await;
+                if *core.up.borrow() {
+                    core.probing.store(false, Ordering::SeqCst);
+                    return;
+                }
+                drop(core);
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+        });
     }
 
     /// Pings Redis and refreshes the counters.
@@ -687,7 +888,18 @@ impl Backend for RedisSpool {
             tracing::warn!("spool delivery already started; ignoring the second start");
             return tokio::spawn(async {});
         }
-        tokio::spawn(worker::run(self.core.clone(), deliverer))
+        let _ = self.core.deliverer.set(deliverer.clone());
+        let mover = self
+            .core
+            .buffer()
+            .map(|b| b.start(Arc::new(buffer::Mover::new(&self.core))));
+        let abort = mover.as_ref().map(tokio::task::JoinHandle::abort_handle);
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            // Aborting the delivery task (a test's "kill") stops the mover too.
+            let _mover = abort.map(buffer::AbortOnDrop);
+            worker::run(core, deliverer).await;
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -695,6 +907,10 @@ impl Backend for RedisSpool {
             let core = &self.core;
             core.stop.send_replace(true);
             core.closed.store(true, Ordering::SeqCst);
+            if let Some(buffer) = core.buffer() {
+                // The mover's waits end with `stop`; what is still buffered stays on disk.
+                buffer.shutdown().await;
+            }
             let workers = u32::try_from(core.settings.workers).unwrap_or(u32::MAX);
             match tokio::time::timeout(SHUTDOWN_GRACE, core.sem.acquire_many(workers)).await {
                 Ok(Ok(permits)) => permits.forget(),
@@ -717,6 +933,8 @@ impl Backend for RedisSpool {
             bytes: c.bytes.load(Ordering::Relaxed),
             in_flight: c.in_flight.load(Ordering::Relaxed),
             commits: c.appends.load(Ordering::Relaxed),
+            buffered: c.buffer().map_or(0, |b| b.stats().pending),
+            stale: false,
         }
     }
 

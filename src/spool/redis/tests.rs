@@ -18,6 +18,7 @@ use crate::spool::{
     RedisConfig, Spool, SpoolConfig, StoredEvent, Unreachable, Which,
 };
 
+/// Settings of one replica: its own local buffer in a new temp dir (kept: a test may reopen it).
 fn settings(url: &str, prefix: &str, consumer: &str) -> SpoolConfig {
     SpoolConfig {
         backend: BackendKind::Redis,
@@ -26,6 +27,7 @@ fn settings(url: &str, prefix: &str, consumer: &str) -> SpoolConfig {
             key_prefix: prefix.to_owned(),
             consumer: consumer.to_owned(),
             claim_idle: Duration::from_millis(300),
+            buffer_dir: Some(tempfile::tempdir().unwrap().keep()),
             ..RedisConfig::default()
         },
         workers: 8,
@@ -33,6 +35,12 @@ fn settings(url: &str, prefix: &str, consumer: &str) -> SpoolConfig {
         backoff_max: Duration::from_millis(20),
         ..SpoolConfig::default()
     }
+}
+
+/// `s` as another replica's: a local buffer of its own.
+fn own_buffer(mut s: SpoolConfig) -> SpoolConfig {
+    s.redis.buffer_dir = Some(tempfile::tempdir().unwrap().keep());
+    s
 }
 
 fn event(command: &str, n: u32, key: Option<&str>) -> NewEvent {
@@ -254,7 +262,7 @@ async fn a_dead_consumers_event_is_reclaimed_with_its_attempts_and_delivery_id()
     assert_eq!(got[0].replica, "b");
     // a holds nothing now: the cleanup forgets it (a consumer with a token is never forgotten;
     // one forgotten while alive is made again by its next read, as b's next delivery shows).
-    let cleaner = super::RedisSpool::open(&settings(&redis.url(), "t2", "cleaner")).unwrap();
+    let cleaner = super::RedisSpool::open(&settings(&redis.url(), "t2", "cleaner"), false).unwrap();
     let forgotten = super::worker::forget_consumers(&cleaner.core, Duration::from_millis(200))
         .await
         .unwrap();
@@ -513,53 +521,265 @@ async fn full_spool_rejects_or_drops_the_oldest() {
     );
 }
 
+/// Which place an append answered, or the error.
+fn place(r: &Result<crate::spool::StoredEventRef, AppendError>) -> String {
+    match r {
+        Ok(s) => format!("{:?}", s.place),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_redis_follows_the_policy_and_recovers() {
+async fn redis_down_each_policy_keeps_its_promise_and_the_buffer_moves_with_the_same_ids() {
     let mut redis = RedisServer::not_started();
     let mut s = settings(&redis.url(), "t6", "a");
     s.redis.timeout = Duration::from_millis(300);
-    let spool = Spool::open(&s).unwrap();
-    assert!(spool.health().is_err(), "reported unhealthy");
-    match spool.append(event("cmd", 1, None)).await {
-        Err(AppendError::Unavailable(_)) => {}
-        other => panic!("sync policy: expected Unavailable, got {other:?}"),
-    }
-    let mut r = s.clone();
+
+    // local (the default): stored in the local buffer, acknowledged.
+    let local = Spool::open(&s).unwrap();
+    assert!(local.health().is_err(), "reported unhealthy");
+    let first = local.append(event("cmd", 1, Some("k"))).await;
+    assert_eq!(place(&first), "Buffer");
+    // Known down: the next appends go straight to the buffer (no reconnect wait; the bench
+    // measures it), in order behind the first.
+    let second = local.append(event("cmd", 2, Some("k"))).await.unwrap();
+    let unordered = local.append(event("cmd", 3, None)).await.unwrap();
+    assert_eq!(
+        local.stats().buffered,
+        3,
+        "the buffer depth is in the stats"
+    );
+    let sp = local.clone();
+    assert!(blocking(move || sp.check()).await.is_err());
+
+    // reject: not stored, and said so.
+    let mut r = settings(&redis.url(), "t6", "r");
+    r.redis.timeout = Duration::from_millis(300);
     r.redis.when_unreachable = Unreachable::Reject;
     let rejecting = Spool::open(&r).unwrap();
-    match rejecting.append(event("cmd", 1, None)).await {
-        Err(AppendError::Storage(_)) => {}
-        other => panic!("reject policy: expected Storage, got {other:?}"),
+    let refused = rejecting.append(event("cmd", 9, None)).await;
+    assert!(
+        matches!(refused, Err(AppendError::Unavailable(_))),
+        "reject: {}",
+        place(&refused)
+    );
+    assert_eq!(rejecting.stats().buffered, 0, "reject stores nothing");
+
+    // sync: delivered now with its delivery id when the upstream answers; buffered when not.
+    let mut y = settings(&redis.url(), "t6", "y");
+    y.redis.timeout = Duration::from_millis(300);
+    y.redis.when_unreachable = Unreachable::Sync;
+    let sync = Spool::open(&y).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    sync.start(Arc::new(Fake::new(
+        "y",
+        &seen,
+        Box::new(|n, _| {
+            if n == 21 {
+                DeliveryResult::Retry("unavailable".into())
+            } else {
+                DeliveryResult::Delivered
+            }
+        }),
+    )));
+    let now = sync.append(event("cmd", 20, None)).await.unwrap();
+    assert_eq!(format!("{:?}", now.place), "Delivered");
+    let got = delivered(&seen);
+    assert_eq!(
+        (got[0].n, got[0].delivery_id.as_str()),
+        (20, now.delivery_id.as_str())
+    );
+    assert!(
+        !now.delivery_id.is_empty(),
+        "a synchronous delivery has a delivery id"
+    );
+    let kept = sync.append(event("cmd", 21, None)).await;
+    assert_eq!(
+        place(&kept),
+        "Buffer",
+        "sync: a failed delivery is buffered"
+    );
+    assert_eq!(sync.stats().buffered, 1);
+    sync.shutdown().await;
+
+    // Redis comes up: the buffered events move into Redis with their ids, in order per key,
+    // and are delivered from there.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    local.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    redis.restart();
+    wait_for("healthy again", Duration::from_secs(15), || {
+        local.health().is_ok()
+    })
+    .await;
+    wait_for("three deliveries", Duration::from_secs(15), || {
+        delivered(&seen).len() >= 3
+    })
+    .await;
+    assert_eq!(local.stats().buffered, 0, "the buffer is empty");
+    let got = delivered(&seen);
+    let id_of = |n: u32| got.iter().find(|s| s.n == n).unwrap().delivery_id.clone();
+    assert_eq!(id_of(1), first.unwrap().delivery_id);
+    assert_eq!(id_of(2), second.delivery_id);
+    assert_eq!(id_of(3), unordered.delivery_id);
+    let keyed: Vec<u32> = got
+        .iter()
+        .filter(|s| s.key.is_some())
+        .map(|s| s.n)
+        .collect();
+    assert_eq!(keyed, vec![1, 2], "in order per key");
+    // Up again: appends go to Redis.
+    let direct = local.append(event("cmd", 4, None)).await;
+    assert_eq!(place(&direct), "Spool");
+    local.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_while_the_upstream_is_down_every_acked_event_arrives_with_one_id() {
+    let mut redis = RedisServer::start();
+    let mut s = settings(&redis.url(), "t9", "a");
+    s.redis.timeout = Duration::from_millis(300);
+    s.redis.when_unreachable = Unreachable::Sync;
+    s.backoff_initial = Duration::from_millis(20);
+    s.backoff_max = Duration::from_millis(100);
+    let spool = Spool::open(&s).unwrap();
+    let upstream_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = upstream_up.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    spool.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(move |_, _| {
+            if up.load(std::sync::atomic::Ordering::SeqCst) {
+                DeliveryResult::Delivered
+            } else {
+                DeliveryResult::Retry("unavailable: the upstream is down".into())
+            }
+        }),
+    )));
+    let mut acked = HashMap::new();
+    // The upstream is down; Redis takes the first events.
+    for n in 0..20 {
+        let r = spool
+            .append(event("cmd", n, Some(&format!("k{}", n % 3))))
+            .await
+            .unwrap();
+        acked.insert(n, r.delivery_id);
     }
-    let sp = spool.clone();
-    assert!(blocking(move || sp.check()).await.is_err());
+    // Redis is killed during the upstream outage: the next events are acknowledged from the
+    // local buffer (sync tried the upstream, which failed).
+    redis.kill();
+    for n in 20..60 {
+        let r = spool
+            .append(event("cmd", n, Some(&format!("k{}", n % 3))))
+            .await;
+        let r = r.unwrap_or_else(|e| panic!("event {n} acknowledged only once stored: {e}"));
+        assert_ne!(format!("{:?}", r.place), "Delivered");
+        acked.insert(n, r.delivery_id);
+    }
+    assert!(
+        spool.stats().buffered > 0,
+        "the outage's events are buffered"
+    );
+    // Both come back.
+    redis.restart();
+    upstream_up.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        "every acknowledged event delivered",
+        Duration::from_secs(60),
+        || {
+            let got: HashSet<u32> = delivered(&seen).iter().map(|s| s.n).collect();
+            got.len() == acked.len()
+        },
+    )
+    .await;
+    // One delivery id per event across all its attempts, failed ones and the synchronous one
+    // included.
+    let mut ids: HashMap<u32, HashSet<String>> = HashMap::new();
+    for a in seen.lock().unwrap().iter() {
+        ids.entry(a.n).or_default().insert(a.delivery_id.clone());
+    }
+    for (n, id) in &acked {
+        assert_eq!(ids[n], HashSet::from([id.clone()]), "event {n}");
+    }
+    wait_for("nothing pending", Duration::from_secs(10), || {
+        redis.int(&["ZCARD", "{t9}:idx"]) == 0 && spool.stats().buffered == 0
+    })
+    .await;
+    spool.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_local_buffer_answers_by_the_full_policy_and_acks_nothing_unstored() {
+    let redis = RedisServer::not_started();
+    let mut s = settings(&redis.url(), "t10", "a");
+    s.redis.timeout = Duration::from_millis(300);
+    s.redis.buffer_max_events = 2;
+    let spool = Spool::open(&s).unwrap();
+    for n in 0..2 {
+        let r = spool.append(event("cmd", n, None)).await;
+        assert_eq!(place(&r), "Buffer");
+    }
+    match spool.append(event("cmd", 2, None)).await {
+        Err(AppendError::Full { pending: 2, .. }) => {}
+        other => panic!("when_full: reject: expected Full, got {}", place(&other)),
+    }
+    assert_eq!(
+        spool.stats().buffered,
+        2,
+        "the refused event was not stored"
+    );
+    drop(spool);
+    s.when_full = FullPolicy::DropOldest;
+    let spool = Spool::open(&s).unwrap();
+    let r = spool.append(event("cmd", 3, None)).await;
+    assert_eq!(place(&r), "Buffer", "drop_oldest: stored");
+    assert_eq!(spool.stats().buffered, 2, "the oldest was dropped for it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_with_a_full_buffer_moves_it_once_redis_returns() {
+    let mut redis = RedisServer::not_started();
+    let mut s = settings(&redis.url(), "t11", "a");
+    s.redis.timeout = Duration::from_millis(300);
+    let spool = Spool::open(&s).unwrap();
+    let mut acked = Vec::new();
+    for n in 0..5 {
+        acked.push(spool.append(event("cmd", n, Some("k"))).await.unwrap());
+    }
+    assert!(acked.iter().all(|r| format!("{:?}", r.place) == "Buffer"));
+    spool.shutdown().await;
+    drop(spool);
+    // The replica restarts while Redis is still down: the buffer is found again.
+    let spool = Spool::open(&s).unwrap();
+    assert_eq!(spool.stats().buffered, 5);
     let seen = Arc::new(Mutex::new(Vec::new()));
     spool.start(Arc::new(Fake::new(
         "a",
         &seen,
         Box::new(|_, _| DeliveryResult::Delivered),
     )));
-    // Redis comes up: the health check sees it, appends are stored and delivered.
     redis.restart();
-    wait_for("healthy again", Duration::from_secs(15), || {
-        spool.health().is_ok()
+    wait_for("five deliveries", Duration::from_secs(20), || {
+        delivered(&seen).len() >= 5
     })
     .await;
-    spool.append(event("cmd", 2, None)).await.unwrap();
-    wait_for("delivered", Duration::from_secs(10), || {
-        !delivered(&seen).is_empty()
+    let got = delivered(&seen);
+    assert_eq!(
+        got.iter().map(|s| s.n).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4],
+        "in order"
+    );
+    for (g, a) in got.iter().zip(&acked) {
+        assert_eq!(g.delivery_id, a.delivery_id, "ids unchanged");
+    }
+    wait_for("buffer empty", Duration::from_secs(5), || {
+        spool.stats().buffered == 0
     })
     .await;
-    // Redis goes away again while running: unhealthy, appends follow the policy.
-    redis.kill();
-    wait_for("unhealthy", Duration::from_secs(15), || {
-        spool.health().is_err()
-    })
-    .await;
-    assert!(matches!(
-        spool.append(event("cmd", 3, None)).await,
-        Err(AppendError::Unavailable(_))
-    ));
     spool.shutdown().await;
 }
 
@@ -571,10 +791,9 @@ async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
     s.redis.wait_timeout = Duration::from_millis(200);
     s.redis.timeout = Duration::from_secs(2);
     let spool = Spool::open(&s).unwrap();
-    match spool.append(event("cmd", 1, None)).await {
-        Err(AppendError::Unavailable(why)) => assert!(why.contains("replicas"), "{why}"),
-        other => panic!("no replica: expected Unavailable, got {other:?}"),
-    }
+    // Not acknowledged by a replica: not durable as configured, so the local buffer takes it.
+    let first = spool.append(event("cmd", 1, None)).await;
+    assert_eq!(place(&first), "Buffer");
     let port = primary.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
     wait_for("the replica is in sync", Duration::from_secs(20), || {
@@ -587,8 +806,9 @@ async fn durability_replicas_waits_for_a_replica_and_fsync_needs_waitaof() {
     // Generous waits for the replica's acknowledgement on a busy machine.
     s.redis.wait_timeout = Duration::from_secs(5);
     s.redis.timeout = Duration::from_secs(10);
-    let spool = Spool::open(&s).unwrap();
-    spool.append(event("cmd", 2, None)).await.unwrap();
+    let spool = Spool::open(&own_buffer(s)).unwrap();
+    let second = spool.append(event("cmd", 2, None)).await;
+    assert_eq!(place(&second), "Spool");
     assert_eq!(replica.int(&["ZCARD", "{t7}:idx"]), 2, "the replica has it");
 
     let mut f = settings(&primary.url(), "t7f", "a");
@@ -761,13 +981,13 @@ async fn rediss_with_a_private_ca_and_a_password_file() {
     let listed = blocking(move || sp.list(Which::Pending, 10).unwrap()).await;
     assert_eq!(listed[0].delivery_id, stored.delivery_id);
     // Without the private CA (the system's roots) the server is not trusted.
-    let mut untrusted = s.clone();
+    let mut untrusted = own_buffer(s.clone());
     untrusted.redis.ca_file = None;
     untrusted.redis.timeout = Duration::from_millis(500);
     let spool = Spool::open(&untrusted).unwrap();
     assert!(spool.health().is_err());
     // Without the password Redis refuses.
-    let mut anonymous = s.clone();
+    let mut anonymous = own_buffer(s.clone());
     anonymous.redis.password_file = None;
     let spool = Spool::open(&anonymous).unwrap();
     let err = spool.health().unwrap_err();

@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::{Core, describe, scripts};
 use crate::spool::rules::{Ids, Verdict, judge};
 use crate::spool::store::Record;
-use crate::spool::{Deliver, now_ms};
+use crate::spool::{Deliver, Role, now_ms};
 
 /// How long one `XREADGROUP` blocks in Redis.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -466,8 +466,7 @@ async fn attempt(
     };
     let number = rec.attempts.saturating_add(1);
     let since_ms = rec.since_ms;
-    let mut ev = rec.clone().into_stored(id);
-    ev.delivery_id = core.delivery_id(id);
+    let ev = core.event_of(id, rec.clone());
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
@@ -477,7 +476,7 @@ async fn attempt(
         command: &command,
         operation_id: &operation_id,
     };
-    let outcome = match judge(&core.settings, outcome, number, since_ms, &ids) {
+    let outcome = match judge(&core.settings, Role::Spool, outcome, number, since_ms, &ids) {
         Verdict::Delivered => Outcome::Done,
         Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
         Verdict::Dead { attempts, reason } => {
