@@ -12,11 +12,13 @@
 //!   security settings, the live view of callbacks.
 
 mod diagnose;
+mod gate;
 mod inspect;
 mod mesh;
 mod security;
 
 pub use diagnose::Origin;
+pub use gate::{ContentTypes, OnlyConfig, SkipConfig};
 pub use inspect::InspectConfig;
 
 pub use mesh::{
@@ -90,6 +92,8 @@ pub struct Config {
     /// itself only with no config file and no upstream (`cargo run --release`); `--demo` sets it.
     /// Ignored (with a warning) when `upstreams.default` is configured.
     pub demo: bool,
+    /// The bot and service accounts (user IDs) the `to_bots` and `from_bots` conditions mean.
+    pub bots: Vec<String>,
     /// Who may call the callback port (path secret, header, source CIDRs).
     pub auth: AuthConfig,
     /// TLS on the callback port; unset = plain HTTP (a mesh sidecar may terminate TLS).
@@ -141,6 +145,7 @@ impl Default for Config {
             spool: crate::spool::SpoolConfig::default(),
             example: openim_callback_example::ExampleConfig::default(),
             demo: false,
+            bots: Vec::new(),
             auth: AuthConfig::default(),
             tls: None,
             admin_token_file: None,
@@ -302,6 +307,14 @@ pub struct CommandConfig {
     /// MsgModify: let a reply override `offlinePushInfo`. OpenIM crashes on it when the message
     /// has none, which its request does not tell, so it is off by default.
     pub allow_offline_push_info: bool,
+    /// Forward only callbacks for which every listed condition holds (the others are answered
+    /// at once: a before callback continues, an after callback is acknowledged, not spooled).
+    pub only: OnlyConfig,
+    /// Never forward callbacks for which any listed condition holds.
+    pub skip: SkipConfig,
+    /// Before callbacks: call the service off OpenIM's path and answer OpenIM as if it had
+    /// continued; the service's verdict is counted and logged, never applied.
+    pub shadow: bool,
 }
 
 impl Default for CommandConfig {
@@ -316,6 +329,9 @@ impl Default for CommandConfig {
             delivery: Delivery::Spool,
             ordered: false,
             allow_offline_push_info: false,
+            only: OnlyConfig::default(),
+            skip: SkipConfig::default(),
+            shadow: false,
         }
     }
 }
@@ -668,6 +684,12 @@ impl Config {
             ));
         }
         self.check_settings("defaults", &self.defaults, None)?;
+        if (self.defaults.only.to_bots || self.defaults.skip.from_bots) && self.bots.is_empty() {
+            return Err(invalid(
+                "defaults",
+                "to_bots and from_bots need the bot accounts: set `bots: [<user ID>, …]` at the top level",
+            ));
+        }
         for row in catalog::ROWS {
             if let Some(o) = self.commands.get(row.command) {
                 let phase = row.phase();
@@ -684,10 +706,69 @@ impl Config {
                         "only after callbacks can be ordered",
                     ));
                 }
+                if phase == Phase::After && o.get("shadow").and_then(|v| v.to_bool()) == Some(true)
+                {
+                    return Err(invalid(
+                        format!("{key}.shadow"),
+                        "only before callbacks can be shadowed (an after callback changes nothing OpenIM does)",
+                    ));
+                }
+                self.check_conditions(row.command, o)?;
                 self.check_settings(&key, &self.settings(row.command)?, Some(o))?;
             }
         }
         self.check_upstreams_of_enabled_commands()
+    }
+
+    /// The `only`/`skip` conditions written under `commands.<command>` name fields its request
+    /// carries (under `defaults` they apply only where the fields exist).
+    fn check_conditions(&self, command: &str, o: &CommandOverride) -> Result<(), ConfigError> {
+        let Ok(catalog) = catalog::Catalog::contract() else {
+            return Ok(());
+        };
+        let Some(entry) = catalog.get(command) else {
+            return Ok(());
+        };
+        let numbers = crate::fields::FieldNumbers::of(&entry.request());
+        let settings = self.settings(command)?;
+        let written = |part: &str| -> Vec<String> {
+            o.get(part)
+                .and_then(|v| v.as_dict())
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let parts = [
+            ("only", settings.only.reads(), written("only")),
+            ("skip", settings.skip.reads(), written("skip")),
+        ];
+        for (part, reads, keys) in parts {
+            for (key, fields) in reads {
+                if !keys.iter().any(|k| k == key) {
+                    continue;
+                }
+                // `to_bots` reads `recvID` (single) or `atUserList` (group): either will do.
+                let missing = if key == "to_bots" {
+                    (!fields.iter().any(|f| numbers.has(f))).then_some(&fields[0])
+                } else {
+                    fields.iter().find(|f| !numbers.has(f))
+                };
+                if let Some(missing) = missing {
+                    return Err(invalid(
+                        format!("commands.{command}.{part}.{key}"),
+                        format!(
+                            "{command}'s request has no `{missing}`, so this condition could never be checked; set it on a message command, or under `defaults` (where it applies to the commands that carry the field)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if (settings.only.to_bots || settings.skip.from_bots) && self.bots.is_empty() {
+            return Err(invalid(
+                format!("commands.{command}"),
+                "to_bots and from_bots need the bot accounts: set `bots: [<user ID>, …]` at the top level",
+            ));
+        }
+        Ok(())
     }
 
     /// Every enabled command has its upstream: the one place that names the commands left

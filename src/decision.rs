@@ -81,6 +81,10 @@ pub enum Reason {
     FailOpen(Failure),
     /// The command is unknown to the gateway.
     UnknownCommand,
+    /// A request-side rule of the gate (its name) answered without calling the service.
+    HeldBack(&'static str),
+    /// Shadow mode: the service is called aside, its verdict only counted.
+    Shadow,
 }
 
 /// What OpenIM will be told: the end of every path of a callback.
@@ -108,37 +112,17 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The outcome label of logs and metrics: `continue`, `unimplemented`, `disabled`,
-    /// `spooled`, `fail_open`, `unknown_command`, `reject`, `fail_closed`, `spool_rejected`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Continue { reason, .. } => match reason {
-                Reason::Replied => "continue",
-                Reason::Unimplemented => "unimplemented",
-                Reason::Disabled => "disabled",
-                Reason::Spooled => "spooled",
-                Reason::FailOpen(_) => "fail_open",
-                Reason::UnknownCommand => "unknown_command",
-            },
-            Self::Reject { failure: None, .. } => "reject",
-            Self::Reject {
-                failure: Some(Failure::Spool(_)),
-                ..
-            } => "spool_rejected",
-            Self::Reject {
-                failure: Some(_), ..
-            } => "fail_closed",
-        }
-    }
-
     /// The `outcome` label of `gateway_callbacks_total` and of the per-callback log line:
     /// `continue` (also disabled and unimplemented), `rejected` (by the service), `failed-open`,
-    /// `failed-closed` (the failure policy), `spooled`, `spool-full` (the spool did not take it).
+    /// `failed-closed` (the failure policy), `spooled`, `spool-full` (the spool did not take it),
+    /// `held-back` (a rule of the gate answered), `shadowed` (shadow mode answered continue).
     pub fn outcome(&self) -> &'static str {
         match self {
             Self::Continue { reason, .. } => match reason {
                 Reason::Spooled => "spooled",
                 Reason::FailOpen(_) => "failed-open",
+                Reason::HeldBack(_) => "held-back",
+                Reason::Shadow => "shadowed",
                 _ => "continue",
             },
             Self::Reject { failure: None, .. } => "rejected",

@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub protect_metrics: bool,
     /// The inspector's settings.
     pub inspect: crate::config::InspectConfig,
+    /// Shadow calls in flight (`crate::shadow::SLOTS` permits).
+    pub shadow_slots: Arc<Semaphore>,
     /// The configuration it was built from, as JSON with the secrets `<redacted>`
     /// (`GET /admin/config`).
     pub config: Arc<serde_json::Value>,
@@ -84,6 +86,10 @@ pub struct Snapshot {
 /// One command as the current snapshot routes it.
 #[derive(Debug, Clone)]
 pub struct CommandRoute {
+    /// The request-side rules (`only`, `skip`) that apply to this command.
+    pub gate: crate::gate::Gate,
+    /// Where the fields the gateway reads sit in this command's request.
+    pub numbers: crate::fields::FieldNumbers,
     /// The command's merged settings.
     pub settings: CommandConfig,
     /// The decision policy derived from them.
@@ -107,16 +113,27 @@ pub struct CallIds<'a> {
 }
 
 impl CommandRoute {
+    /// The conversation ID OpenIM would compute for this message request (`None` for a request
+    /// without `sessionType`), sent as `openim-conversation-id`.
+    pub fn conversation_id(&self, payload: &[u8]) -> Option<String> {
+        self.numbers.session_type?;
+        crate::fields::conversation_id(&crate::fields::Fields::new(payload, &self.numbers))
+    }
+}
+
+impl CommandRoute {
     /// The call of this command with an encoded request: the one place a [`Call`] is built, for
     /// the synchronous path and the spool's deliveries alike.
     pub fn call(&self, entry: &CommandEntry, payload: Bytes, ids: CallIds<'_>) -> Call {
         let attempt = ids.delivery.map(|(_, n)| n.to_string()).unwrap_or_default();
+        let conversation = self.conversation_id(&payload).unwrap_or_default();
         let metadata = crate::upstream::metadata(&[
             (meta::OPERATION_ID, ids.operation_id),
             (meta::COMMAND, entry.row.command),
             (meta::KEY, ids.key.unwrap_or("")),
             (meta::DELIVERY_ID, ids.delivery.map_or("", |(id, _)| id)),
             (meta::DELIVERY_ATTEMPT, &attempt),
+            (meta::CONVERSATION_ID, &conversation),
             (
                 crate::telemetry::TRACEPARENT,
                 ids.trace.map_or("", |t| t.traceparent.as_str()),
@@ -192,10 +209,17 @@ impl Snapshot {
                 reject_message: settings.reject_message.clone(),
                 allow_offline_push_info: settings.allow_offline_push_info,
             };
+            let numbers = crate::fields::FieldNumbers::of(&entry.request());
+            let mut gate_settings = settings.clone();
+            if entry.phase == crate::catalog::Phase::After {
+                gate_settings.shadow = false;
+            }
             commands.insert(
                 command,
                 CommandRoute {
-                    settings,
+                    gate: crate::gate::Gate::build(&gate_settings, &config.bots, numbers),
+                    numbers,
+                    settings: gate_settings,
                     policy,
                     upstream,
                 },
@@ -234,6 +258,7 @@ impl Snapshot {
             },
             protect_metrics: config.admin_protect_metrics,
             inspect: config.inspect.clone(),
+            shadow_slots: Arc::new(Semaphore::new(crate::shadow::SLOTS)),
             config: Arc::new(serde_json::to_value(config).unwrap_or_default()),
         })
     }

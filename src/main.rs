@@ -573,8 +573,25 @@ fn routes(config: &Config, json: bool) -> ExitCode {
                 format!("reject {}", s.reject_code)
             }
         };
+        let gate = openim_callback_gateway::gate::Gate::build(
+            &s,
+            &config.bots,
+            openim_callback_gateway::fields::FieldNumbers::of(&entry.request()),
+        );
+        let mut rules = gate.names().join(",");
+        if s.shadow && entry.phase == Phase::Before {
+            rules.push_str(if rules.is_empty() {
+                "shadow"
+            } else {
+                ",shadow"
+            });
+        }
+        if rules.is_empty() {
+            rules.push('-');
+        }
         rows.push(serde_json::json!({
             "command": entry.row.command,
+            "rules": rules,
             "enabled": s.enabled,
             "upstream": s.upstream,
             "endpoints": endpoints,
@@ -598,6 +615,7 @@ fn routes(config: &Config, json: bool) -> ExitCode {
         "timeout",
         "on_failure",
         "delivery",
+        "rules",
         "endpoints",
     ];
     let cell = |row: &serde_json::Value, c: &str| match &row[c] {

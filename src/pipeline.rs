@@ -155,6 +155,17 @@ impl Exit {
                 reason: Reason::Spooled,
                 ..
             } => "spool".into(),
+            Decision::Continue {
+                reason: Reason::HeldBack(rule),
+                ..
+            } => format!("held back ({rule})"),
+            Decision::Continue {
+                reason: Reason::Shadow,
+                ..
+            } => match self.upstream() {
+                Some(u) => format!("shadow {u}"),
+                None => "shadow".into(),
+            },
             d if matches!(d.failure(), Some(Failure::BadInput(_))) => "bad input".into(),
             d if matches!(d.failure(), Some(Failure::Overloaded(_))) => "shed".into(),
             d if matches!(d.failure(), Some(Failure::Spool(_))) => "spool".into(),
@@ -359,6 +370,18 @@ async fn decide(
     let Some(upstream) = route.upstream.as_ref() else {
         return Decision::continue_for(Reason::Disabled);
     };
+    // The gate: a request-side rule may answer now, without the service.
+    if let Some(rule) = route.gate.check(&request.payload) {
+        metrics::counter!("gateway_held_back_total", "command" => command, "rule" => rule)
+            .increment(1);
+        tracing::debug!(
+            command,
+            operation_id,
+            rule,
+            "held back by a rule: answered without calling the service"
+        );
+        return Decision::continue_for(Reason::HeldBack(rule));
+    }
     let payload = request.payload.clone();
     if entry.phase == Phase::After
         && route.settings.delivery == Delivery::Spool
@@ -428,6 +451,10 @@ async fn decide(
         Phase::Before => Retry::Allowed,
         Phase::After => Retry::Never,
     };
+    if route.settings.shadow {
+        crate::shadow::spawn(snapshot, entry, route, upstream, call, operation_id);
+        return Decision::continue_for(Reason::Shadow);
+    }
     let result = upstream.call(command, call, retry).await;
     *grpc_status = telemetry::call_status(&result);
     decision::decide(entry, result, policy)
@@ -475,6 +502,8 @@ fn log(
             match reason {
                 Reason::Spooled => spooled.map_or("after-event spooled", |s| s.place.message()),
                 Reason::Disabled => "command disabled: continue",
+                Reason::HeldBack(_) => "held back by a rule: answered without calling the service",
+                Reason::Shadow => "shadow mode: answered continue, the service is called aside",
                 Reason::Unimplemented => "service does not implement it: continue",
                 _ => "service answered",
             },

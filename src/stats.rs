@@ -39,7 +39,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "gateway_callbacks_total",
         Kind::Counter,
-        "Callbacks answered, by command and outcome (continue, rejected, failed-open, failed-closed, spooled, spool-full).",
+        "Callbacks answered, by command and outcome (continue, rejected, failed-open, failed-closed, spooled, spool-full, held-back, shadowed).",
+    ),
+    (
+        "gateway_held_back_total",
+        Kind::Counter,
+        "Callbacks a rule of the gate (only, skip) answered without calling the service, by command and rule.",
+    ),
+    (
+        "gateway_shadow_verdicts_total",
+        Kind::Counter,
+        "Shadow-mode verdicts of the service (continue, rejected, modified, failed; dropped when too many were in flight), by command.",
     ),
     (
         "gateway_callback_duration_seconds",

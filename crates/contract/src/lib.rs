@@ -34,8 +34,18 @@ pub mod metadata {
     pub const DELIVERY_ID: &str = "openim-delivery-id";
     /// Spooled after-events only: the attempt number of this delivery, from 1.
     pub const DELIVERY_ATTEMPT: &str = "openim-delivery-attempt";
+    /// Message callbacks that carry `sessionType` only: the conversation ID OpenIM computes for
+    /// the message (`si_<a>_<b>`, `g_<group>`, `sg_<group>`, `sn_<a>_<b>`; see `common.proto`).
+    pub const CONVERSATION_ID: &str = "openim-conversation-id";
     /// Every key above, in this order.
-    pub const ALL: [&str; 5] = [OPERATION_ID, COMMAND, KEY, DELIVERY_ID, DELIVERY_ATTEMPT];
+    pub const ALL: [&str; 6] = [
+        OPERATION_ID,
+        COMMAND,
+        KEY,
+        DELIVERY_ID,
+        DELIVERY_ATTEMPT,
+        CONVERSATION_ID,
+    ];
 }
 
 /// Generated prost messages and tonic clients/servers of `openim.callback.v1`.

@@ -18,6 +18,11 @@
 // - `openim-delivery-id`: spooled after-events only; stays the same across retries and gateway
 //   restarts, so a handler can be idempotent.
 // - `openim-delivery-attempt`: spooled after-events only; the attempt number, from 1.
+// - `openim-conversation-id`: message callbacks that carry `sessionType` only; the conversation
+//   ID OpenIM computes for the message (`GetConversationIDByMsg`): `si_` + the sorted send and
+//   receive IDs joined by `_` (single chat), `g_` / `sg_` + the group ID (group, super group),
+//   `sn_` + the sorted IDs (notification chat). OpenIM's `n_` forms, for messages whose options
+//   mark them as notifications, are never given: no message callback carries the options.
 //
 // The gRPC deadline (`grpc-timeout`) is the command's configured timeout.
 
