@@ -140,5 +140,53 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, round_trip);
+/// An after-event the gate holds back (a bot's own message, `skip.from_bots`) next to one it
+/// forwards (synchronously to the same upstream), through the router: what a held-back event
+/// costs is the transcode, the rule's field reads and the answer.
+fn held_back(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let (addr, _task) = rt
+        .block_on(openim_callback_example::spawn(ExampleConfig::default()))
+        .unwrap();
+    let config = Config::from_yaml(&format!(
+        "upstreams: {{default: {{endpoints: ['http://{addr}']}}}}\nbots: ['5283014967']\n\
+         defaults: {{delivery: sync, skip: {{from_bots: true}}}}\n\
+         commands: {{callbackAfterSendGroupMsgCommand: {{skip: {{from_bots: false}}}}}}"
+    ))
+    .unwrap();
+    let gw = support::gateway(&config);
+    let router = openim_callback_gateway::http::app(&gw);
+    // The payload's sender is 5283014967: a bot in this config, except where from_bots is off.
+    let mut group = c.benchmark_group("after_event");
+    for (name, cmd) in [
+        ("held back (skip.from_bots)", "callbackAfterSendSingleMsgCommand"),
+        ("forwarded (sync)", "callbackAfterSendGroupMsgCommand"),
+    ] {
+        let body = bytes::Bytes::from(support::payload(cmd));
+        let path = format!("/callbackExample/{cmd}");
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let router = router.clone();
+                let body = body.clone();
+                let path = path.clone();
+                async move {
+                    let req = http::Request::post(path)
+                        .header("operationID", "bench")
+                        .body(axum::body::Body::from(body))
+                        .unwrap();
+                    let resp = router.oneshot(req).await.unwrap();
+                    black_box(
+                        axum::body::to_bytes(resp.into_body(), usize::MAX)
+                            .await
+                            .unwrap(),
+                    )
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, round_trip, held_back);
 criterion_main!(benches);
