@@ -490,6 +490,20 @@ fn path_with_binary() -> String {
 
 fn shell(line: &str, dir: &Path) -> Command {
     let mut cmd = Command::new("bash");
+    // The environment of a user's shell: without what cargo sets for a test process (`CARGO_PKG_*`,
+    // `CARGO_MANIFEST_DIR`, `OUT_DIR`, …), which would also make the README's `cargo run` see a
+    // different build environment and rebuild.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let cargo_set =
+            (key.starts_with("CARGO") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR")
+                || key == "OUT_DIR"
+                || key.starts_with("RUST_TEST")
+                || key.starts_with("__CARGO");
+        if cargo_set {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd.args(["-o", "pipefail", "-c", line])
         .current_dir(dir)
         .env("PATH", path_with_binary())
@@ -553,18 +567,25 @@ fn serve(line: &str, dir: &Path) -> Served {
             }
         });
     }
-    let served = Served {
+    let mut served = Served {
         child,
         line: line.to_owned(),
         output,
     };
-    let waited = rx.recv_timeout(Duration::from_secs(900));
-    assert!(
-        waited.is_ok(),
-        "`{}` printed no `listening` line in 900 s:\n{}",
-        served.line,
-        served.output.lock().unwrap().join("\n")
-    );
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        let exited = served.child.try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "`{}` {} before printing a `listening` line:\n{}",
+            served.line,
+            exited.map_or("took 900 s".to_owned(), |s| format!("exited ({s})")),
+            served.output.lock().unwrap().join("\n")
+        );
+    }
     served
 }
 

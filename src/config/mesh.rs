@@ -1,4 +1,4 @@
-//! The mesh settings (README "Operations"): upstream transport (TLS, DNS re-resolution), the
+//! The mesh settings (docs/operating.md, "Upstream transport"): upstream transport (TLS, DNS re-resolution), the
 //! resilience controls per upstream (concurrency limit, circuit breaker, retries), health
 //! checking, tracing, reload and shutdown. Plain data with documented defaults.
 
