@@ -264,7 +264,7 @@ impl UpstreamConfig {
 }
 
 /// The failure policy (`on_failure`): what a command does when its upstream gives no usable answer
-/// (design §2, last row).
+/// (the README's contract table, last row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
@@ -587,7 +587,7 @@ impl Config {
                 .ok_or_else(|| {
                     invalid(
                         format!("commands.{key}"),
-                        "not an OpenIM callback command (see the README's command table)",
+                        "not an OpenIM callback command (see docs/commands.md)",
                     )
                 })?;
             commands.insert(row.command.to_owned(), value);

@@ -85,7 +85,7 @@ pub enum RunError {
 ///
 /// With `demo` on and no `upstreams.default`, the built-in example hook service starts
 /// in-process on a loopback port and becomes the `default` upstream (the embedded default of
-/// design §6, or `demo: true`).
+/// `cargo run --release` without a config file, or `demo: true`).
 pub async fn run(
     config: Config,
     listener: TcpListener,

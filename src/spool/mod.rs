@@ -1,6 +1,7 @@
 //! Durable after-callback delivery: the store, the group-commit writer, the delivery workers.
 //!
-//! OpenIM drops "after" callbacks when its receiver is slow (design §5), so the gateway writes each
+//! OpenIM drops "after" callbacks when its receiver is slow (two webhook workers, a bounded queue),
+//! so the gateway writes each
 //! after-event to this spool, answers OpenIM once the write is on disk, and delivers from the
 //! spool with retries.
 //!
