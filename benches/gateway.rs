@@ -160,7 +160,10 @@ fn held_back(c: &mut Criterion) {
     // The payload's sender is 5283014967: a bot in this config, except where from_bots is off.
     let mut group = c.benchmark_group("after_event");
     for (name, cmd) in [
-        ("held back (skip.from_bots)", "callbackAfterSendSingleMsgCommand"),
+        (
+            "held back (skip.from_bots)",
+            "callbackAfterSendSingleMsgCommand",
+        ),
         ("forwarded (sync)", "callbackAfterSendGroupMsgCommand"),
     ] {
         let body = bytes::Bytes::from(support::payload(cmd));

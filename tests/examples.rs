@@ -43,6 +43,146 @@ async fn java() {
     check("java").await;
 }
 
+/// The Python echo bot (`examples/python/src/openim_hook/bot.py`) behind the gateway's bot
+/// preset: a message to the bot is answered through OpenIM's `send_simple_msg` with the same
+/// `key`; the bot's own message (the loop guard) and a message to someone else never reach it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Python 3.11 and PyPI; run by .ci/run"]
+async fn python_bot() {
+    // OpenIM's API, as far as the bot uses it.
+    let sent: Arc<Mutex<Vec<(String, String, Json)>>> = Arc::default();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let sink = sent.clone();
+    let app = axum::Router::new().route(
+        "/msg/send_simple_msg",
+        axum::routing::post(
+            move |axum::extract::RawQuery(q): axum::extract::RawQuery,
+                  headers: axum::http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let key = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+                        .find(|(k, _)| k == "key")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    let token = headers
+                        .get("token")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let body: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+                    sink.lock().unwrap().push((key, token, body));
+                    axum::Json(json!({"errCode": 0, "errMsg": "", "errDlt": "", "data": {}}))
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(api, app).await });
+
+    let port = free_port();
+    let api_url = format!("http://{api_addr}");
+    let (_bot, _lines) = tokio::task::spawn_blocking(move || {
+        serve_with(
+            "python",
+            port,
+            &[
+                ("OPENIM_HOOK_MODULE", "openim_hook.bot"),
+                ("OPENIM_API", &api_url),
+                ("OPENIM_ADMIN_TOKEN", "adm1n"),
+                ("BOT_ID", "bot_1"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nupstreams: {{default: {{endpoints: ['http://127.0.0.1:{port}']}}}}\n\
+             bots: [bot_1]\ndefaults:\n  only: {{to_bots: true, content_types: [101, 106]}}\n  \
+             skip: {{from_bots: true, notifications: true}}\n"
+        ),
+    )
+    .unwrap();
+    let spool = dir.path().join("spool");
+    let gateway = tokio::task::spawn_blocking(move || {
+        process::spawn(&["--config", cfg.to_str().unwrap()], &spool)
+    })
+    .await
+    .unwrap();
+    let addr = gateway.addr.clone();
+    let command = "callbackAfterSendSingleMsgCommand";
+    let message = move |send: &str, recv: &str, text: &str| {
+        let mut v = read_json(&format!("payloads/{command}.json"));
+        v["sendID"] = send.into();
+        v["recvID"] = recv.into();
+        v["content"] = json!({ "content": text }).to_string().into();
+        wire(&v)
+    };
+    let key = "eyJzZW5kSUQiOiJ1MSIsInJlY3ZJRCI6ImJvdF8xIiwiZ3JvdXBJRCI6IiJ9";
+    tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        let path = format!(
+            "/cb/{command}?key={}",
+            form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+        );
+        move || {
+            let mut c = process::connect(&addr);
+            // The bot's own message and one to someone else: held back; then one to the bot.
+            for (send, recv, text) in [
+                ("bot_1", "bot_1", "loop"),
+                ("u1", "u2", "not for the bot"),
+                ("u1", "bot_1", "hello"),
+            ] {
+                let (status, env) = process::post(&mut c, &path, &message(send, recv, text));
+                assert_eq!((status, env["errCode"].as_i64()), (200, Some(0)));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the bot answered through OpenIM's API"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answers = sent.lock().unwrap().clone();
+    assert_eq!(
+        answers.len(),
+        1,
+        "only the message to the bot was answered: {answers:?}"
+    );
+    let (got_key, token, body) = &answers[0];
+    assert_eq!(
+        got_key, key,
+        "the same key, so OpenIM answers into the same conversation"
+    );
+    assert_eq!(token, "adm1n");
+    assert_eq!(body["content"], "echo: hello", "{body}");
+    let (_, metrics) = tokio::task::spawn_blocking(move || {
+        let r =
+            process::request(&mut process::connect(&addr), "GET", "/metrics", &[], b"").unwrap();
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    })
+    .await
+    .unwrap();
+    for rule in ["skip.from_bots", "only.to_bots"] {
+        assert!(
+            metrics.contains(&format!(
+                "gateway_held_back_total{{command=\"{command}\",rule=\"{rule}\"}} 1"
+            )),
+            "{rule}:\n{metrics}"
+        );
+    }
+    drop(gateway);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs Python 3.11 and PyPI; run by .ci/run"]
 async fn python() {
@@ -232,12 +372,18 @@ impl Drop for Proc {
 /// Starts `examples/<lang>/serve PORT`, waits for its `listening on` line, and collects the rest
 /// of its stdout.
 fn serve(lang: &str, port: u16) -> (Proc, Arc<Mutex<Vec<String>>>) {
+    serve_with(lang, port, &[])
+}
+
+/// [`serve`] with extra environment variables.
+fn serve_with(lang: &str, port: u16, env: &[(&str, &str)]) -> (Proc, Arc<Mutex<Vec<String>>>) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
         .join(lang)
         .join("serve");
     let mut child = Command::new(&script)
         .arg(port.to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
