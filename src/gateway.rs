@@ -19,6 +19,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
+/// Shadow-mode calls (`crate::shadow`) in flight at once, per snapshot; more are dropped.
+pub const SHADOW_SLOTS: usize = 64;
+
 /// The live gateway: cheap to clone, shared by the HTTP front end and the spool's workers.
 #[derive(Clone)]
 pub struct Gateway {
@@ -76,7 +79,7 @@ pub struct Snapshot {
     pub protect_metrics: bool,
     /// The inspector's settings.
     pub inspect: crate::config::InspectConfig,
-    /// Shadow calls in flight (`crate::shadow::SLOTS` permits).
+    /// Shadow calls in flight ([`SHADOW_SLOTS`] permits).
     pub shadow_slots: Arc<Semaphore>,
     /// The configuration it was built from, as JSON with the secrets `<redacted>`
     /// (`GET /admin/config`).
@@ -258,7 +261,7 @@ impl Snapshot {
             },
             protect_metrics: config.admin_protect_metrics,
             inspect: config.inspect.clone(),
-            shadow_slots: Arc::new(Semaphore::new(crate::shadow::SLOTS)),
+            shadow_slots: Arc::new(Semaphore::new(SHADOW_SLOTS)),
             config: Arc::new(serde_json::to_value(config).unwrap_or_default()),
         })
     }

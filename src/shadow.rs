@@ -3,17 +3,16 @@
 //! rules it needs). The service's verdict (`continue`, `rejected`, `modified`, `failed`) is
 //! counted in `gateway_shadow_verdicts_total{command, verdict}` and logged with what it would have
 //! done; a new policy can so be tried on live traffic without affecting anyone. At most
-//! [`SLOTS`] shadow calls run at once per snapshot; more are dropped (verdict `dropped`).
+//! `gateway::SHADOW_SLOTS` shadow calls run at once per snapshot; more are dropped (verdict
+//! `dropped`).
 
 use crate::catalog::CommandEntry;
 use crate::decision::{self, Decision};
 use crate::gateway::{CommandRoute, Snapshot};
 use crate::upstream::{Call, Resilient, Retry};
 
-/// Shadow calls in flight at once, per snapshot.
-pub const SLOTS: usize = 64;
-
-/// Starts the shadow call of one callback, or counts it dropped when [`SLOTS`] are busy.
+/// Starts the shadow call of one callback, or counts it dropped when the snapshot's shadow slots
+/// are all busy.
 pub fn spawn(
     snapshot: &Snapshot,
     entry: &'static CommandEntry,
