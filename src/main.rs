@@ -240,14 +240,10 @@ fn main() -> ExitCode {
                 token_file,
                 command,
             }) => {
-                let token = match token_file
-                    .as_deref()
-                    .map(openim_callback_gateway::config::read_admin_token)
-                    .transpose()
-                {
-                    Ok(t) => t.map(|t| t.expose().to_owned()),
+                let token = match admin_token(token_file.as_deref()) {
+                    Ok(t) => t,
                     Err(e) => {
-                        eprintln!("openim-callback-gateway spool: --token-file: {e}");
+                        eprintln!("openim-callback-gateway spool: {e}");
                         return ExitCode::from(2);
                     }
                 };
@@ -283,14 +279,12 @@ fn main() -> ExitCode {
     code
 }
 
+use openim_callback_gateway::cli::admin::token as admin_token;
+
 /// The running configuration of a gateway, from its `GET /admin/config`.
 async fn live_config(admin: &str, token_file: Option<&std::path::Path>) -> Result<Config, String> {
     use openim_callback_gateway::cli::admin::AdminClient;
-    let token = token_file
-        .map(openim_callback_gateway::config::read_admin_token)
-        .transpose()
-        .map_err(|e| format!("--token-file: {e}"))?
-        .map(|t| t.expose().to_owned());
+    let token = admin_token(token_file)?;
     let client = AdminClient::parse(admin, token).map_err(|e| e.to_string())?;
     let answer: serde_json::Value = client
         .call("GET", "/admin/config", &[])
@@ -308,13 +302,10 @@ async fn tail(
     jsonl: bool,
 ) -> ExitCode {
     use openim_callback_gateway::cli::{admin::AdminClient, tail};
-    let token = match token_file
-        .map(openim_callback_gateway::config::read_admin_token)
-        .transpose()
-    {
-        Ok(t) => t.map(|t| t.expose().to_owned()),
+    let token = match admin_token(token_file) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("openim-callback-gateway tail: --token-file: {e}");
+            eprintln!("openim-callback-gateway tail: {e}");
             return ExitCode::from(2);
         }
     };
