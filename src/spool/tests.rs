@@ -1142,6 +1142,9 @@ async fn cli_commands_on_the_spool_file() {
 
     let replay = SpoolCommand::Replay {
         command: Some("callbackAfterA".into()),
+        id: None,
+        since: None,
+        until: None,
     };
     let out = cli(replay, &s, None).await.unwrap();
     assert!(out.contains("replayed 1 dead letters so far…"), "{out}");
@@ -1214,9 +1217,18 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
     assert!(out.contains("would purge 3 dead events"), "{out}");
 
     healthy.store(true, Ordering::SeqCst);
-    let out = cli(SpoolCommand::Replay { command: None }, &s, admin)
-        .await
-        .unwrap();
+    let out = cli(
+        SpoolCommand::Replay {
+            command: None,
+            id: None,
+            since: None,
+            until: None,
+        },
+        &s,
+        admin,
+    )
+    .await
+    .unwrap();
     assert!(
         out.contains("replayed 3 dead letters to pending; the gateway is delivering them"),
         "{out}"
@@ -1251,4 +1263,52 @@ fn utc_timestamps() {
     assert_eq!(cli::utc(0), "1970-01-01T00:00:00Z");
     assert_eq!(cli::utc(951_782_400_000), "2000-02-29T00:00:00Z");
     assert_eq!(cli::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
+}
+
+#[test]
+fn a_replay_selects_by_command_id_and_first_stored_time() {
+    use super::Select;
+    use prost::Message as _;
+    let rec = |command: &str, first_seen_ms: u64| {
+        let ev = NewEvent {
+            command: command.into(),
+            ..NewEvent::default()
+        };
+        super::store::Record::new(ev, first_seen_ms).encode_to_vec()
+    };
+    let a = rec("callbackAfterA", 1_000);
+    assert!(Select::default().matches(7, &a));
+    assert!(
+        Select::default().matches(7, b"not a record"),
+        "all takes everything"
+    );
+    assert!(Select::command(Some("callbackAfterA")).matches(7, &a));
+    assert!(!Select::command(Some("callbackAfterB")).matches(7, &a));
+    let id = |id| Select {
+        id: Some(id),
+        ..Select::default()
+    };
+    assert!(id(7).matches(7, &a));
+    assert!(!id(8).matches(7, &a));
+    let range = |since, until| Select {
+        since_ms: since,
+        until_ms: until,
+        ..Select::default()
+    };
+    assert!(range(Some(1_000), Some(1_001)).matches(1, &a));
+    assert!(!range(Some(1_001), None).matches(1, &a));
+    assert!(
+        !range(None, Some(1_000)).matches(1, &a),
+        "until is exclusive"
+    );
+    assert!(!range(Some(0), None).matches(1, b"not a record"));
+    assert_eq!(
+        Select {
+            command: Some("c".into()),
+            id: Some(3),
+            ..Select::default()
+        }
+        .describe(),
+        " of c, with id 3"
+    );
 }
