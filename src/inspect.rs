@@ -137,6 +137,7 @@ struct Tick {
     command: String,
     outcome: &'static str,
     latency_ms: f64,
+    /// The upstream, when the callback called it (not when it was only spooled).
     upstream: Option<String>,
     /// The upstream call failed (a gRPC status other than OK, or no answer).
     error: bool,
@@ -162,10 +163,11 @@ pub struct CommandMinute {
     pub p99_ms: f64,
 }
 
-/// One upstream's last minute, from the callbacks routed to it.
+/// One upstream's last minute, from the callbacks that called it (spool deliveries are not
+/// callbacks: their failures show as the spool's retrying and dead letters).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UpstreamMinute {
-    /// Callbacks routed to it in the window.
+    /// Callbacks that called it in the window.
     pub calls: u64,
     /// Those whose call failed.
     pub errors: u64,
@@ -209,14 +211,16 @@ impl Inspector {
         let count = ring.seen.len();
         if seen.known || ring.seen.contains_key(&command) || count < MAX_UNKNOWN {
             *ring.seen.entry(command.clone()).or_default() += 1;
+            let error = seen.grpc_status.is_some_and(|s| s != "OK")
+                || matches!(seen.outcome, "failed-open" | "failed-closed");
+            let called = seen.grpc_status.is_some() || error;
             let tick = Tick {
                 at: seen.received,
                 command: command.clone(),
                 outcome: seen.outcome,
                 latency_ms: seen.received.elapsed().as_micros() as f64 / 1000.0,
-                upstream: seen.upstream.map(str::to_owned),
-                error: seen.grpc_status.is_some_and(|s| s != "OK")
-                    || matches!(seen.outcome, "failed-open" | "failed-closed"),
+                upstream: seen.upstream.filter(|_| called).map(str::to_owned),
+                error,
             };
             if ring.minute.len() >= MAX_MINUTE {
                 ring.minute.pop_front();
@@ -428,6 +432,42 @@ mod tests {
             )),
             key: Some("k"),
         }
+    }
+
+    #[test]
+    fn the_last_minute_counts_outcomes_percentiles_and_upstream_errors() {
+        let inspector = Inspector::default();
+        let cfg = InspectConfig {
+            keep: 0,
+            capture_bodies: false,
+        };
+        for _ in 0..3 {
+            inspector.record(&cfg, seen("a", b"{}"));
+        }
+        let mut failed = seen("a", b"{}");
+        failed.outcome = "failed-open";
+        failed.grpc_status = Some("UNAVAILABLE");
+        inspector.record(&cfg, failed);
+        let mut spooled = seen("b", b"{}");
+        spooled.outcome = "spooled";
+        spooled.grpc_status = None;
+        inspector.record(&cfg, spooled);
+        let m = inspector.last_minute();
+        let a = &m.commands["a"];
+        assert_eq!(a.count, 4);
+        assert_eq!(a.outcomes["continue"], 3);
+        assert_eq!(a.outcomes["failed-open"], 1);
+        assert!(a.p50_ms <= a.p99_ms);
+        assert_eq!(m.commands["b"].outcomes["spooled"], 1);
+        let up = &m.upstreams["default"];
+        assert_eq!(
+            (up.calls, up.errors),
+            (4, 1),
+            "a spooled callback calls nothing"
+        );
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 
     #[test]

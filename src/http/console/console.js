@@ -57,6 +57,7 @@ async function start() {
     return;
   }
   $('login').hidden = true;
+  $('login-error').textContent = '';
   $('main').hidden = false;
   await refresh();
   if (!timer) timer = setInterval(refresh, EVERY_MS);
