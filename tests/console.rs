@@ -486,3 +486,82 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
         "the replay is logged"
     );
 }
+
+/// `POST /admin/reload` (no browser needed): the same reload as SIGHUP, its result answered, a
+/// refusal with its reason; the actions are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_reload_answers_its_result_and_a_refusals_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    let (token_path, uri) = (token_file.display().to_string(), up.uri());
+    let text = move |timeout: &str, listen: &str| {
+        format!(
+            "listen: {listen}\nadmin_listen: 127.0.0.1:0\nadmin_token_file: {token_path}\n\
+             upstreams: {{default: {{endpoints: ['{uri}']}}}}\ndefaults: {{timeout: {timeout}}}\n"
+        )
+    };
+    std::fs::write(&cfg, text("1s", "127.0.0.1:0")).unwrap();
+    let spool_dir = dir.path().join("spool");
+    tokio::task::spawn_blocking(move || {
+        let gw = process::spawn(&["--config", cfg.to_str().unwrap()], &spool_dir);
+        let admin = gw.admin_addr().unwrap();
+        let bearer = format!("Bearer {TOKEN}");
+        let session = request(
+            &mut connect(&admin),
+            "GET",
+            "/admin/console/session",
+            &[("Authorization", &bearer)],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(session.status, 200);
+        let csrf = session.json()["csrf"].as_str().unwrap().to_owned();
+        let reload = || {
+            request(
+                &mut connect(&admin),
+                "POST",
+                "/admin/reload",
+                &[("Authorization", &bearer), ("X-Console-CSRF", &csrf)],
+                b"",
+            )
+            .unwrap()
+        };
+        std::fs::write(&cfg, text("2s", "127.0.0.1:0")).unwrap();
+        let ok = reload();
+        assert_eq!(ok.status, 200, "{:?}", ok.json());
+        let message = ok.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("defaults.timeout"), "{message}");
+
+        std::fs::write(&cfg, text("2s", "127.0.0.1:1")).unwrap();
+        let refused = reload();
+        assert_eq!(refused.status, 409);
+        let message = refused.json()["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("reload refused") && message.contains("listen"),
+            "{message}"
+        );
+        let metrics = request(
+            &mut connect(&admin),
+            "GET",
+            "/metrics",
+            &[("Authorization", &bearer)],
+            b"",
+        )
+        .unwrap();
+        let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+        assert!(
+            metrics.contains(r#"gateway_console_actions_total{action="reload",result="ok"} 1"#),
+            "{metrics}"
+        );
+        let log = gw.log_text();
+        assert!(
+            log.contains("console action") && log.contains("127.0.0.1"),
+            "{log}"
+        );
+    })
+    .await
+    .unwrap();
+}

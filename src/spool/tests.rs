@@ -301,6 +301,70 @@ async fn deadline_and_panic_cost_one_attempt_each() {
 // Operator actions
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&settings(dir.path())).unwrap();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let fake = Fake::new(move |_, _| {
+        if h.load(Ordering::SeqCst) {
+            DeliveryResult::Delivered
+        } else {
+            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
+        }
+    });
+    start(&spool, &fake);
+    let a = spool.append(event("callbackAfterA", 1)).await.unwrap();
+    let b = spool.append(event("callbackAfterA", 2)).await.unwrap();
+    wait_until("two dead letters", || spool.stats().dead == 2).await;
+    healthy.store(true, Ordering::SeqCst);
+    let replay = |select: Select| {
+        let s = spool.clone();
+        async move {
+            tokio::task::spawn_blocking(move || s.replay_selected(&select))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let missing = Select {
+        id: Some(b.id + 100),
+        ..Select::default()
+    };
+    assert_eq!(
+        replay(missing).await,
+        0,
+        "an id that is not there takes nothing"
+    );
+    let future = Select {
+        since_ms: Some(now_ms() + 60_000),
+        ..Select::default()
+    };
+    assert_eq!(replay(future).await, 0, "nothing was stored in the future");
+    let by_id = Select {
+        id: Some(b.id),
+        ..Select::default()
+    };
+    assert_eq!(replay(by_id).await, 1);
+    wait_until("b delivered", || spool.stats().pending == 0).await;
+    assert_eq!(spool.stats().dead, 1);
+    assert_eq!(fake.calls().pop().unwrap().delivery_id, b.delivery_id);
+    let past_minute = Select {
+        since_ms: Some(now_ms() - 60_000),
+        until_ms: Some(now_ms() + 1),
+        ..Select::default()
+    };
+    assert_eq!(replay(past_minute).await, 1);
+    wait_until("a delivered", || {
+        let st = spool.stats();
+        st.pending == 0 && st.dead == 0
+    })
+    .await;
+    assert_eq!(fake.calls().pop().unwrap().delivery_id, a.delivery_id);
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_dead_letters_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
