@@ -251,7 +251,7 @@ async fn execute<W: Write + Send>(
 
 /// `--since`/`--until`: RFC 3339, or a duration meaning that long ago; milliseconds since the
 /// Unix epoch.
-fn parse_time(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
     let at = match humantime::parse_rfc3339_weak(text) {
         Ok(at) => at,
         Err(_) => {

@@ -1376,3 +1376,13 @@ fn a_replay_selects_by_command_id_and_first_stored_time() {
         " of c, with id 3"
     );
 }
+
+#[test]
+fn replay_times_are_rfc3339_or_a_duration_ago() {
+    use super::cli::parse_time;
+    assert_eq!(parse_time("2026-05-01T12:00:00Z"), Ok(1_777_636_800_000));
+    let ago = parse_time("2h").unwrap();
+    let expected = now_ms() - 2 * 3600 * 1000;
+    assert!(ago.abs_diff(expected) < 60_000, "{ago} vs {expected}");
+    assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+}
