@@ -450,6 +450,11 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
         "the replayed event is the hostile one"
     );
     page.wait_for(
+        "a delivery rate",
+        "Number(document.getElementById('spool-rate').textContent) > 0",
+    )
+    .await;
+    page.wait_for(
         "no dead letters",
         "document.getElementById('spool-dead').textContent === '0' && document.querySelectorAll('#dead tbody tr').length === 0",
     )

@@ -46,6 +46,8 @@ struct Console {
     /// The anti-CSRF value (hex); empty when no random value could be had (then every action
     /// is refused).
     csrf: Arc<str>,
+    /// Samples of `gateway_spool_delivered_total` over the last minute, for the delivery rate.
+    delivered: Arc<std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, f64)>>>,
 }
 
 /// The console's routes, to merge into the admin router.
@@ -53,6 +55,7 @@ pub(super) fn router(gw: &Gateway) -> Router {
     let state = Console {
         gw: gw.clone(),
         csrf: new_csrf().into(),
+        delivered: Arc::default(),
     };
     let token = || axum::middleware::from_fn_with_state(gw.clone(), super::auth::admin_token);
     let shell = Router::new()
@@ -178,6 +181,36 @@ async fn check_csrf(State(console): State<Console>, req: Request, next: Next) ->
         .into_response()
 }
 
+impl Console {
+    /// Spool deliveries per second over the last minute of this page's (and any other
+    /// console's) refreshes, from `gateway_spool_delivered_total`; `None` before two samples or
+    /// without the metrics recorder.
+    fn delivery_rate(&self) -> Option<f64> {
+        let total = delivered_total(&self.gw.metrics()?.render());
+        let now = std::time::Instant::now();
+        // Samples stay valid after any panic of a holder.
+        let mut samples = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+        samples.push_back((now, total));
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > crate::inspect::WINDOW)
+        {
+            samples.pop_front();
+        }
+        let (first_at, first) = *samples.front()?;
+        let span = now.duration_since(first_at).as_secs_f64();
+        (span >= 1.0).then(|| ((total - first) / span).max(0.0))
+    }
+}
+
+/// The sum of every `gateway_spool_delivered_total` series in a Prometheus text.
+fn delivered_total(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("gateway_spool_delivered_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `GET /admin/console/session`: the anti-CSRF value for the page's actions.
 async fn session(State(console): State<Console>) -> Response {
     axum::Json(json!({
@@ -259,7 +292,16 @@ async fn summary(State(console): State<Console>) -> Response {
         })
         .collect();
     let spool = match gw.spool() {
-        Some(spool) => spool_view(spool.clone()).await,
+        Some(spool) => {
+            let mut view = spool_view(spool.clone()).await;
+            if let Some(obj) = view.as_object_mut() {
+                obj.insert(
+                    "delivered_per_second".into(),
+                    json!(console.delivery_rate()),
+                );
+            }
+            view
+        }
         None => Value::Null,
     };
     let loaded = gw.loaded();
@@ -559,6 +601,15 @@ mod tests {
             Some("INVALID_ARGUMENT")
         );
         assert_eq!(status_in("connection refused"), None);
+    }
+
+    #[test]
+    fn the_delivered_total_sums_every_command() {
+        let text = "# HELP gateway_spool_delivered_total x\n\
+                    gateway_spool_delivered_total{command=\"a\"} 3\n\
+                    gateway_spool_delivered_total{command=\"b\"} 4\n\
+                    gateway_spool_dead_total{command=\"a\"} 9\n";
+        assert_eq!(delivered_total(text), 7.0);
     }
 
     #[test]

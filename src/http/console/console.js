@@ -149,6 +149,7 @@ function renderSpool(s) {
     kv('retrying', s.retrying, 'spool-retrying', s.retrying > 0),
     kv('dead letters', s.dead, 'spool-dead', s.dead > 0),
     kv('oldest pending', age(s.oldest_pending_age_ms), 'spool-oldest', s.oldest_pending_age_ms > 60000),
+    kv('delivered per s', s.delivered_per_second === null || s.delivered_per_second === undefined ? '–' : fmt(s.delivered_per_second, 2), 'spool-rate'),
     kv('bytes', s.bytes, 'spool-bytes'),
   );
 }
