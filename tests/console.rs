@@ -367,11 +367,11 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
     }
     page.wait_for(
         "the dead letter",
-        &format!("document.querySelector('#dead tbody tr') && document.querySelector('#dead tbody tr').cells[1].textContent === '{QUIT}'"),
+        &format!("document.querySelector('#dead tbody tr[data-id]') && document.querySelector('#dead tbody tr[data-id]').cells[1].textContent === '{QUIT}'"),
     )
     .await;
     assert_eq!(
-        page.eval("document.querySelector('#dead tbody tr').cells[5].textContent")
+        page.eval("document.querySelector('#dead tbody tr[data-id]').cells[5].textContent")
             .await,
         json!("INVALID_ARGUMENT")
     );
@@ -380,7 +380,7 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
             .await,
         json!("1")
     );
-    page.eval("document.querySelector('#dead tbody tr').click(); true")
+    page.eval("document.querySelector('#dead tbody tr[data-id]').click(); true")
         .await;
     page.wait_for(
         "the dead letter's detail",
@@ -413,7 +413,7 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
     // Replayed from the page after its confirmation, and delivered.
     up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
     let before = up.calls().len();
-    page.eval("document.querySelector('#dead tbody tr button.replay-one').click(); true")
+    page.eval("document.querySelector('#dead tbody tr[data-id] button.replay-one').click(); true")
         .await;
     page.wait_for(
         "the confirmation",
@@ -456,7 +456,7 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
     .await;
     page.wait_for(
         "no dead letters",
-        "document.getElementById('spool-dead').textContent === '0' && document.querySelectorAll('#dead tbody tr').length === 0",
+        "document.getElementById('spool-dead').textContent === '0' && document.querySelectorAll('#dead tbody tr[data-id]').length === 0",
     )
     .await;
 

@@ -203,6 +203,13 @@ function renderDead(d) {
     }));
     return tr;
   });
+  if (rows.length === 0) {
+    const td = el('td', d.spool ? 'no dead letters' : 'no spool: no command uses delivery: spool', 'muted');
+    td.colSpan = 8;
+    const tr = el('tr', null, 'empty');
+    tr.appendChild(td);
+    rows.push(tr);
+  }
   $('dead').tBodies[0].replaceChildren(...rows);
 }
 
