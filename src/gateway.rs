@@ -50,6 +50,7 @@ struct Fixed {
     inspector: crate::inspect::Inspector,
     loaded: Mutex<Loaded>,
     generation: std::sync::atomic::AtomicU64,
+    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
 }
 
 /// The live part, built from a [`Config`]; replaced whole, never edited.
@@ -294,6 +295,7 @@ impl Gateway {
                     changed: Vec::new(),
                 }),
                 generation: std::sync::atomic::AtomicU64::new(0),
+                reloader: std::sync::OnceLock::new(),
             }),
             live: Arc::new(ArcSwap::from_pointee(snapshot)),
         })
@@ -330,6 +332,16 @@ impl Gateway {
             trigger: trigger.to_owned(),
             changed,
         };
+    }
+
+    /// Makes `reloader` the one `POST /admin/reload` runs (once; later calls are ignored).
+    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.fixed.reloader.set(reloader);
+    }
+
+    /// The reload SIGHUP runs, when the gateway was started with a configuration source.
+    pub fn reloader(&self) -> Option<&Arc<crate::reload::Reloader>> {
+        self.fixed.reloader.get()
     }
 
     /// When and how the running configuration was loaded.

@@ -126,6 +126,60 @@ struct Ring {
     /// Callbacks per command since start (unknown commands under their name, bounded).
     seen: BTreeMap<String, u64>,
     last_arrival: Option<std::time::SystemTime>,
+    /// The callbacks of the last minute, for [`Inspector::last_minute`] (bounded).
+    minute: VecDeque<Tick>,
+}
+
+/// One callback of the last minute, as the console's rates and percentiles need it.
+#[derive(Debug)]
+struct Tick {
+    at: std::time::Instant,
+    command: String,
+    outcome: &'static str,
+    latency_ms: f64,
+    /// The upstream, when the callback called it (not when it was only spooled).
+    upstream: Option<String>,
+    /// The upstream call failed (a gRPC status other than OK, or no answer).
+    error: bool,
+}
+
+/// Callbacks kept for the last-minute figures, at most (older ones drop first).
+const MAX_MINUTE: usize = 50_000;
+/// The window of [`Inspector::last_minute`].
+pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One command's last minute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CommandMinute {
+    /// Callbacks in the window.
+    pub count: u64,
+    /// Callbacks per second over the window (or over the time since the first one, if shorter).
+    pub per_second: f64,
+    /// Callbacks by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// One upstream's last minute, from the callbacks that called it (spool deliveries are not
+/// callbacks: their failures show as the spool's retrying and dead letters).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UpstreamMinute {
+    /// Callbacks that called it in the window.
+    pub calls: u64,
+    /// Those whose call failed.
+    pub errors: u64,
+}
+
+/// The last minute, per command and per upstream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Minute {
+    /// By command.
+    pub commands: BTreeMap<String, CommandMinute>,
+    /// By upstream.
+    pub upstreams: BTreeMap<String, UpstreamMinute>,
 }
 
 /// Distinct unknown command names counted, at most (a hostile sender cannot grow the map).
@@ -157,6 +211,21 @@ impl Inspector {
         let count = ring.seen.len();
         if seen.known || ring.seen.contains_key(&command) || count < MAX_UNKNOWN {
             *ring.seen.entry(command.clone()).or_default() += 1;
+            let error = seen.grpc_status.is_some_and(|s| s != "OK")
+                || matches!(seen.outcome, "failed-open" | "failed-closed");
+            let called = seen.grpc_status.is_some() || error;
+            let tick = Tick {
+                at: seen.received,
+                command: command.clone(),
+                outcome: seen.outcome,
+                latency_ms: seen.received.elapsed().as_micros() as f64 / 1000.0,
+                upstream: seen.upstream.filter(|_| called).map(str::to_owned),
+                error,
+            };
+            if ring.minute.len() >= MAX_MINUTE {
+                ring.minute.pop_front();
+            }
+            ring.minute.push_back(tick);
         }
         if cfg.keep == 0 && self.live.receiver_count() == 0 {
             ring.records.clear();
@@ -213,6 +282,51 @@ impl Inspector {
         matching.iter().map(|k| k.view()).collect()
     }
 
+    /// Callbacks per second, outcomes and latency percentiles per command, and calls and errors
+    /// per upstream, over the last minute ([`WINDOW`]).
+    pub fn last_minute(&self) -> Minute {
+        let now = std::time::Instant::now();
+        let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut out = Minute::default();
+        let mut oldest = now;
+        {
+            let mut ring = self.lock();
+            while ring
+                .minute
+                .front()
+                .is_some_and(|t| now.duration_since(t.at) > WINDOW)
+            {
+                ring.minute.pop_front();
+            }
+            for t in &ring.minute {
+                oldest = oldest.min(t.at);
+                let c = out.commands.entry(t.command.clone()).or_default();
+                c.count += 1;
+                *c.outcomes.entry(t.outcome.to_owned()).or_default() += 1;
+                latencies
+                    .entry(t.command.clone())
+                    .or_default()
+                    .push(t.latency_ms);
+                if let Some(u) = &t.upstream {
+                    let u = out.upstreams.entry(u.clone()).or_default();
+                    u.calls += 1;
+                    u.errors += u64::from(t.error);
+                }
+            }
+        }
+        // A rate over less than a second would jump: at least one second.
+        let span = now.duration_since(oldest).as_secs_f64().clamp(1.0, 60.0);
+        for (command, c) in &mut out.commands {
+            c.per_second = c.count as f64 / span;
+            if let Some(list) = latencies.get_mut(command) {
+                list.sort_by(f64::total_cmp);
+                c.p50_ms = percentile(list, 0.50);
+                c.p99_ms = percentile(list, 0.99);
+            }
+        }
+        out
+    }
+
     /// Callbacks per command since start.
     pub fn seen(&self) -> BTreeMap<String, u64> {
         self.lock().seen.clone()
@@ -244,6 +358,15 @@ impl Filter {
 }
 
 /// The envelope as JSON, its texts and override values redacted with `log.redact`.
+/// The `q` quantile of sorted `values` (nearest rank); 0 for none.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 fn envelope_view(bytes: &[u8]) -> Value {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
         return Value::Null;
@@ -269,7 +392,7 @@ fn body_view(bytes: &[u8]) -> Value {
 
 /// Every string and number below the top-level keys replaced by `<redacted>`, except the
 /// command itself, so that the shape stays visible.
-fn redacted(value: Value) -> Value {
+pub(crate) fn redacted(value: Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.into_iter()
@@ -309,6 +432,42 @@ mod tests {
             )),
             key: Some("k"),
         }
+    }
+
+    #[test]
+    fn the_last_minute_counts_outcomes_percentiles_and_upstream_errors() {
+        let inspector = Inspector::default();
+        let cfg = InspectConfig {
+            keep: 0,
+            capture_bodies: false,
+        };
+        for _ in 0..3 {
+            inspector.record(&cfg, seen("a", b"{}"));
+        }
+        let mut failed = seen("a", b"{}");
+        failed.outcome = "failed-open";
+        failed.grpc_status = Some("UNAVAILABLE");
+        inspector.record(&cfg, failed);
+        let mut spooled = seen("b", b"{}");
+        spooled.outcome = "spooled";
+        spooled.grpc_status = None;
+        inspector.record(&cfg, spooled);
+        let m = inspector.last_minute();
+        let a = &m.commands["a"];
+        assert_eq!(a.count, 4);
+        assert_eq!(a.outcomes["continue"], 3);
+        assert_eq!(a.outcomes["failed-open"], 1);
+        assert!(a.p50_ms <= a.p99_ms);
+        assert_eq!(m.commands["b"].outcomes["spooled"], 1);
+        let up = &m.upstreams["default"];
+        assert_eq!(
+            (up.calls, up.errors),
+            (4, 1),
+            "a spooled callback calls nothing"
+        );
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
     }
 
     #[test]

@@ -162,12 +162,10 @@ pub async fn run_reloadable(
         }
     });
     let _reload = source.map(|source| {
-        AbortOnDrop(tokio::spawn(reload::watch(
-            gateway.clone(),
-            source,
-            config.clone(),
-            prepare,
-        )))
+        let reloader = Arc::new(reload::Reloader::new(source, config.clone(), prepare));
+        // `POST /admin/reload` runs the same reload.
+        gateway.set_reloader(reloader.clone());
+        AbortOnDrop(tokio::spawn(reload::watch(gateway.clone(), reloader)))
     });
     http::serve(&gateway, ports, options, shutdown)
         .await

@@ -30,6 +30,52 @@ impl std::fmt::Debug for ConfigSource {
     }
 }
 
+/// The reload of a running gateway, shared by SIGHUP, the file watch and `POST /admin/reload`:
+/// where the configuration comes from, the configuration running now, and how a loaded one is
+/// prepared. One reload runs at a time.
+pub struct Reloader {
+    source: ConfigSource,
+    running: std::sync::Mutex<Config>,
+    prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader from `source`, with `running` the configuration the gateway started with.
+    pub fn new(
+        source: ConfigSource,
+        running: Config,
+        prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    ) -> Self {
+        Self {
+            source,
+            running: std::sync::Mutex::new(running),
+            prepare,
+        }
+    }
+
+    /// Runs [`reload`] on the running configuration, waiting for one in progress.
+    pub fn reload(&self, gw: &Gateway, trigger: &str) -> Outcome {
+        // A configuration stays whole after any panic of a holder: it is replaced, never edited.
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        reload(gw, &self.source, &mut running, &*self.prepare, trigger)
+    }
+
+    fn running(&self) -> Config {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// The settings that only take effect at start-up, by key, as JSON for comparing.
 fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
     let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
@@ -189,10 +235,10 @@ pub fn reload(
 /// called inside a tokio runtime.
 pub fn watch(
     gw: Gateway,
-    source: ConfigSource,
-    mut running: Config,
-    prepare: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    reloader: Arc<Reloader>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let running = reloader.running();
+    let source = reloader.source.clone();
     let interval = running
         .reload
         .poll_interval
@@ -227,7 +273,7 @@ pub fn watch(
             };
             // A SIGHUP also re-reads the file: remember what it looked like.
             seen = fingerprint(source.path.as_deref());
-            reload(&gw, &source, &mut running, &*prepare, trigger);
+            reloader.reload(&gw, trigger);
         }
     }
 }

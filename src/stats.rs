@@ -147,6 +147,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Failed or empty re-resolutions of an upstream's host names (the last known addresses stay), by upstream.",
     ),
     (
+        "gateway_console_actions_total",
+        Kind::Counter,
+        "Operator console actions (replay, purge, drop, reload; refused: a POST without the page's anti-CSRF value or from another origin), by action and result (ok, error, csrf, origin).",
+    ),
+    (
         "gateway_config_reloads_total",
         Kind::Counter,
         "Config reloads (SIGHUP or file change), by result (ok, error).",

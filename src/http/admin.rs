@@ -1,8 +1,8 @@
 //! The operators' routes: `/healthz` (the process serves), `/readyz` (this gateway can answer),
 //! `/metrics`, `/admin/upstreams` (each upstream's members, health, breaker and calls in flight),
 //! `/admin/callbacks` and `/admin/callbacks/stream` (the inspector's recent callbacks, and new
-//! ones live as server-sent events), and the spool admin API (`crate::spool::admin`) when a
-//! spool is open.
+//! ones live as server-sent events), the operator console (`super::console`, with
+//! `POST /admin/reload`), and the spool admin API (`crate::spool::admin`) when a spool is open.
 
 use crate::gateway::Gateway;
 use axum::Router;
@@ -38,7 +38,10 @@ pub(super) fn router(gw: &Gateway) -> Router {
         .route("/admin/callbacks/stream", get(callback_stream))
         .layer(token())
         .with_state(gw.clone());
-    let router = health.merge(metrics).merge(upstreams);
+    let router = health
+        .merge(metrics)
+        .merge(upstreams)
+        .merge(super::console::router(gw));
     match gw.spool() {
         Some(spool) => router.merge(crate::spool::admin::router(spool.clone()).layer(token())),
         None => router,
@@ -84,6 +87,11 @@ async fn render_metrics(State(gw): State<Gateway>) -> Response {
 /// `GET /admin/upstreams`: per upstream of the current snapshot, whether its last checks found
 /// it up, its breaker, its calls in flight, and each member's connection and last health check.
 async fn upstreams(State(gw): State<Gateway>) -> Response {
+    axum::Json(serde_json::json!({ "upstreams": upstream_views(&gw) })).into_response()
+}
+
+/// Each upstream of the current snapshot as `/admin/upstreams` shows it, by name.
+pub(super) fn upstream_views(gw: &Gateway) -> Vec<serde_json::Value> {
     let snapshot = gw.snapshot();
     let health = gw.health();
     let mut names: Vec<&String> = snapshot.upstreams.keys().collect();
@@ -115,14 +123,14 @@ async fn upstreams(State(gw): State<Gateway>) -> Response {
             Some(serde_json::json!({
                 "name": name,
                 "checked": snapshot.health_targets.iter().any(|t| &t.name == name),
-                "up": health.upstream_up(&gw, name),
+                "up": health.upstream_up(gw, name),
                 "breaker": upstream.breaker_state().name(),
                 "in_flight": upstream.in_flight(),
                 "members": members,
             }))
         })
         .collect();
-    axum::Json(serde_json::json!({ "upstreams": list })).into_response()
+    list
 }
 
 /// The query of `GET /admin/callbacks`: the filter, and `format=jsonl` for a capture.

@@ -5,6 +5,7 @@
 //!   shared [`layers`] stack, and the callback handler (`POST <any prefix>/<command>`).
 //! - `admin.rs`: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` (and the spool admin API,
 //!   from `crate::spool`).
+//! - `console.rs`: the operator console (`/admin/console`, its JSON and actions, `/admin/reload`).
 //! - `serve.rs`: the accept loop of the callback port and the optional admin port, with one
 //!   graceful shutdown for both.
 
@@ -12,6 +13,7 @@ mod admin;
 pub mod auth;
 mod body;
 mod conn;
+mod console;
 mod serve;
 pub mod tls;
 

@@ -75,7 +75,7 @@ pub async fn serve(
     let callback = match ports.admin {
         Some(admin) => {
             if let Ok(addr) = admin.local_addr() {
-                tracing::info!(%addr, "admin port: /healthz /readyz /metrics /admin/upstreams /admin/spool");
+                tracing::info!(%addr, "admin port: /healthz /readyz /metrics /admin/upstreams /admin/spool /admin/console");
             }
             let plain = ServeOptions {
                 tls: None,

@@ -4,7 +4,9 @@
 //! - `GET /admin/spool`: [`SpoolStats`]
 //! - `GET /admin/spool/events?which=pending|dead&limit=N`: `[EventView]`, oldest first
 //! - `GET /admin/spool/count?which=pending|dead&command=C`: `{"count": n}`
-//! - `POST /admin/spool/replay?command=C[&after=ID&max=N]`: [`Progress`]; without `max` all at once
+//! - `POST /admin/spool/replay?command=C[&id=ID&since=MS&until=MS&after=POS&max=N]`: [`Progress`];
+//!   without `max` all at once; `id`, `since`/`until` (first stored, ms since the Unix epoch)
+//!   narrow the choice ([`super::Select`])
 //! - `POST /admin/spool/purge?which=dead|pending&command=C[&after=ID&max=N]`: [`Progress`]
 //!
 //! Errors answer `{"error": "…"}` with status 500 (503 once the spool is shut down); a bad query
@@ -105,6 +107,9 @@ struct CountQuery {
 #[derive(Deserialize)]
 struct ReplayQuery {
     command: Option<String>,
+    id: Option<u64>,
+    since: Option<u64>,
+    until: Option<u64>,
     after: Option<u64>,
     max: Option<usize>,
 }
@@ -175,9 +180,15 @@ async fn replay(
     State(spool): State<Spool>,
     Query(q): Query<ReplayQuery>,
 ) -> Result<Json<Progress>, ApiError> {
+    let select = super::Select {
+        command: q.command,
+        id: q.id,
+        since_ms: q.since,
+        until_ms: q.until,
+    };
     let chunk = blocking(spool, move |s| match q.max {
-        Some(max) => s.replay_dead_chunk(q.command.as_deref(), q.after, max),
-        None => s.replay_dead(q.command.as_deref()).map(|count| Progress {
+        Some(max) => s.replay_dead_chunk(&select, q.after, max),
+        None => s.replay_selected(&select).map(|count| Progress {
             count,
             next_after: None,
         }),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use super::{
-    AppendError, BackendKind, CHUNK, Deliver, NewEvent, Progress, RedbSpool, SpoolConfig,
+    AppendError, BackendKind, CHUNK, Deliver, NewEvent, Progress, RedbSpool, Select, SpoolConfig,
     SpoolError, SpoolStats, StoredEvent, StoredEventRef, Which,
 };
 
@@ -36,7 +36,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// One step of a replay of dead letters.
     fn replay_dead_chunk(
         &self,
-        command: Option<&str>,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError>;
@@ -89,11 +89,11 @@ impl Backend for RedbSpool {
 
     fn replay_dead_chunk(
         &self,
-        command: Option<&str>,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
-        RedbSpool::replay_dead_chunk(self, command, after, max)
+        RedbSpool::replay_dead_chunk(self, select, after, max)
     }
 
     fn purge_chunk(
@@ -226,7 +226,13 @@ impl Spool {
     /// running workers pick them up, keeping their ids and delivery ids. Returns how many.
     /// Blocking: call it from a blocking context (the admin API uses `spawn_blocking`).
     pub fn replay_dead(&self, command: Option<&str>) -> Result<u64, SpoolError> {
-        self.all_chunks(|after| self.replay_dead_chunk(command, after, CHUNK))
+        self.replay_selected(&Select::command(command))
+    }
+
+    /// Moves the dead letters `select` chooses back to pending, attempts reset. Returns how
+    /// many. Blocking.
+    pub fn replay_selected(&self, select: &Select) -> Result<u64, SpoolError> {
+        self.all_chunks(|after| self.replay_dead_chunk(select, after, CHUNK))
     }
 
     /// Deletes pending events or dead letters (of one command if given). Returns how many.
@@ -240,11 +246,11 @@ impl Spool {
     /// loop on it to show progress.
     pub fn replay_dead_chunk(
         &self,
-        command: Option<&str>,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
-        self.backend.replay_dead_chunk(command, after, max.max(1))
+        self.backend.replay_dead_chunk(select, after, max.max(1))
     }
 
     /// One step of [`Spool::purge`]: deletes at most `max` events after the position `after`.

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::admin::{CountView, EventView};
-use super::{BackendKind, Progress, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
+use super::{BackendKind, Progress, Select, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
 
 use crate::cli::admin::{AdminClient, AdminError};
 
@@ -43,6 +43,16 @@ pub enum SpoolCommand {
         /// Only dead letters of this callback command.
         #[arg(long)]
         command: Option<String>,
+        /// Only the dead letter with this id (the first column of `spool list --dead`).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Only dead letters first stored at or after this time: RFC 3339
+        /// (`2026-05-01T12:00:00Z`) or a duration ago (`2h`).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<u64>,
+        /// Only dead letters first stored before this time: RFC 3339 or a duration ago.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<u64>,
     },
     /// Delete events for good. Without --yes only shows how many would go.
     Purge {
@@ -160,15 +170,24 @@ async fn execute<W: Write + Send>(
                 }
             }
         }
-        SpoolCommand::Replay { command } => {
-            let filter = filter_text(command.as_deref());
+        SpoolCommand::Replay {
+            command,
+            id,
+            since,
+            until,
+        } => {
+            let select = Select {
+                command,
+                id,
+                since_ms: since,
+                until_ms: until,
+            };
+            let filter = select.describe();
             let mut total = 0;
             let mut after = None;
             // Each step moves past at least one id, so the loop ends.
             loop {
-                let chunk = backend
-                    .replay_chunk(command.as_deref(), after, step)
-                    .await?;
+                let chunk = backend.replay_chunk(&select, after, step).await?;
                 total += chunk.count;
                 match chunk.next_after {
                     Some(next) => {
@@ -238,6 +257,27 @@ async fn execute<W: Write + Send>(
         }
     }
     Ok(())
+}
+
+/// `--since`/`--until`: RFC 3339, or a duration meaning that long ago; milliseconds since the
+/// Unix epoch.
+pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text).map_err(|_| {
+                format!("{text:?} is neither an RFC 3339 time nor a duration such as 2h")
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{text:?} reaches back before 1970"))?
+        }
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?
+        .as_millis();
+    u64::try_from(ms).map_err(|_| format!("{text:?} is too far ahead"))
 }
 
 fn filter_text(command: Option<&str>) -> String {
@@ -336,20 +376,26 @@ impl Backend {
 
     async fn replay_chunk(
         &self,
-        command: Option<&str>,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
         match self {
-            Backend::Local(s) => s.replay_dead_chunk(command, after, max),
+            Backend::Local(s) => s.replay_dead_chunk(select, after, max),
             Backend::Admin(a) => {
                 let after = after.map(|a| a.to_string());
                 let max = max.to_string();
+                let id = select.id.map(|v| v.to_string());
+                let since = select.since_ms.map(|v| v.to_string());
+                let until = select.until_ms.map(|v| v.to_string());
                 Ok(a.call(
                     "POST",
                     "/admin/spool/replay",
                     &[
-                        ("command", command),
+                        ("command", select.command.as_deref()),
+                        ("id", id.as_deref()),
+                        ("since", since.as_deref()),
+                        ("until", until.as_deref()),
                         ("after", after.as_deref()),
                         ("max", Some(&max)),
                     ],

@@ -377,6 +377,69 @@ pub struct SpoolStats {
     pub stale: bool,
 }
 
+/// Which dead letters a replay takes: all, or those of one command, one id, and first stored
+/// within a time range (each given bound narrows the choice).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Select {
+    /// Only dead letters of this callback command.
+    pub command: Option<String>,
+    /// Only the dead letter with this spool id.
+    pub id: Option<u64>,
+    /// Only dead letters first stored at or after this time (milliseconds since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Only dead letters first stored before this time (milliseconds since the Unix epoch).
+    pub until_ms: Option<u64>,
+}
+
+impl Select {
+    /// All dead letters, or those of `command`.
+    pub fn command(command: Option<&str>) -> Self {
+        Self {
+            command: command.map(str::to_owned),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the stored record `raw` with spool id `id` is chosen. Without a command or time
+    /// bound, undecodable records are chosen too (as a plain replay always did).
+    pub(crate) fn matches(&self, id: u64, raw: &[u8]) -> bool {
+        if self.id.is_some_and(|want| want != id) {
+            return false;
+        }
+        if self.command.is_none() && self.since_ms.is_none() && self.until_ms.is_none() {
+            return true;
+        }
+        let Ok(head) = <store::RecordHead as prost::Message>::decode(raw) else {
+            return false;
+        };
+        self.command.as_deref().is_none_or(|c| head.command == c)
+            && self.since_ms.is_none_or(|s| head.first_seen_ms >= s)
+            && self.until_ms.is_none_or(|u| head.first_seen_ms < u)
+    }
+
+    /// How the choice reads in a message: ` of C, id 7, first stored from … until …`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.command {
+            parts.push(format!("of {c}"));
+        }
+        if let Some(id) = self.id {
+            parts.push(format!("with id {id}"));
+        }
+        if let Some(s) = self.since_ms {
+            parts.push(format!("first stored from {}", cli::utc(s)));
+        }
+        if let Some(u) = self.until_ms {
+            parts.push(format!("first stored before {}", cli::utc(u)));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", parts.join(", "))
+        }
+    }
+}
+
 /// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub struct Progress {
@@ -745,14 +808,14 @@ impl RedbSpool {
     /// `after`, in one transaction. Operator tools loop on it to show progress.
     pub(crate) fn replay_dead_chunk(
         &self,
-        command: Option<&str>,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
         self.call_chunk(ChunkOp {
             replay: true,
             which: Which::Dead,
-            command: command.map(str::to_owned),
+            select: select.clone(),
             after,
             max: max.max(1),
         })
@@ -769,7 +832,7 @@ impl RedbSpool {
         self.call_chunk(ChunkOp {
             replay: false,
             which,
-            command: command.map(str::to_owned),
+            select: Select::command(command),
             after,
             max: max.max(1),
         })

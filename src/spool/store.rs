@@ -86,6 +86,8 @@ pub(crate) struct RecordHead {
     pub(crate) command: String,
     #[prost(string, optional, tag = "5")]
     pub(crate) order_key: Option<String>,
+    #[prost(uint64, tag = "11")]
+    pub(crate) first_seen_ms: u64,
 }
 
 impl Record {

@@ -301,6 +301,70 @@ async fn deadline_and_panic_cost_one_attempt_each() {
 // Operator actions
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&settings(dir.path())).unwrap();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = healthy.clone();
+    let fake = Fake::new(move |_, _| {
+        if h.load(Ordering::SeqCst) {
+            DeliveryResult::Delivered
+        } else {
+            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
+        }
+    });
+    start(&spool, &fake);
+    let a = spool.append(event("callbackAfterA", 1)).await.unwrap();
+    let b = spool.append(event("callbackAfterA", 2)).await.unwrap();
+    wait_until("two dead letters", || spool.stats().dead == 2).await;
+    healthy.store(true, Ordering::SeqCst);
+    let replay = |select: Select| {
+        let s = spool.clone();
+        async move {
+            tokio::task::spawn_blocking(move || s.replay_selected(&select))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let missing = Select {
+        id: Some(b.id + 100),
+        ..Select::default()
+    };
+    assert_eq!(
+        replay(missing).await,
+        0,
+        "an id that is not there takes nothing"
+    );
+    let future = Select {
+        since_ms: Some(now_ms() + 60_000),
+        ..Select::default()
+    };
+    assert_eq!(replay(future).await, 0, "nothing was stored in the future");
+    let by_id = Select {
+        id: Some(b.id),
+        ..Select::default()
+    };
+    assert_eq!(replay(by_id).await, 1);
+    wait_until("b delivered", || spool.stats().pending == 0).await;
+    assert_eq!(spool.stats().dead, 1);
+    assert_eq!(fake.calls().pop().unwrap().delivery_id, b.delivery_id);
+    let past_minute = Select {
+        since_ms: Some(now_ms() - 60_000),
+        until_ms: Some(now_ms() + 1),
+        ..Select::default()
+    };
+    assert_eq!(replay(past_minute).await, 1);
+    wait_until("a delivered", || {
+        let st = spool.stats();
+        st.pending == 0 && st.dead == 0
+    })
+    .await;
+    assert_eq!(fake.calls().pop().unwrap().delivery_id, a.delivery_id);
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_dead_letters_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
@@ -1142,6 +1206,9 @@ async fn cli_commands_on_the_spool_file() {
 
     let replay = SpoolCommand::Replay {
         command: Some("callbackAfterA".into()),
+        id: None,
+        since: None,
+        until: None,
     };
     let out = cli(replay, &s, None).await.unwrap();
     assert!(out.contains("replayed 1 dead letters so far…"), "{out}");
@@ -1214,9 +1281,18 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
     assert!(out.contains("would purge 3 dead events"), "{out}");
 
     healthy.store(true, Ordering::SeqCst);
-    let out = cli(SpoolCommand::Replay { command: None }, &s, admin)
-        .await
-        .unwrap();
+    let out = cli(
+        SpoolCommand::Replay {
+            command: None,
+            id: None,
+            since: None,
+            until: None,
+        },
+        &s,
+        admin,
+    )
+    .await
+    .unwrap();
     assert!(
         out.contains("replayed 3 dead letters to pending; the gateway is delivering them"),
         "{out}"
@@ -1251,4 +1327,62 @@ fn utc_timestamps() {
     assert_eq!(cli::utc(0), "1970-01-01T00:00:00Z");
     assert_eq!(cli::utc(951_782_400_000), "2000-02-29T00:00:00Z");
     assert_eq!(cli::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
+}
+
+#[test]
+fn a_replay_selects_by_command_id_and_first_stored_time() {
+    use super::Select;
+    use prost::Message as _;
+    let rec = |command: &str, first_seen_ms: u64| {
+        let ev = NewEvent {
+            command: command.into(),
+            ..NewEvent::default()
+        };
+        super::store::Record::new(ev, first_seen_ms).encode_to_vec()
+    };
+    let a = rec("callbackAfterA", 1_000);
+    assert!(Select::default().matches(7, &a));
+    assert!(
+        Select::default().matches(7, b"not a record"),
+        "all takes everything"
+    );
+    assert!(Select::command(Some("callbackAfterA")).matches(7, &a));
+    assert!(!Select::command(Some("callbackAfterB")).matches(7, &a));
+    let id = |id| Select {
+        id: Some(id),
+        ..Select::default()
+    };
+    assert!(id(7).matches(7, &a));
+    assert!(!id(8).matches(7, &a));
+    let range = |since, until| Select {
+        since_ms: since,
+        until_ms: until,
+        ..Select::default()
+    };
+    assert!(range(Some(1_000), Some(1_001)).matches(1, &a));
+    assert!(!range(Some(1_001), None).matches(1, &a));
+    assert!(
+        !range(None, Some(1_000)).matches(1, &a),
+        "until is exclusive"
+    );
+    assert!(!range(Some(0), None).matches(1, b"not a record"));
+    assert_eq!(
+        Select {
+            command: Some("c".into()),
+            id: Some(3),
+            ..Select::default()
+        }
+        .describe(),
+        " of c, with id 3"
+    );
+}
+
+#[test]
+fn replay_times_are_rfc3339_or_a_duration_ago() {
+    use super::cli::parse_time;
+    assert_eq!(parse_time("2026-05-01T12:00:00Z"), Ok(1_777_636_800_000));
+    let ago = parse_time("2h").unwrap();
+    let expected = now_ms() - 2 * 3600 * 1000;
+    assert!(ago.abs_diff(expected) < 60_000, "{ago} vs {expected}");
+    assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
 }

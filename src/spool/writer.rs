@@ -18,7 +18,7 @@ use prost::Message;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::store::{self, DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
+use super::store::{DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
 use super::{
     AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Place, Progress as ChunkResult, Role, Shared,
     SpoolConfig, SpoolError, StoredEventRef, Which, now_ms,
@@ -29,7 +29,7 @@ pub(crate) struct ChunkOp {
     /// `true`: move dead letters to pending; `false`: delete from `which`.
     pub(crate) replay: bool,
     pub(crate) which: Which,
-    pub(crate) command: Option<String>,
+    pub(crate) select: super::Select,
     pub(crate) after: Option<u64>,
     pub(crate) max: usize,
 }
@@ -540,6 +540,8 @@ fn chunk(
     let Some(start) = op.after.map_or(Some(0), |a| a.checked_add(1)) else {
         return Ok(ChunkResult::default());
     };
+    // One id: start there.
+    let start = op.select.id.map_or(start, |id| id.max(start));
     let scan_limit = op.max.saturating_mul(SCAN_PER_MATCH);
     let mut picked: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut last = None;
@@ -556,7 +558,7 @@ fn chunk(
             }
             let (k, v) = item?;
             last = Some(k.value());
-            if store::matches(op.command.as_deref(), v.value()) {
+            if op.select.matches(k.value(), v.value()) {
                 picked.push((k.value(), v.value().to_vec()));
             }
         }
@@ -605,7 +607,8 @@ fn chunk(
         let action = if op.replay { "replayed" } else { "purged" };
         tracing::warn!(
             which = %op.which,
-            command = op.command.as_deref().unwrap_or("*"),
+            command = op.select.command.as_deref().unwrap_or("*"),
+            id = ?op.select.id,
             count,
             "spool: operator {action} events"
         );

@@ -954,11 +954,11 @@ impl Backend for RedisSpool {
 
     fn replay_dead_chunk(
         &self,
-        command: Option<&str>,
+        select: &crate::spool::Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
-        ops::replay_chunk(&self.core, command, after, max)
+        ops::replay_chunk(&self.core, select, after, max)
     }
 
     fn purge_chunk(

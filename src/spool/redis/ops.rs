@@ -210,7 +210,7 @@ pub(super) fn count(core: &Core, which: Which, command: Option<&str>) -> Result<
 
 pub(super) fn replay_chunk(
     core: &Core,
-    command: Option<&str>,
+    select: &crate::spool::Select,
     after: Option<u64>,
     max: usize,
 ) -> Result<Progress, SpoolError> {
@@ -229,7 +229,7 @@ pub(super) fn replay_chunk(
                 break;
             }
             last = Some(pack(&d.entry));
-            if !matches(command, &d.raw) {
+            if !select.matches(d.id, &d.raw) {
                 continue;
             }
             let (rec, key) = match <Record as prost::Message>::decode(d.raw.as_slice()) {
@@ -255,7 +255,13 @@ pub(super) fn replay_chunk(
             count += u64::try_from(done).unwrap_or(0);
         }
         let finished = exhausted && all_seen;
-        note(core, command, count, "replayed", Which::Dead);
+        note(
+            core,
+            select.command.as_deref(),
+            count,
+            "replayed",
+            Which::Dead,
+        );
         refresh(core, conn);
         Ok(Progress {
             count,

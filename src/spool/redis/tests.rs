@@ -363,11 +363,23 @@ async fn retries_back_off_in_the_due_set_then_dead_letters_replay_with_the_same_
         1
     );
 
-    // Replay the flaky one: delivered with its original delivery id, attempts reset.
+    // Replay the flaky one by its id: delivered with its original delivery id, attempts reset.
     replaying.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (flaky_id, bad_id) = (f.id, p.id);
+    let by_id = move |id: u64| crate::spool::Select {
+        id: Some(id),
+        command: Some("flaky".into()),
+        ..Default::default()
+    };
     let sp = spool.clone();
     assert_eq!(
-        blocking(move || sp.replay_dead(Some("flaky")).unwrap()).await,
+        blocking(move || sp.replay_selected(&by_id(bad_id)).unwrap()).await,
+        0,
+        "the id of another command's dead letter takes nothing"
+    );
+    let sp = spool.clone();
+    assert_eq!(
+        blocking(move || sp.replay_selected(&by_id(flaky_id)).unwrap()).await,
         1
     );
     wait_for("the replayed delivery", Duration::from_secs(10), || {
