@@ -9,7 +9,7 @@
 use crate::catalog::{Catalog, CommandEntry};
 use crate::config::{CommandConfig, Config, LimitsConfig, Secret, read_admin_token};
 use crate::decision::Policy;
-use crate::http::auth::InboundAuth;
+use crate::http::inbound::InboundAuth;
 use crate::spool::Spool;
 use crate::upstream::{Call, Resilient, Upstreams};
 use arc_swap::ArcSwap;
@@ -27,6 +27,22 @@ pub const SHADOW_SLOTS: usize = 64;
 pub struct Gateway {
     fixed: Arc<Fixed>,
     live: Arc<ArcSwap<Snapshot>>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new configuration serves.
+    Applied,
+    /// Refused; the old configuration keeps serving.
+    Refused(String),
+}
+
+/// Reloads the configuration on demand (`POST /admin/reload`, SIGHUP, a file change); the one
+/// implementation is `crate::reload::Reloader`, which sits above the gateway.
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    /// Loads, checks, builds and swaps in the configuration; `trigger` names the cause.
+    fn reload(&self, gw: &Gateway, trigger: &str) -> ReloadOutcome;
 }
 
 /// When the running configuration was loaded, by what, and which keys that changed.
@@ -50,7 +66,7 @@ struct Fixed {
     inspector: crate::inspect::Inspector,
     loaded: Mutex<Loaded>,
     generation: std::sync::atomic::AtomicU64,
-    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    reloader: std::sync::OnceLock<Arc<dyn Reload>>,
 }
 
 /// The live part, built from a [`Config`]; replaced whole, never edited.
@@ -335,12 +351,12 @@ impl Gateway {
     }
 
     /// Makes `reloader` the one `POST /admin/reload` runs (once; later calls are ignored).
-    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+    pub fn set_reloader(&self, reloader: Arc<dyn Reload>) {
         let _ = self.fixed.reloader.set(reloader);
     }
 
     /// The reload SIGHUP runs, when the gateway was started with a configuration source.
-    pub fn reloader(&self) -> Option<&Arc<crate::reload::Reloader>> {
+    pub fn reloader(&self) -> Option<&Arc<dyn Reload>> {
         self.fixed.reloader.get()
     }
 

@@ -10,7 +10,7 @@
 //! spooled the after-events. A Redis spool that is unreachable does not make it unready either:
 //! its `when_unreachable` policy still answers. Both are named in the 200 body, as notes.
 //!
-//! One background task ([`run_checks`]) checks every member of every upstream that serves an
+//! The checking itself is `crate::checks`: one background task checks every member of every upstream that serves an
 //! enabled command, every `health_check_interval`, with the standard
 //! `grpc.health.v1.Health/Check` (`upstreams.<name>.health_service`, `""` = the server as a
 //! whole). SERVING is up; a server that answers UNIMPLEMENTED has no health service but is
@@ -22,17 +22,13 @@
 //! are forwarded again within a second of its return. A config reload wakes the task at once;
 //! results of an older snapshot never count.
 
-use crate::gateway::Gateway;
-use crate::upstream::{BreakerState, CheckResult, MemberChannel, Resilient};
+use crate::upstream::Resilient;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use tokio::sync::Notify;
 use tonic_health::ServingStatus;
-use tonic_health::pb::health_check_response::ServingStatus as Wire;
 use tonic_health::pb::health_server::HealthServer;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tonic_health::server::{HealthReporter, HealthService};
 
 pub use crate::upstream::FAST_RECHECK;
@@ -112,12 +108,17 @@ impl Health {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Completes when the checks should run again at once (a snapshot swap, listening, drain).
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     /// Run the checks again now (a new snapshot was swapped in).
     pub fn recheck(&self) {
         self.wake.notify_one();
     }
 
-    fn store(&self, generation: u64, results: BTreeMap<String, Result<(), String>>) {
+    pub(crate) fn store(&self, generation: u64, results: BTreeMap<String, Result<(), String>>) {
         let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         board.generation = generation;
         board.results = results;
@@ -139,16 +140,12 @@ impl Health {
         }
     }
 
-    /// What is degraded without making the gateway unready (one line each): an unreachable
-    /// Redis spool, upstreams that are down. `/readyz` shows them under its 200.
-    pub fn notes(&self, gw: &Gateway) -> Vec<String> {
+    /// The upstreams the last checks of snapshot `generation` found down (one line each), which
+    /// `/readyz` shows under its 200 as degraded.
+    pub fn upstream_notes(&self, generation: u64) -> Vec<String> {
         let mut notes = Vec::new();
-        if let Some(Err(e)) = gw.spool().map(crate::spool::Spool::health) {
-            notes.push(format!("spool: {e}"));
-        }
-        let snapshot = gw.snapshot();
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        if board.generation == snapshot.generation {
+        if board.generation == generation {
             for (name, result) in &board.results {
                 if let Err(e) = result {
                     notes.push(format!("upstream `{name}`: {e}"));
@@ -158,17 +155,17 @@ impl Health {
         notes
     }
 
-    /// Whether the last checks of the current snapshot found `upstream` up (`None`: not
+    /// Whether the last checks of snapshot `generation` found `upstream` up (`None`: not
     /// checked yet).
-    pub fn upstream_up(&self, gw: &Gateway, upstream: &str) -> Option<bool> {
+    pub fn upstream_up(&self, generation: u64, upstream: &str) -> Option<bool> {
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        if board.generation != gw.snapshot().generation {
+        if board.generation != generation {
             return None;
         }
         board.results.get(upstream).map(Result::is_ok)
     }
 
-    async fn publish(&self) {
+    pub(crate) async fn publish(&self) {
         let ready = self.readiness().is_ok();
         metrics::gauge!("gateway_ready").set(if ready { 1.0 } else { 0.0 });
         let status = if ready {
@@ -178,134 +175,4 @@ impl Health {
         };
         self.reporter.set_service_status("", status).await;
     }
-}
-
-/// Checks the upstreams of the current snapshot every `interval` (every [`FAST_RECHECK`] while
-/// one is down or its breaker is not closed), and publishes the readiness, until the process
-/// ends (the caller aborts the task).
-pub async fn run_checks(gw: Gateway, interval: Duration) {
-    let health = gw.health();
-    let mut was_ready = false;
-    let mut was_up: BTreeMap<String, bool> = BTreeMap::new();
-    loop {
-        let snapshot = gw.snapshot();
-        let timeout = interval.min(Duration::from_secs(2));
-        let mut set = tokio::task::JoinSet::new();
-        for target in snapshot.health_targets.clone() {
-            set.spawn(async move {
-                let result = check_upstream(&target, timeout).await;
-                if result.is_ok() {
-                    target.upstream.health_ok();
-                }
-                (target, result)
-            });
-        }
-        let mut results = BTreeMap::new();
-        let mut hurry = false;
-        while let Some(joined) = set.join_next().await {
-            let Ok((target, result)) = joined else {
-                continue;
-            };
-            let up = result.is_ok();
-            metrics::gauge!("gateway_upstream_up", "upstream" => target.name.clone()).set(if up {
-                1.0
-            } else {
-                0.0
-            });
-            match (&result, was_up.insert(target.name.clone(), up)) {
-                (Err(e), Some(true) | None) => {
-                    tracing::warn!(upstream = %target.name, problem = %e,
-                        "upstream down: its commands get their failure policy, after-events stay spooled")
-                }
-                (Ok(()), Some(false)) => {
-                    tracing::info!(upstream = %target.name, "upstream up again")
-                }
-                _ => {}
-            }
-            hurry |= !up || target.upstream.breaker_state() != BreakerState::Closed;
-            results.insert(target.name, result);
-        }
-        health.store(snapshot.generation, results);
-        health.publish().await;
-        let ready = health.readiness().is_ok();
-        if ready && !was_ready {
-            tracing::info!("ready");
-        }
-        was_ready = ready;
-        drop(snapshot);
-        let pause = if hurry {
-            interval.min(FAST_RECHECK)
-        } else {
-            interval
-        };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = health.wake.notified() => {}
-        }
-    }
-}
-
-/// Checks every member of one upstream: up when one answers as serving, else the members'
-/// answers, one per member.
-async fn check_upstream(target: &Target, timeout: Duration) -> Result<(), String> {
-    let transport = target.upstream.client().channel();
-    let members = transport.member_channels();
-    if members.is_empty() {
-        return Err("no member (its host names did not resolve yet)".to_owned());
-    }
-    let checks = members.into_iter().map(|member| async move {
-        let result = check(&member, &target.service, timeout).await;
-        transport.record_check(&member, result.clone());
-        (member.label, result)
-    });
-    let results = futures_util::future::join_all(checks).await;
-    if results.iter().any(|(_, r)| r.is_serving()) {
-        return Ok(());
-    }
-    Err(results
-        .iter()
-        .map(|(label, r)| format!("{label}: {}", r.text()))
-        .collect::<Vec<_>>()
-        .join("; "))
-}
-
-/// One `grpc.health.v1.Health/Check` of one member.
-async fn check(member: &MemberChannel, service: &str, timeout: Duration) -> CheckResult {
-    let mut client = HealthClient::new(member.channel.clone());
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: service.to_owned(),
-    });
-    request.set_timeout(timeout);
-    let answer = tokio::time::timeout(timeout, client.check(request)).await;
-    let of = if service.is_empty() {
-        "the server".to_owned()
-    } else {
-        format!("service `{service}`")
-    };
-    match answer {
-        Err(_) => CheckResult::NoAnswer(format!(
-            "no answer to the health check of {of} within {}",
-            crate::telemetry::human_duration(timeout)
-        )),
-        Ok(Ok(response)) => match response.into_inner().status() {
-            Wire::Serving => CheckResult::Serving,
-            other => CheckResult::NotServing(format!("{} for {of}", other.as_str_name())),
-        },
-        // Reachable, without the health service: counts as up.
-        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented && is_remote(&status) => {
-            CheckResult::Serving
-        }
-        Ok(Err(status)) if status.code() == tonic::Code::NotFound && is_remote(&status) => {
-            CheckResult::NotServing(format!("NOT_FOUND: the server does not know {of}"))
-        }
-        Ok(Err(status)) => CheckResult::NoAnswer(format!(
-            "health check failed: {}",
-            crate::upstream::error_chain(&status)
-        )),
-    }
-}
-
-/// A status the peer sent (tonic reports transport errors as statuses with a source).
-fn is_remote(status: &tonic::Status) -> bool {
-    std::error::Error::source(status).is_none()
 }

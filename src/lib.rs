@@ -33,6 +33,7 @@
 //! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
 
 pub mod catalog;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod decision;
@@ -150,7 +151,7 @@ pub async fn run_reloadable(
         shutdown_grace: config.shutdown_grace.0,
         shutdown_delay: config.shutdown_delay.0,
     };
-    let _health = AbortOnDrop(tokio::spawn(health::run_checks(
+    let _health = AbortOnDrop(tokio::spawn(checks::run_checks(
         gateway.clone(),
         config.health_check_interval.0,
     )));

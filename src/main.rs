@@ -279,7 +279,14 @@ fn main() -> ExitCode {
     code
 }
 
-use openim_callback_gateway::cli::admin::token as admin_token;
+/// The bearer token in `token_file` (`--token-file`, the gateway's `admin_token_file`), if given.
+fn admin_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    token_file
+        .map(openim_callback_gateway::config::read_admin_token)
+        .transpose()
+        .map(|t| t.map(|t| t.expose().to_owned()))
+        .map_err(|e| format!("--token-file: {e}"))
+}
 
 /// The running configuration of a gateway, from its `GET /admin/config`.
 async fn live_config(admin: &str, token_file: Option<&std::path::Path>) -> Result<Config, String> {

@@ -68,11 +68,17 @@ impl Reloader {
         reload(gw, &self.source, &mut running, &*self.prepare, trigger)
     }
 
-    fn running(&self) -> Config {
+    fn running_config(&self) -> Config {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+impl crate::gateway::Reload for Reloader {
+    fn reload(&self, gw: &Gateway, trigger: &str) -> Outcome {
+        Reloader::reload(self, gw, trigger)
     }
 }
 
@@ -165,14 +171,8 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
     out
 }
 
-/// What a reload did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The new configuration serves.
-    Applied,
-    /// Refused; the old configuration keeps serving.
-    Refused(String),
-}
+/// What a reload did (the gateway's type, so that the admin route can run one).
+pub use crate::gateway::ReloadOutcome as Outcome;
 
 /// Loads, checks, builds and swaps in a new configuration. `running` is updated when applied.
 /// `prepare` makes a loaded config comparable with the running one (the built-in example
@@ -237,7 +237,7 @@ pub fn watch(
     gw: Gateway,
     reloader: Arc<Reloader>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let running = reloader.running();
+    let running = reloader.running_config();
     let source = reloader.source.clone();
     let interval = running
         .reload

@@ -432,7 +432,7 @@ async fn callbacks_are_forwarded_again_within_a_second_of_the_upstreams_return()
         up.uri()
     );
     let gw = support::gateway(&Config::from_yaml(&yaml).unwrap());
-    let checks = tokio::spawn(openim_callback_gateway::health::run_checks(
+    let checks = tokio::spawn(openim_callback_gateway::checks::run_checks(
         gw.clone(),
         Duration::from_secs(1),
     ));

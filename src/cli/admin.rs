@@ -11,15 +11,6 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest admin API answer read.
 const ADMIN_MAX_RESPONSE: usize = 256 << 20;
 
-/// The bearer token in `token_file` (`--token-file`, the gateway's `admin_token_file`), if given.
-pub fn token(token_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
-    token_file
-        .map(crate::config::read_admin_token)
-        .transpose()
-        .map(|t| t.map(|t| t.expose().to_owned()))
-        .map_err(|e| format!("--token-file: {e}"))
-}
-
 /// An admin API request that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("admin API {url}: {detail}")]

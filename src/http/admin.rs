@@ -38,10 +38,7 @@ pub(super) fn router(gw: &Gateway) -> Router {
         .route("/admin/callbacks/stream", get(callback_stream))
         .layer(token())
         .with_state(gw.clone());
-    let router = health
-        .merge(metrics)
-        .merge(upstreams)
-        .merge(super::console::router(gw));
+    let router = health.merge(metrics).merge(upstreams);
     match gw.spool() {
         Some(spool) => router.merge(crate::spool::admin::router(spool.clone()).layer(token())),
         None => router,
@@ -55,7 +52,14 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     match gw.health().readiness() {
         Ok(()) => {
             let mut body = String::from("ready\n");
-            for note in gw.health().notes(&gw) {
+            let mut notes: Vec<String> = gw
+                .spool()
+                .and_then(|s| s.health().err())
+                .map(|e| format!("spool: {e}"))
+                .into_iter()
+                .collect();
+            notes.extend(gw.health().upstream_notes(gw.snapshot().generation));
+            for note in notes {
                 body.push_str("degraded, still answering: ");
                 body.push_str(&note);
                 body.push('\n');
@@ -123,7 +127,7 @@ pub(super) fn upstream_views(gw: &Gateway) -> Vec<serde_json::Value> {
             Some(serde_json::json!({
                 "name": name,
                 "checked": snapshot.health_targets.iter().any(|t| &t.name == name),
-                "up": health.upstream_up(gw, name),
+                "up": health.upstream_up(snapshot.generation, name),
                 "breaker": upstream.breaker_state().name(),
                 "in_flight": upstream.in_flight(),
                 "members": members,

@@ -14,6 +14,7 @@ pub mod auth;
 mod body;
 mod conn;
 mod console;
+pub mod inbound;
 mod serve;
 pub mod tls;
 
@@ -45,13 +46,17 @@ pub fn callback_router(gw: &Gateway) -> Router {
 
 /// Health, metrics and the spool admin API, for the operators' port (`admin_listen`).
 pub fn admin_router(gw: &Gateway) -> Router {
-    layers(admin::router(gw))
+    layers(admin::router(gw).merge(console::router(gw)))
 }
 
 /// Everything on one port: the callbacks plus the admin routes (which keep their own token
 /// check; health and metrics stay open for probes). Used when no `admin_listen` is configured.
 pub fn app(gw: &Gateway) -> Router {
-    layers(admin::router(gw).merge(callbacks(gw)))
+    layers(
+        admin::router(gw)
+            .merge(console::router(gw))
+            .merge(callbacks(gw)),
+    )
 }
 
 fn callbacks(gw: &Gateway) -> Router {
