@@ -15,8 +15,13 @@
 //! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
 //!   part (per-command routes and policies, upstream clients, limits).
 //! - [`pipeline`]: one callback, one path, every exit a decision.
-//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer),
-//!   and the upstreams' member health checks behind `/admin/upstreams`.
+//! - [`gate`]: the request-side rules (`only`, `skip`) that answer a callback without the
+//!   service; [`fields`]: the request fields they read, straight from the protobuf bytes, and
+//!   the conversation ID; [`shadow`]: shadow mode.
+//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer);
+//!   [`checks`]: the upstreams' member health checks behind `/admin/upstreams`.
+//! - [`inspect`]: the recent callbacks; [`doctor`]: OpenIM's webhook configuration checked
+//!   against the gateway's; [`cli`]: the operator commands that talk to a running gateway.
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
