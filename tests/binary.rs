@@ -403,17 +403,7 @@ fn admin_listen_moves_health_metrics_and_the_spool_api_off_openims_port() {
 
 /// Runs the binary to completion with `args` and extra environment variables.
 fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    process::run(args, env.iter().copied())
 }
 
 /// The README's start command: callbacks on every interface, the admin API on loopback. Without

@@ -21,10 +21,9 @@ mod process;
 mod redis_server;
 
 use openim_callback_gateway::proto::v1 as pb;
-use process::{BIN, connect, post, spawn_with_env};
+use process::{connect, post, spawn_with_env};
 use redis_server::RedisServer;
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -65,18 +64,10 @@ fn start(
 
 /// Runs an operator command of the binary against Redis (no `--admin`).
 fn spool_cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .arg("spool")
-        .args(args)
-        .envs(redis_env(url))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("spool")
+        .chain(args.iter().copied())
+        .collect();
+    process::run(&args, redis_env(url))
 }
 
 /// One HTTP/1.1 GET on a fresh connection; the status and the body.

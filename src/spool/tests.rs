@@ -300,10 +300,9 @@ async fn deadline_and_panic_cost_one_attempt_each() {
 // ---------------------------------------------------------------------------------------------
 // Operator actions
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&settings(dir.path())).unwrap();
+/// A service that answers every delivery with a permanent error (so events become dead letters)
+/// until the returned flag is set, and then delivers them.
+fn failing_until_healed() -> (Arc<Fake>, Arc<AtomicBool>) {
     let healthy = Arc::new(AtomicBool::new(false));
     let h = healthy.clone();
     let fake = Fake::new(move |_, _| {
@@ -313,6 +312,14 @@ async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
             DeliveryResult::Permanent("INVALID_ARGUMENT".into())
         }
     });
+    (fake, healthy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&settings(dir.path())).unwrap();
+    let (fake, healthy) = failing_until_healed();
     start(&spool, &fake);
     let a = spool.append(event("callbackAfterA", 1)).await.unwrap();
     let b = spool.append(event("callbackAfterA", 2)).await.unwrap();
@@ -368,15 +375,7 @@ async fn a_replay_by_id_or_time_range_takes_only_those_dead_letters() {
 async fn replayed_dead_letters_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
-    let healthy = Arc::new(AtomicBool::new(false));
-    let h = healthy.clone();
-    let fake = Fake::new(move |_, _| {
-        if h.load(Ordering::SeqCst) {
-            DeliveryResult::Delivered
-        } else {
-            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
-        }
-    });
+    let (fake, healthy) = failing_until_healed();
     start(&spool, &fake);
     let a = spool.append(event("callbackAfterA", 1)).await.unwrap();
     spool.append(event("callbackAfterB", 2)).await.unwrap();
@@ -1244,15 +1243,7 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let spool = Spool::open(&s).unwrap();
-    let healthy = Arc::new(AtomicBool::new(false));
-    let h = healthy.clone();
-    let fake = Fake::new(move |_, _| {
-        if h.load(Ordering::SeqCst) {
-            DeliveryResult::Delivered
-        } else {
-            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
-        }
-    });
+    let (fake, healthy) = failing_until_healed();
     start(&spool, &fake);
     for n in 0..3 {
         spool.append(event("callbackAfterA", n)).await.unwrap();

@@ -53,6 +53,25 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs the binary to completion with `args` and extra environment variables: the exit code,
+/// stdout and stderr.
+pub fn run<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Starts the binary with `args` and waits (bounded) for its "listening" log line.
 pub fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
     spawn_with_env(args, spool_dir, &[])
