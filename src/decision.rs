@@ -373,6 +373,35 @@ pub fn rejection_details(code: i32, message: &str, detail: &str) -> Bytes {
     status.encode_to_vec().into()
 }
 
+/// A failure as the logs show it: a gRPC status message from the service (which can echo user
+/// content) and the problem of a bad body (which can quote values) are redacted.
+pub fn failure_text(f: &Failure) -> String {
+    if !crate::telemetry::redact() {
+        return f.to_string();
+    }
+    match f {
+        Failure::Call(CallError::Status(s)) => {
+            format!(
+                "upstream status {}: {}",
+                crate::telemetry::grpc_code_name(s.code()),
+                crate::telemetry::REDACTED
+            )
+        }
+        // A bad body's problem was built redacted already ([`field_problem`]).
+        other => other.to_string(),
+    }
+}
+
+/// A field problem of a bad body as the logs show it: the field's path (key names, from the
+/// contract) stays, what it held goes unless `log.redact: false`.
+pub fn field_problem(e: &crate::json::FieldError) -> String {
+    if crate::telemetry::redact() {
+        format!("field `{}`: {}", e.path, crate::telemetry::REDACTED)
+    } else {
+        e.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,5 +622,28 @@ mod tests {
             rejection_in_details(b"\xff\xff").is_none(),
             "garbage details are ignored"
         );
+    }
+
+    #[test]
+    fn a_delivery_error_loses_the_status_message_only() {
+        assert!(crate::telemetry::redact(), "on by default");
+        let text = delivery_result(&Err(CallError::Status(tonic::Status::new(
+            tonic::Code::Unavailable,
+            "cannot store: hello bob",
+        ))));
+        let crate::spool::DeliveryResult::Retry(text) = text else {
+            panic!("{text:?}");
+        };
+        assert_eq!(
+            crate::telemetry::delivery_error(&text),
+            "Unavailable: <redacted>"
+        );
+        let reason = format!("gave up after 3 attempts: {text}");
+        assert_eq!(
+            crate::telemetry::delivery_error(&reason),
+            "gave up after 3 attempts: Unavailable: <redacted>"
+        );
+        let plain = "gave up after 3 attempts: upstream did not answer within 1s";
+        assert_eq!(crate::telemetry::delivery_error(plain), plain);
     }
 }

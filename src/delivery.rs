@@ -68,7 +68,7 @@ async fn deliver(gw: &Gateway, ev: &StoredEvent, attempt: u32) -> DeliveryResult
     metrics::histogram!("gateway_delivery_duration_seconds", "command" => entry.row.command)
         .record(started.elapsed().as_secs_f64());
     let span = tracing::Span::current();
-    let status = telemetry::call_status(&result);
+    let status = crate::upstream::call_status(&result);
     let verdict = decision::delivery_result(&result);
     let outcome = match &verdict {
         DeliveryResult::Delivered => "delivered",

@@ -359,7 +359,7 @@ async fn decide(
     gw.note_unknown_keys(command, &unknown_keys, operation_id);
     if let Some(first) = errors.first() {
         // The problem can quote a value: redacted unless `log.redact: false`.
-        let first = telemetry::field_problem(first);
+        let first = crate::decision::field_problem(first);
         let problem = if errors.len() > 1 {
             format!("{first} (and {} more)", errors.len() - 1)
         } else {
@@ -456,7 +456,7 @@ async fn decide(
         return Decision::continue_for(Reason::Shadow);
     }
     let result = upstream.call(command, call, retry).await;
-    *grpc_status = telemetry::call_status(&result);
+    *grpc_status = crate::upstream::call_status(&result);
     decision::decide(entry, result, policy)
 }
 
@@ -527,7 +527,7 @@ fn log(
     let trace_id = telemetry::trace_id(&span);
     let failure_label = failure.map(Failure::label);
     let delivery_id = spooled.map(|s| s.delivery_id.as_str());
-    let error = failure.map(telemetry::failure_text);
+    let error = failure.map(crate::decision::failure_text);
     telemetry::record_outcome(
         &span,
         &exit.operation_id,

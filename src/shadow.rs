@@ -50,7 +50,7 @@ pub fn spawn(
             ),
             _ => (None, None),
         };
-        let error = decision.failure().map(crate::telemetry::failure_text);
+        let error = decision.failure().map(crate::decision::failure_text);
         tracing::info!(
             command,
             operation_id,

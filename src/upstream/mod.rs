@@ -108,3 +108,13 @@ impl Upstreams {
         self.clients.get(name)
     }
 }
+
+/// The gRPC status of an upstream call's result: `OK` for a reply, the status the upstream sent,
+/// or `None` when no status came (timeout, unreachable).
+pub fn call_status(result: &Result<bytes::Bytes, CallError>) -> Option<tonic::Code> {
+    match result {
+        Ok(_) => Some(tonic::Code::Ok),
+        Err(CallError::Status(s)) => Some(s.code()),
+        Err(_) => None,
+    }
+}
