@@ -1,6 +1,6 @@
 //! A few top-level fields of an encoded request, read straight from its protobuf bytes without
 //! decoding the message (no allocation): what the gate's rules read (`sendID`, `recvID`,
-//! `groupID`, `contentType`, `atUserList`), and what OpenIM derives from them, the conversation
+//! `groupID`, `contentType`, `atUserList`), the body's `operationID`, and what OpenIM derives from them, the conversation
 //! ID ([`conversation_id`], sent as `openim-conversation-id` metadata).
 //!
 //! [`FieldNumbers`] is resolved once per command from the request's descriptor; [`Fields`] scans
@@ -24,6 +24,8 @@ pub struct FieldNumbers {
     pub session_type: Option<u32>,
     /// `atUserList` (repeated string).
     pub at_user_list: Option<u32>,
+    /// `operationID` (string): the log line's id when the header has none.
+    pub operation_id: Option<u32>,
 }
 
 impl FieldNumbers {
@@ -42,6 +44,7 @@ impl FieldNumbers {
             content_type: field("contentType", int, false),
             session_type: field("sessionType", int, false),
             at_user_list: field("atUserList", string, true),
+            operation_id: field("operationID", string, false),
         }
     }
 
@@ -54,6 +57,7 @@ impl FieldNumbers {
             "contentType" => self.content_type.is_some(),
             "sessionType" => self.session_type.is_some(),
             "atUserList" => self.at_user_list.is_some(),
+            "operationID" => self.operation_id.is_some(),
             _ => false,
         }
     }
@@ -113,6 +117,11 @@ impl<'a> Fields<'a> {
     /// `groupID`.
     pub fn group_id(&self) -> &'a str {
         self.string(self.numbers.group_id)
+    }
+
+    /// `operationID`.
+    pub fn operation_id(&self) -> &'a str {
+        self.string(self.numbers.operation_id)
     }
 
     /// `contentType`.

@@ -1,22 +1,56 @@
-//! The gate: request-side rules that answer a callback at once, without calling the service.
-//! Each command's [`Gate`] is built once per snapshot from its settings (`only:`, `skip:`, and
-//! the top-level `bots:`) and holds the rules that apply to its request: a condition set under
-//! `defaults` applies to the commands whose request carries the fields it reads; one set under
-//! `commands.<command>` on a field the command lacks is refused by the config's validation.
+//! The gate: the stage of the request path whose rules may answer a callback at once, without
+//! calling the service (`crate::pipeline` runs it after decoding, before routing).
 //!
-//! A rule is one type implementing [`Rule`]: its name (the `rule` label of
-//! `gateway_held_back_total`), the request fields it reads, and one function saying whether a
-//! callback is held back. It reads the fields from the encoded request ([`crate::fields`]),
-//! allocating nothing. A held-back before callback continues (with the echo rules OpenIM needs);
-//! a held-back after callback is acknowledged and not spooled.
+//! A rule is one type implementing [`Rule`]: it sees the callback as an [`Arrival`] and either
+//! answers with the [`Decision`] OpenIM gets, or lets the callback go on. Adding one is that
+//! type, its function, its unit test and one line in [`Gate::build`]; the pipeline does not
+//! change. Each command's [`Gate`] is built once per snapshot and runs, in order:
+//!
+//! 1. [`Shed`]: the callback got no `limits.max_in_flight` slot (its body was drained, not kept):
+//!    the command's failure policy.
+//! 2. [`Disabled`]: the command has no upstream: continue.
+//! 3. [`Conditions`]: the field conditions of `only:`, `skip:` and the top-level `bots:`, each a
+//!    [`Condition`], whose first match holds the callback back. A condition set under `defaults`
+//!    applies to the commands whose request carries the fields it reads; one set under
+//!    `commands.<command>` on a field the command lacks is refused by the config's validation. A
+//!    condition reads the fields from the encoded request ([`crate::fields`]), allocating
+//!    nothing. A held-back before callback continues (with the echo rules OpenIM needs); a
+//!    held-back after callback is acknowledged and not spooled.
 
 use crate::config::{CommandConfig, ContentTypes};
+use crate::decision::{self, Decision, Failure, Policy, Reason};
 use crate::fields::{FieldNumbers, Fields};
 use std::sync::Arc;
 
-/// One request-side rule.
+/// A callback as the gate sees it: decoded, not yet routed.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    /// The command.
+    pub command: &'static str,
+    /// The operationID (header, else body), for the rules' log lines.
+    pub operation_id: &'a str,
+    /// Whether it got a `limits.max_in_flight` slot.
+    pub admitted: bool,
+    /// Whether the command has an upstream.
+    pub enabled: bool,
+    /// The request, protobuf-encoded (empty when it was not kept).
+    pub payload: &'a [u8],
+    /// The command's failure policy.
+    pub policy: &'a Policy,
+}
+
+/// One rule of the gate.
 pub trait Rule: Send + Sync + std::fmt::Debug {
-    /// The rule's name, as configured (`skip.from_bots`).
+    /// The rule's name, for `routes` and the logs.
+    fn name(&self) -> &'static str;
+    /// The answer for this callback, or `None` to let it go on.
+    fn answer(&self, arrival: &Arrival<'_>) -> Option<Decision>;
+}
+
+/// A field condition of `only:` / `skip:`: whether a request is held back.
+pub trait Condition: Send + Sync + std::fmt::Debug {
+    /// The condition's name, as configured (`skip.from_bots`): the `rule` label of
+    /// `gateway_held_back_total`.
     fn name(&self) -> &'static str;
     /// The request fields it reads (their JSON names).
     fn reads(&self) -> &'static [&'static str];
@@ -28,21 +62,111 @@ pub trait Rule: Send + Sync + std::fmt::Debug {
     fn holds_back(&self, fields: &Fields<'_>) -> bool;
 }
 
-/// The rules of one command, in order; the first that holds a callback back names it.
-#[derive(Debug, Clone, Default)]
+/// The rules of one command, in order; the first that answers decides.
+#[derive(Debug, Clone)]
 pub struct Gate {
-    numbers: FieldNumbers,
     rules: Vec<Arc<dyn Rule>>,
+    conditions: Arc<Conditions>,
 }
 
 impl Gate {
-    /// The rules of `settings` that apply to a request with `numbers` (the others are left out:
-    /// a `defaults` condition on a field this command does not carry).
+    /// The gate of a command with `settings`; `numbers`: where its request's fields sit (the
+    /// conditions on fields it lacks are left out: a `defaults` condition on a field this
+    /// command does not carry).
+    pub fn build(settings: &CommandConfig, bots: &[String], numbers: FieldNumbers) -> Self {
+        let conditions = Arc::new(Conditions::build(settings, bots, numbers));
+        let mut rules: Vec<Arc<dyn Rule>> = vec![Arc::new(Shed), Arc::new(Disabled)];
+        if !conditions.is_empty() {
+            rules.push(conditions.clone());
+        }
+        Self { rules, conditions }
+    }
+
+    /// The first rule's answer for `arrival`, or `None`: on to the service.
+    pub fn check(&self, arrival: &Arrival<'_>) -> Option<Decision> {
+        self.rules.iter().find_map(|r| r.answer(arrival))
+    }
+
+    /// The names of the field conditions, for `routes`.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.conditions.names()
+    }
+
+    /// The name of the first field condition that holds back the request encoded as
+    /// `payload`, if any.
+    pub fn held_back(&self, payload: &[u8]) -> Option<&'static str> {
+        self.conditions.held_back(payload)
+    }
+}
+
+/// Over `limits.max_in_flight`: the callback was not handled; the failure policy answers.
+#[derive(Debug)]
+pub struct Shed;
+
+impl Rule for Shed {
+    fn name(&self) -> &'static str {
+        "limits.max_in_flight"
+    }
+    fn answer(&self, a: &Arrival<'_>) -> Option<Decision> {
+        if a.admitted {
+            return None;
+        }
+        metrics::counter!("gateway_limit_total", "limit" => "max_in_flight").increment(1);
+        metrics::counter!("gateway_resilience_trips_total", "control" => "max_in_flight", "upstream" => "")
+            .increment(1);
+        Some(decision::fail(
+            Failure::Overloaded("over limits.max_in_flight".into()),
+            a.policy,
+        ))
+    }
+}
+
+/// A command without an upstream (`enabled: false`): continue.
+#[derive(Debug)]
+pub struct Disabled;
+
+impl Rule for Disabled {
+    fn name(&self) -> &'static str {
+        "disabled"
+    }
+    fn answer(&self, a: &Arrival<'_>) -> Option<Decision> {
+        (!a.enabled).then(|| Decision::continue_for(Reason::Disabled))
+    }
+}
+
+/// The field conditions of one command (`only:`, `skip:`, `bots:`), in order; the first that
+/// holds a callback back names it.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    numbers: FieldNumbers,
+    conditions: Vec<Arc<dyn Condition>>,
+}
+
+impl Rule for Conditions {
+    fn name(&self) -> &'static str {
+        "conditions"
+    }
+    fn answer(&self, a: &Arrival<'_>) -> Option<Decision> {
+        let rule = self.held_back(a.payload)?;
+        metrics::counter!("gateway_held_back_total", "command" => a.command, "rule" => rule)
+            .increment(1);
+        tracing::debug!(
+            command = a.command,
+            operation_id = a.operation_id,
+            rule,
+            "held back by a rule: answered without calling the service"
+        );
+        Some(Decision::continue_for(Reason::HeldBack(rule)))
+    }
+}
+
+impl Conditions {
+    /// The conditions of `settings` that apply to a request with `numbers`.
     pub fn build(settings: &CommandConfig, bots: &[String], numbers: FieldNumbers) -> Self {
         let bots: Arc<[String]> = bots.into();
         let only = &settings.only;
         let skip = &settings.skip;
-        let mut rules: Vec<Arc<dyn Rule>> = Vec::new();
+        let mut rules: Vec<Arc<dyn Condition>> = Vec::new();
         if skip.notifications {
             rules.push(Arc::new(SkipNotifications));
         }
@@ -76,23 +200,26 @@ impl Gate {
             }));
         }
         rules.retain(|r| r.applies(&numbers));
-        Self { numbers, rules }
+        Self {
+            numbers,
+            conditions: rules,
+        }
     }
 
-    /// Whether there is any rule.
+    /// Whether there is any condition.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.conditions.is_empty()
     }
 
-    /// The rules' names, for `routes`.
+    /// The conditions' names.
     pub fn names(&self) -> Vec<&'static str> {
-        self.rules.iter().map(|r| r.name()).collect()
+        self.conditions.iter().map(|r| r.name()).collect()
     }
 
-    /// The name of the first rule that holds back the request encoded as `payload`, if any.
-    pub fn check(&self, payload: &[u8]) -> Option<&'static str> {
+    /// The name of the first condition that holds back the request encoded as `payload`.
+    pub fn held_back(&self, payload: &[u8]) -> Option<&'static str> {
         let fields = Fields::new(payload, &self.numbers);
-        self.rules
+        self.conditions
             .iter()
             .find(|r| r.holds_back(&fields))
             .map(|r| r.name())
@@ -103,7 +230,7 @@ impl Gate {
 #[derive(Debug)]
 struct OnlyContentTypes(Vec<ContentTypes>);
 
-impl Rule for OnlyContentTypes {
+impl Condition for OnlyContentTypes {
     fn name(&self) -> &'static str {
         "only.content_types"
     }
@@ -126,7 +253,7 @@ struct OnlyToBots {
 /// What OpenIM puts in `atUserList` for an @-everyone.
 const AT_ALL: &str = "AtAllTag";
 
-impl Rule for OnlyToBots {
+impl Condition for OnlyToBots {
     fn name(&self) -> &'static str {
         "only.to_bots"
     }
@@ -150,7 +277,7 @@ impl Rule for OnlyToBots {
 #[derive(Debug)]
 struct SkipNotifications;
 
-impl Rule for SkipNotifications {
+impl Condition for SkipNotifications {
     fn name(&self) -> &'static str {
         "skip.notifications"
     }
@@ -166,7 +293,7 @@ impl Rule for SkipNotifications {
 #[derive(Debug)]
 struct SkipFromBots(Arc<[String]>);
 
-impl Rule for SkipFromBots {
+impl Condition for SkipFromBots {
     fn name(&self) -> &'static str {
         "skip.from_bots"
     }
@@ -194,7 +321,7 @@ struct SkipIds {
     patterns: Vec<String>,
 }
 
-impl Rule for SkipIds {
+impl Condition for SkipIds {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -219,7 +346,7 @@ impl Rule for SkipIds {
 #[derive(Debug)]
 struct SkipContentTypes(Vec<ContentTypes>);
 
-impl Rule for SkipContentTypes {
+impl Condition for SkipContentTypes {
     fn name(&self) -> &'static str {
         "skip.content_types"
     }
@@ -280,39 +407,79 @@ mod tests {
     }
 
     #[test]
+    fn shedding_comes_first_then_a_disabled_command_then_the_conditions() {
+        let g = gate(r#"{"skip": {"from_bots": true}}"#, &["bot_1"]);
+        let policy = Policy {
+            on_failure: crate::config::FailurePolicy::Reject,
+            reject_code: 5001,
+            reject_message: "busy".into(),
+            allow_offline_push_info: false,
+        };
+        let from_bot = msg("bot_1", "u2", 101, &[]);
+        let arrival = |admitted, enabled, payload: &'static [u8]| {
+            let a = Arrival {
+                command: "callbackAfterSendSingleMsgCommand",
+                operation_id: "op",
+                admitted,
+                enabled,
+                payload,
+                policy: &policy,
+            };
+            g.check(&a)
+                .map(|d| (d.outcome(), d.failure().map(Failure::label)))
+        };
+        let from_bot: &'static [u8] = Box::leak(from_bot.into_boxed_slice());
+        // Not admitted: the failure policy, whatever else holds (the body was not kept).
+        assert_eq!(
+            arrival(false, false, &[]),
+            Some(("failed-closed", Some("overloaded")))
+        );
+        // Disabled before any condition.
+        assert_eq!(arrival(true, false, from_bot), Some(("continue", None)));
+        assert_eq!(arrival(true, true, from_bot), Some(("held-back", None)));
+        // Nothing holds: on to the service.
+        let to_bot: &'static [u8] = Box::leak(msg("u1", "bot_1", 101, &[]).into_boxed_slice());
+        assert_eq!(arrival(true, true, to_bot), None);
+    }
+
+    #[test]
     fn the_bot_preset_forwards_only_what_the_bot_should_see() {
         let g = gate(
             r#"{"only": {"to_bots": true, "content_types": [101, 106]}, "skip": {"from_bots": true, "notifications": true}}"#,
             &["bot_1"],
         );
-        assert_eq!(g.check(&msg("u1", "bot_1", 101, &[])), None, "to the bot");
         assert_eq!(
-            g.check(&msg("u1", "u2", 101, &[])),
+            g.held_back(&msg("u1", "bot_1", 101, &[])),
+            None,
+            "to the bot"
+        );
+        assert_eq!(
+            g.held_back(&msg("u1", "u2", 101, &[])),
             Some("only.to_bots"),
             "not addressed to the bot"
         );
         assert_eq!(
-            g.check(&msg("u1", "u2", 106, &["bot_1"])),
+            g.held_back(&msg("u1", "u2", 106, &["bot_1"])),
             None,
             "@-mentions the bot"
         );
         assert_eq!(
-            g.check(&msg("u1", "u2", 106, &["AtAllTag"])),
+            g.held_back(&msg("u1", "u2", 106, &["AtAllTag"])),
             Some("only.to_bots"),
             "@everyone does not count without at_all"
         );
         assert_eq!(
-            g.check(&msg("bot_1", "bot_1", 101, &[])),
+            g.held_back(&msg("bot_1", "bot_1", 101, &[])),
             Some("skip.from_bots"),
             "the loop guard"
         );
         assert_eq!(
-            g.check(&msg("u1", "bot_1", 102, &[])),
+            g.held_back(&msg("u1", "bot_1", 102, &[])),
             Some("only.content_types"),
             "a picture"
         );
         let at_all = gate(r#"{"only": {"to_bots": true, "at_all": true}}"#, &["bot_1"]);
-        assert_eq!(at_all.check(&msg("u1", "u2", 106, &["AtAllTag"])), None);
+        assert_eq!(at_all.held_back(&msg("u1", "u2", 106, &["AtAllTag"])), None);
     }
 
     #[test]
@@ -322,22 +489,22 @@ mod tests {
             &[],
         );
         assert_eq!(
-            g.check(&msg("u1", "u2", 1400, &[])),
+            g.held_back(&msg("u1", "u2", 1400, &[])),
             Some("skip.notifications")
         );
         assert_eq!(
-            g.check(&msg("u1", "u2", 2200, &[])),
+            g.held_back(&msg("u1", "u2", 2200, &[])),
             Some("skip.notifications")
         );
         assert_eq!(
-            g.check(&msg("system_admin", "u2", 101, &[])),
+            g.held_back(&msg("system_admin", "u2", 101, &[])),
             Some("skip.send_ids")
         );
         assert_eq!(
-            g.check(&msg("u1", "u2", 113, &[])),
+            g.held_back(&msg("u1", "u2", 113, &[])),
             Some("skip.content_types")
         );
-        assert_eq!(g.check(&msg("u1", "u2", 101, &[])), None);
+        assert_eq!(g.held_back(&msg("u1", "u2", 101, &[])), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! One callback, one path: read → decode → (disabled | spool | call) → [`Decision`]. Every exit,
-//! bad input and unknown commands included, is an [`Exit`] holding a `Decision`; the HTTP layer
+//! One callback, one path, in named stages over one value (`Flight`): read (the HTTP layer) →
+//! decode → gate ([`crate::gate`]) → route (spool | call) → decide. Each stage is a small
+//! function that leaves the flight for the next or ends it with a [`Decision`]. Every exit, bad
+//! input and unknown commands included, is an [`Exit`] holding a `Decision`; the HTTP layer
 //! renders it once (`crate::envelope::render`) and counts it.
 
 use crate::catalog::{CommandEntry, OrderBy, Phase};
@@ -34,6 +36,9 @@ pub struct Callback {
     /// When the request arrived: the log line's latency and OpenIM's budget (`openim_timeout`)
     /// count from here.
     pub received: Instant,
+    /// Whether it got a `limits.max_in_flight` slot. A shed callback's body was drained, not
+    /// kept; the gate's first rule answers it.
+    pub admitted: bool,
     /// The body, or why it is not available.
     pub body: Result<Bytes, BodyError>,
 }
@@ -57,9 +62,6 @@ pub enum BodyError {
     /// The body could not be read.
     #[error("body could not be read: {0}")]
     Unreadable(String),
-    /// Over `limits.max_in_flight`: not handled.
-    #[error("over limits.max_in_flight: callback shed")]
-    Shed,
 }
 
 /// How a callback ended: the decision and what rendering it needs.
@@ -105,6 +107,20 @@ impl Request {
             desc: message.descriptor(),
             message: std::sync::OnceLock::from(Some(message)),
         }
+    }
+
+    /// The body's operationID: read from the encoded bytes, or from the tree the decoder built
+    /// (a request with field errors is not encoded).
+    fn operation_id(&self, numbers: &crate::fields::FieldNumbers) -> String {
+        if !self.payload.is_empty() {
+            return crate::fields::Fields::new(&self.payload, numbers)
+                .operation_id()
+                .to_owned();
+        }
+        self.message()
+            .and_then(|m| m.get_field_by_name("operation_id"))
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     fn message(&self) -> Option<&DynamicMessage> {
@@ -212,117 +228,130 @@ pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
 }
 
 async fn run_in_span(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
-    let received = cb.received;
-    let route = gw
-        .catalog()
-        .get(&cb.command)
-        .and_then(|entry| Some((entry, snapshot.route(entry.row.command)?.clone())));
-    let Some((entry, route)) = route else {
-        metrics::counter!("gateway_unknown_commands_total").increment(1);
-        let decision = Decision::continue_for(Reason::UnknownCommand);
-        // The callback's one line.
-        tracing::warn!(
-            command = %cb.command.chars().take(120).collect::<String>(),
-            path = %cb.path.chars().take(200).collect::<String>(),
-            operation_id = %cb.header_operation_id,
-            outcome = decision.outcome(),
-            latency_ms = latency_ms(received),
-            trace_id = telemetry::trace_id(&tracing::Span::current()),
-            "unknown callback command: answering continue; check OpenIM's webhooks.yml url (the command must be the last path segment)"
-        );
-        return Exit {
-            decision,
-            known: None,
-            operation_id: cb.header_operation_id,
-            grpc_status: None,
-        };
+    let Some(entry) = gw.catalog().get(&cb.command) else {
+        return unknown(cb);
     };
-    let mut operation_id = cb.header_operation_id.clone();
-    let mut request = None;
-    let mut grpc_status = None;
-    let mut spooled = None;
-    let decision = decide(
+    let Some(route) = snapshot.route(entry.row.command) else {
+        return unknown(cb);
+    };
+    let mut flight = Flight {
         gw,
-        &snapshot,
+        snapshot: &snapshot,
         entry,
-        &route,
-        cb,
-        Found {
-            operation_id: &mut operation_id,
-            request: &mut request,
-            grpc_status: &mut grpc_status,
-            spooled: &mut spooled,
-        },
-    )
-    .await;
+        route,
+        key: cb.key,
+        received: cb.received,
+        admitted: cb.admitted,
+        body: Some(cb.body),
+        operation_id: cb.header_operation_id,
+        request: None,
+        grpc_status: None,
+        spooled: None,
+    };
+    let decision = stages(&mut flight).await;
+    let Flight {
+        operation_id,
+        request,
+        grpc_status,
+        spooled,
+        received,
+        ..
+    } = flight;
     let exit = Exit {
         decision,
         known: Some(Known {
             entry,
-            snapshot,
+            snapshot: snapshot.clone(),
             request,
         }),
         operation_id,
         grpc_status,
     };
-    log(
-        &exit,
-        entry.row.command,
-        &route,
-        grpc_status,
-        spooled.as_ref(),
-        received,
-    );
+    log(&exit, route, spooled.as_ref(), received);
     exit
 }
 
-/// What the log line and the envelope need from the way of a callback, filled by [`decide`].
-struct Found<'a> {
-    /// The header's operationID, else the body's.
-    operation_id: &'a mut String,
-    /// The request as far as it could be read (the echo rules fill from it).
-    request: &'a mut Option<Request>,
-    /// The upstream's status, when a call got one.
-    grpc_status: &'a mut Option<tonic::Code>,
-    /// Where the spool put an after-event, with its delivery id.
-    spooled: &'a mut Option<spool::StoredEventRef>,
+/// An unknown command: continue, and a line that says where to look.
+fn unknown(cb: Callback) -> Exit {
+    metrics::counter!("gateway_unknown_commands_total").increment(1);
+    let decision = Decision::continue_for(Reason::UnknownCommand);
+    // The callback's one line.
+    tracing::warn!(
+        command = %cb.command.chars().take(120).collect::<String>(),
+        path = %cb.path.chars().take(200).collect::<String>(),
+        operation_id = %cb.header_operation_id,
+        outcome = decision.outcome(),
+        latency_ms = latency_ms(cb.received),
+        trace_id = telemetry::trace_id(&tracing::Span::current()),
+        "unknown callback command: answering continue; check OpenIM's webhooks.yml url (the command must be the last path segment)"
+    );
+    Exit {
+        decision,
+        known: None,
+        operation_id: cb.header_operation_id,
+        grpc_status: None,
+    }
 }
 
-/// The steps of a known command; fills `found` on the way.
-async fn decide(
-    gw: &Gateway,
-    snapshot: &Snapshot,
+/// A known command's callback on its way: what each stage reads, and what it leaves for the
+/// next stage, the log line and the envelope.
+struct Flight<'s> {
+    gw: &'s Gateway,
+    /// The snapshot the request started with (its body was read under its limits).
+    snapshot: &'s Snapshot,
     entry: &'static CommandEntry,
-    route: &CommandRoute,
-    cb: Callback,
-    found: Found<'_>,
-) -> Decision {
-    let Found {
-        operation_id,
-        request: request_out,
-        grpc_status,
-        spooled,
-    } = found;
-    let command = entry.row.command;
-    let policy = &route.policy;
-    let budget = snapshot.openim_timeout;
-    // Logged by the callback's one line (`log`).
-    let bad_input = |problem: String| {
-        metrics::counter!("gateway_bad_requests_total", "command" => command).increment(1);
-        decision::fail(Failure::BadInput(problem), policy)
-    };
-    let bytes = match cb.body {
-        Ok(b) => b,
-        Err(BodyError::Shed) => {
-            return decision::fail(
-                Failure::Overloaded("over limits.max_in_flight".into()),
-                policy,
-            );
-        }
-        Err(e) => return bad_input(e.to_string()),
-    };
-    // One pass to protobuf bytes; the tree decoder for what that pass hands back (any field
-    // error, a key given twice), so that answers and log lines are the reference's.
+    route: &'s CommandRoute,
+    /// OpenIM's `key` query parameter.
+    key: Option<String>,
+    received: Instant,
+    /// Whether it got a `limits.max_in_flight` slot.
+    admitted: bool,
+    /// The body as read; taken by [`decode`].
+    body: Option<Result<Bytes, BodyError>>,
+    /// The header's operationID, else the body's.
+    operation_id: String,
+    /// The request as far as it could be read (the echo rules fill from it).
+    request: Option<Request>,
+    /// The upstream's status, when a call got one.
+    grpc_status: Option<tonic::Code>,
+    /// Where the spool put an after-event, with its delivery id.
+    spooled: Option<spool::StoredEventRef>,
+}
+
+/// decode → gate → route (spool | call) → decide. Each stage either leaves the flight for the
+/// next or ends it with a decision.
+async fn stages(f: &mut Flight<'_>) -> Decision {
+    if let Err(answer) = decode(f) {
+        return answer;
+    }
+    if let Some(answer) = gate(f) {
+        return answer;
+    }
+    if let Some(spool) = spooled_by(f) {
+        return to_spool(f, spool).await;
+    }
+    call(f).await
+}
+
+impl Flight<'_> {
+    /// A body the gateway cannot use: the failure policy (logged by the callback's one line).
+    fn bad_input(&self, problem: String) -> Decision {
+        metrics::counter!("gateway_bad_requests_total", "command" => self.entry.row.command)
+            .increment(1);
+        decision::fail(Failure::BadInput(problem), &self.route.policy)
+    }
+}
+
+/// Decode: the body to protobuf bytes in one pass, the tree decoder for what that pass hands
+/// back (any field error, a key given twice), so that answers and log lines are the
+/// reference's. A shed callback's body was not kept: nothing to decode, the gate answers it.
+fn decode(f: &mut Flight<'_>) -> Result<(), Decision> {
+    let body = f.body.take().unwrap_or_else(|| Ok(Bytes::new()));
+    if !f.admitted {
+        return Ok(());
+    }
+    let bytes = body.map_err(|e| f.bad_input(e.to_string()))?;
+    let entry = f.entry;
     let (request, unknown_keys, errors) = match entry.transcoder.transcode(&bytes) {
         Some(t) => (
             Request::encoded(t.payload.into(), entry.request()),
@@ -330,10 +359,8 @@ async fn decide(
             Vec::new(),
         ),
         None => {
-            let decoded = match json::decode(&entry.request(), &bytes) {
-                Ok(d) => d,
-                Err(e) => return bad_input(e.to_string()),
-            };
+            let decoded =
+                json::decode(&entry.request(), &bytes).map_err(|e| f.bad_input(e.to_string()))?;
             // With field errors it is not sent, only kept for the failure answer's echo rules.
             let payload = if decoded.errors.is_empty() {
                 decoded.message.encode_to_vec().into()
@@ -347,16 +374,12 @@ async fn decide(
             )
         }
     };
-    let request = request_out.insert(request);
-    if operation_id.is_empty() {
-        // The header had none: the body's.
-        *operation_id = request
-            .message()
-            .and_then(|m| m.get_field_by_name("operation_id"))
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+    let request = f.request.insert(request);
+    if f.operation_id.is_empty() {
+        // The header had none: the body's, read from the bytes the transcoder wrote.
+        f.operation_id = request.operation_id(&f.route.numbers);
     }
-    gw.note_unknown_keys(command, &unknown_keys, operation_id);
+    f.gw.note_unknown_keys(entry.row.command, &unknown_keys, &f.operation_id);
     if let Some(first) = errors.first() {
         // The problem can quote a value: redacted unless `log.redact: false`.
         let first = crate::decision::field_problem(first);
@@ -365,99 +388,110 @@ async fn decide(
         } else {
             first
         };
-        return bad_input(problem);
+        return Err(f.bad_input(problem));
     }
-    let Some(upstream) = route.upstream.as_ref() else {
+    Ok(())
+}
+
+/// Gate: the command's request-side rules ([`crate::gate`]), which may answer now.
+fn gate(f: &Flight<'_>) -> Option<Decision> {
+    f.route.gate.check(&crate::gate::Arrival {
+        command: f.entry.row.command,
+        operation_id: &f.operation_id,
+        admitted: f.admitted,
+        enabled: f.route.upstream.is_some(),
+        payload: f.request.as_ref().map_or(&[], |r| &r.payload),
+        policy: &f.route.policy,
+    })
+}
+
+/// Route: the spool, for an after-event of a command delivered through it.
+fn spooled_by<'g>(f: &Flight<'g>) -> Option<&'g spool::Spool> {
+    let spooled = f.entry.phase == Phase::After && f.route.settings.delivery == Delivery::Spool;
+    spooled.then(|| f.gw.spool()).flatten()
+}
+
+/// Route, spool: stored (in the spool, or in the local buffer while Redis is down) or delivered
+/// before OpenIM is answered; otherwise refused, never acknowledged.
+async fn to_spool(f: &mut Flight<'_>, spool: &spool::Spool) -> Decision {
+    let (entry, route) = (f.entry, f.route);
+    let Some(request) = f.request.as_ref() else {
         return Decision::continue_for(Reason::Disabled);
     };
-    // The gate: a request-side rule may answer now, without the service.
-    if let Some(rule) = route.gate.check(&request.payload) {
-        metrics::counter!("gateway_held_back_total", "command" => command, "rule" => rule)
-            .increment(1);
-        tracing::debug!(
-            command,
-            operation_id,
-            rule,
-            "held back by a rule: answered without calling the service"
-        );
-        return Decision::continue_for(Reason::HeldBack(rule));
-    }
-    let payload = request.payload.clone();
-    if entry.phase == Phase::After
-        && route.settings.delivery == Delivery::Spool
-        && let Some(spool) = gw.spool()
-    {
-        {
-            let event = spool::NewEvent {
-                command: command.to_owned(),
-                order_key: route
-                    .settings
-                    .ordered
-                    .then(|| request.message().map(|m| order_key(entry, m)))
-                    .flatten(),
-                operation_id: operation_id.clone(),
-                openim_key: cb.key.clone(),
-                payload: payload.to_vec(),
-                trace: TraceContext::of(&tracing::Span::current()),
+    let event = spool::NewEvent {
+        command: entry.row.command.to_owned(),
+        order_key: route
+            .settings
+            .ordered
+            .then(|| request.message().map(|m| order_key(entry, m)))
+            .flatten(),
+        operation_id: f.operation_id.clone(),
+        openim_key: f.key.clone(),
+        payload: request.payload.to_vec(),
+        trace: TraceContext::of(&tracing::Span::current()),
+    };
+    match spool.append(event).await {
+        Ok(stored) => {
+            f.spooled = Some(stored);
+            Decision::continue_for(Reason::Spooled)
+        }
+        Err(e) => {
+            let message = match e {
+                spool::AppendError::Full { .. } => "gateway spool is full: event not accepted",
+                spool::AppendError::Closed => "gateway is shutting down: event not accepted",
+                spool::AppendError::Storage(_) => "gateway spool cannot write: event not accepted",
+                spool::AppendError::Unavailable(_) => {
+                    "gateway spool unavailable: event not accepted"
+                }
             };
-            // Stored (in the spool, or in the local buffer while Redis is down) or delivered
-            // before OpenIM is answered; otherwise refused, never acknowledged.
-            match spool.append(event).await {
-                Ok(stored) => {
-                    *spooled = Some(stored);
-                    return Decision::continue_for(Reason::Spooled);
-                }
-                Err(e) => {
-                    let message = match e {
-                        spool::AppendError::Full { .. } => {
-                            "gateway spool is full: event not accepted"
-                        }
-                        spool::AppendError::Closed => {
-                            "gateway is shutting down: event not accepted"
-                        }
-                        spool::AppendError::Storage(_) => {
-                            "gateway spool cannot write: event not accepted"
-                        }
-                        spool::AppendError::Unavailable(_) => {
-                            "gateway spool unavailable: event not accepted"
-                        }
-                    };
-                    // OpenIM ignores after replies; the rejection tells a person reading traffic.
-                    return Decision::Reject {
-                        code: route.settings.reject_code,
-                        message: message.to_owned(),
-                        detail: e.to_string(),
-                        failure: Some(Failure::Spool(e)),
-                    };
-                }
+            // OpenIM ignores after replies; the rejection tells a person reading traffic.
+            Decision::Reject {
+                code: route.settings.reject_code,
+                message: message.to_owned(),
+                detail: e.to_string(),
+                failure: Some(Failure::Spool(e)),
             }
         }
     }
+}
+
+/// Route, call (or shadow), then decide: the service's answer, or its failure under the
+/// command's policy, as OpenIM's decision.
+async fn call(f: &mut Flight<'_>) -> Decision {
+    let (entry, route) = (f.entry, f.route);
+    // The gate's `Disabled` rule answered a command without an upstream, and the decode stage
+    // one without a request.
+    let (Some(upstream), Some(request)) = (route.upstream.as_ref(), f.request.as_ref()) else {
+        return Decision::continue_for(Reason::Disabled);
+    };
     let trace = TraceContext::of(&tracing::Span::current());
     let mut call = route.call(
         entry,
-        payload,
+        request.payload.clone(),
         CallIds {
-            operation_id,
-            key: cb.key.as_deref(),
+            operation_id: &f.operation_id,
+            key: f.key.as_deref(),
             delivery: None,
             trace: trace.as_ref(),
         },
     );
     // The deadline sent as grpc-timeout: the command's, or what is left of OpenIM's budget.
-    let left = budget.saturating_sub(cb.received.elapsed());
+    let left = f
+        .snapshot
+        .openim_timeout
+        .saturating_sub(f.received.elapsed());
     call.timeout = call.timeout.min(left.saturating_sub(ANSWER_MARGIN));
     let retry = match entry.phase {
         Phase::Before => Retry::Allowed,
         Phase::After => Retry::Never,
     };
     if route.settings.shadow {
-        crate::shadow::spawn(snapshot, entry, route, upstream, call, operation_id);
+        crate::shadow::spawn(f.snapshot, entry, route, upstream, call, &f.operation_id);
         return Decision::continue_for(Reason::Shadow);
     }
-    let result = upstream.call(command, call, retry).await;
-    *grpc_status = crate::upstream::call_status(&result);
-    decision::decide(entry, result, policy)
+    let result = upstream.call(entry.row.command, call, retry).await;
+    f.grpc_status = crate::upstream::call_status(&result);
+    decision::decide(entry, result, &route.policy)
 }
 
 /// Kept back from OpenIM's budget for writing the answer, so that OpenIM gets the failure
@@ -469,12 +503,14 @@ const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
 /// with `log.redact: false`.
 fn log(
     exit: &Exit,
-    command: &'static str,
     route: &CommandRoute,
-    grpc_status: Option<tonic::Code>,
     spooled: Option<&spool::StoredEventRef>,
     received: Instant,
 ) {
+    let Some(command) = exit.command() else {
+        return;
+    };
+    let grpc_status = exit.grpc_status;
     let span = tracing::Span::current();
     let decision = &exit.decision;
     let outcome = decision.outcome();

@@ -42,6 +42,8 @@ pub(super) async fn callback_auth(
     next: Next,
 ) -> Response {
     let snapshot = gw.snapshot();
+    // The callback handler works on this same snapshot.
+    req.extensions_mut().insert(snapshot.clone());
     let Some(auth) = snapshot.auth.as_deref() else {
         return next.run(req).await;
     };

@@ -20,13 +20,14 @@ pub mod tls;
 
 pub use serve::{Ports, ServeOptions, serve};
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Snapshot};
 use crate::pipeline::{self, Callback};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The one layer stack every router gets; where inbound auth, trace extraction and limits go.
@@ -87,6 +88,7 @@ async fn callback(
     uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    snapshot: Option<axum::Extension<Arc<Snapshot>>>,
     body: Body,
 ) -> Response {
     let started = Instant::now();
@@ -114,10 +116,11 @@ async fn callback(
         )
             .into_response();
     }
-    let snapshot = gw.snapshot();
+    // The snapshot the inbound checks used (one per request, first layer to last).
+    let snapshot = snapshot.map_or_else(|| gw.snapshot(), |s| s.0);
     let _in_flight = InFlight::enter();
-    // A slot before any work: past max_in_flight the body is drained (not kept) and the command
-    // gets its failure-policy envelope.
+    // A slot before any work: past max_in_flight the body is drained (not kept) and the gate's
+    // `Shed` rule answers with the command's failure policy.
     let permit = snapshot.in_flight.clone().try_acquire_owned().ok();
     // Read the body on every path, also when the answer does not need it: an unread body makes
     // hyper close the keep-alive connection, and OpenIM's client would see a broken pipe.
@@ -129,15 +132,7 @@ async fn callback(
     )
     .await;
     let close = read.close;
-    let body = match read.outcome {
-        Ok(_) if permit.is_none() => {
-            metrics::counter!("gateway_limit_total", "limit" => "max_in_flight").increment(1);
-            metrics::counter!("gateway_resilience_trips_total", "control" => "max_in_flight", "upstream" => "")
-                .increment(1);
-            Err(crate::pipeline::BodyError::Shed)
-        }
-        other => other,
-    };
+    let body = read.outcome;
     let inspect = &snapshot.inspect;
     let captured = if inspect.capture_bodies && inspect.keep > 0 {
         body.as_ref().ok().cloned()
@@ -157,6 +152,7 @@ async fn callback(
             .to_owned(),
         trace: crate::telemetry::TraceContext::from_headers(&headers),
         received: started,
+        admitted: permit.is_some(),
         body,
     };
     let inspect = snapshot.inspect.clone();
