@@ -16,10 +16,12 @@ mod gate;
 mod inspect;
 mod mesh;
 mod security;
+mod start;
 
 pub use diagnose::Origin;
 pub use gate::{ContentTypes, OnlyConfig, SkipConfig};
 pub use inspect::InspectConfig;
+pub use start::{Start, live_view, start_only_changes};
 
 pub use mesh::{
     BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,
@@ -65,16 +67,16 @@ impl From<Duration> for Dur {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the HTTP front end OpenIM's `url` points at.
-    pub listen: SocketAddr,
+    pub listen: Start<SocketAddr>,
     /// Address of the operators' port: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` and
     /// the spool admin API.
     /// When unset they are served on `listen` too; set it to keep the admin API (which can purge
     /// dead letters) off the port OpenIM reaches.
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: Start<Option<SocketAddr>>,
     /// Largest request body accepted, in bytes; larger bodies get the failure-policy envelope.
     pub max_body_bytes: usize,
     /// Logging.
-    pub log: LogConfig,
+    pub log: Start<LogConfig>,
     /// gRPC upstreams by name. Every enabled command needs its upstream here (`default` unless
     /// the command names another), or `demo: true`.
     pub upstreams: HashMap<String, UpstreamConfig>,
@@ -83,9 +85,9 @@ pub struct Config {
     /// Per-command overrides, keyed by the OpenIM command (`callbackBeforeCreateGroupCommand`).
     pub commands: BTreeMap<String, CommandOverride>,
     /// The durable spool of after-events.
-    pub spool: crate::spool::SpoolConfig,
+    pub spool: Start<crate::spool::SpoolConfig>,
     /// The settings of the built-in example hook service that `demo` starts.
-    pub example: openim_callback_example::ExampleConfig,
+    pub example: Start<openim_callback_example::ExampleConfig>,
     /// Let the built-in example hook service answer as the upstream `default`, in-process. It
     /// applies the demo policy (rejects "spam", masks words, tags groups, sets avatars) to
     /// whatever arrives, so it is for trying the gateway out, never for real traffic. On by
@@ -97,7 +99,7 @@ pub struct Config {
     /// Who may call the callback port (path secret, header, source CIDRs).
     pub auth: AuthConfig,
     /// TLS on the callback port; unset = plain HTTP (a mesh sidecar may terminate TLS).
-    pub tls: Option<TlsConfig>,
+    pub tls: Start<Option<TlsConfig>>,
     /// A file holding the bearer token every `/admin/*` route requires (`Authorization: Bearer
     /// <token>`), wherever it is served.
     pub admin_token_file: Option<PathBuf>,
@@ -114,20 +116,20 @@ pub struct Config {
     pub openim_timeout: Dur,
     /// On SIGTERM: how long in-flight callbacks may take to finish after `/readyz` turned 503 and
     /// the listeners closed.
-    pub shutdown_grace: Dur,
+    pub shutdown_grace: Start<Dur>,
     /// How long `/readyz` answers 503 before the listeners close, so that the mesh stops sending
     /// new callbacks first.
-    pub shutdown_delay: Dur,
+    pub shutdown_delay: Start<Dur>,
     /// How often the members of the upstreams of enabled commands are health-checked
     /// (`/admin/upstreams`, `gateway_upstream_up`; never readiness). While an upstream is down
     /// or its breaker is not closed it is checked every 200 ms.
-    pub health_check_interval: Dur,
+    pub health_check_interval: Start<Dur>,
     /// The resolver of upstream host names.
     pub dns: DnsConfig,
     /// Traces: W3C trace context and the OTLP exporter.
-    pub tracing: TracingConfig,
+    pub tracing: Start<TracingConfig>,
     /// Reloading the config file while running.
-    pub reload: ReloadConfig,
+    pub reload: Start<ReloadConfig>,
     /// The recent callbacks kept for `/admin/callbacks` (live).
     pub inspect: InspectConfig,
 }
@@ -135,30 +137,30 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 10006)),
-            admin_listen: None,
+            listen: Start::from(SocketAddr::from(([127, 0, 0, 1], 10006))),
+            admin_listen: Start::from(None),
             max_body_bytes: 1024 * 1024,
-            log: LogConfig::default(),
+            log: Start::from(LogConfig::default()),
             upstreams: HashMap::new(),
             defaults: CommandConfig::default(),
             commands: BTreeMap::new(),
-            spool: crate::spool::SpoolConfig::default(),
-            example: openim_callback_example::ExampleConfig::default(),
+            spool: Start::from(crate::spool::SpoolConfig::default()),
+            example: Start::from(openim_callback_example::ExampleConfig::default()),
             demo: false,
             bots: Vec::new(),
             auth: AuthConfig::default(),
-            tls: None,
+            tls: Start::from(None),
             admin_token_file: None,
             admin_insecure: false,
             admin_protect_metrics: false,
             limits: LimitsConfig::default(),
             openim_timeout: Dur(OPENIM_TIMEOUT),
-            shutdown_grace: Dur(Duration::from_secs(30)),
-            shutdown_delay: Dur(Duration::from_secs(2)),
-            health_check_interval: Dur(Duration::from_secs(5)),
+            shutdown_grace: Start::from(Dur(Duration::from_secs(30))),
+            shutdown_delay: Start::from(Dur(Duration::from_secs(2))),
+            health_check_interval: Start::from(Dur(Duration::from_secs(5))),
             dns: DnsConfig::default(),
-            tracing: TracingConfig::default(),
-            reload: ReloadConfig::default(),
+            tracing: Start::from(TracingConfig::default()),
+            reload: Start::from(ReloadConfig::default()),
             inspect: InspectConfig::default(),
         }
     }
@@ -602,7 +604,7 @@ impl Config {
         // Port 0 (any free port, in tests) on both is two different ports.
         if self
             .admin_listen
-            .is_some_and(|a| a == self.listen && a.port() != 0)
+            .is_some_and(|a| a == *self.listen && a.port() != 0)
         {
             return Err(invalid(
                 "admin_listen",
@@ -659,7 +661,7 @@ impl Config {
         if self.openim_timeout.0.is_zero() {
             return Err(invalid("openim_timeout", "must be longer than 0s"));
         }
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &*self.tls {
             for (key, path) in [
                 ("tls.cert_file", Some(&tls.cert_file)),
                 ("tls.key_file", Some(&tls.key_file)),
@@ -679,7 +681,7 @@ impl Config {
                 "admin_listen",
                 format!(
                     "the admin API (it lists message payloads and purges dead letters) would be reachable on {} without a token. Serve it on loopback with `--admin-listen 127.0.0.1:10007` (config `admin_listen`), or require a token with `admin_token_file`, or accept the risk with `admin_insecure: true`",
-                    self.admin_listen.unwrap_or(self.listen)
+                    self.admin_listen.unwrap_or(*self.listen)
                 ),
             ));
         }
@@ -847,7 +849,7 @@ impl Config {
     /// Whether the admin API (`/admin/*`, present when a spool is used) is served on an address
     /// other than loopback.
     pub fn admin_api_exposed(&self) -> bool {
-        self.uses_spool() && !self.admin_listen.unwrap_or(self.listen).ip().is_loopback()
+        self.uses_spool() && !self.admin_listen.unwrap_or(*self.listen).ip().is_loopback()
     }
 
     /// Whether any after command uses the durable spool.

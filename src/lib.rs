@@ -109,7 +109,7 @@ pub async fn run_reloadable(
     source: Option<reload::ConfigSource>,
 ) -> Result<(), RunError> {
     let (_example, example_upstream) = if config.serves_demo() {
-        let (addr, task) = openim_callback_example::spawn(config.example.clone())
+        let (addr, task) = openim_callback_example::spawn((*config.example).clone())
             .await
             .map_err(RunError::Example)?;
         tracing::info!(%addr, "demo: {}", crate::config::DEMO_NOTICE);
@@ -119,7 +119,7 @@ pub async fn run_reloadable(
     } else {
         (None, None)
     };
-    let tls = match &config.tls {
+    let tls = match &*config.tls {
         Some(cfg) => Some(http::tls::acceptor(cfg)?),
         None => None,
     };
@@ -142,7 +142,7 @@ pub async fn run_reloadable(
     let _delivery = spool
         .as_ref()
         .map(|s| AbortOnDrop(s.start(Arc::new(gateway.clone()))));
-    let admin = match config.admin_listen {
+    let admin = match *config.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(RunError::Serve)?),
         None => None,
     };

@@ -476,7 +476,7 @@ fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
 }
 
 async fn serve(config: Config, overrides: Overrides) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match tokio::net::TcpListener::bind(*config.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!(

@@ -82,55 +82,16 @@ impl crate::gateway::Reload for Reloader {
     }
 }
 
-/// The settings that only take effect at start-up, by key, as JSON for comparing.
-fn restart_only(c: &Config) -> Vec<(&'static str, serde_json::Value)> {
-    let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or(serde_json::Value::Null);
-    let l = &c.limits;
-    vec![
-        ("listen", j(serde_json::to_value(c.listen))),
-        ("admin_listen", j(serde_json::to_value(c.admin_listen))),
-        ("spool", j(serde_json::to_value(&c.spool))),
-        ("tls", j(serde_json::to_value(&c.tls))),
-        ("log", j(serde_json::to_value(&c.log))),
-        ("tracing", j(serde_json::to_value(&c.tracing))),
-        ("reload", j(serde_json::to_value(&c.reload))),
-        ("example", j(serde_json::to_value(&c.example))),
-        // The example service runs only if the start needed it (`prepare` attaches it).
-        ("demo", j(serde_json::to_value(c.serves_demo()))),
-        ("shutdown_grace", j(serde_json::to_value(c.shutdown_grace))),
-        ("shutdown_delay", j(serde_json::to_value(c.shutdown_delay))),
-        (
-            "health_check_interval",
-            j(serde_json::to_value(c.health_check_interval)),
-        ),
-        (
-            "limits.idle_timeout",
-            j(serde_json::to_value(l.idle_timeout)),
-        ),
-        (
-            "limits.header_read_timeout",
-            j(serde_json::to_value(l.header_read_timeout)),
-        ),
-        (
-            "limits.max_connections",
-            j(serde_json::to_value(l.max_connections)),
-        ),
-        ("limits.max_headers", j(serde_json::to_value(l.max_headers))),
-        (
-            "limits.max_header_bytes",
-            j(serde_json::to_value(l.max_header_bytes)),
-        ),
-    ]
-}
-
-/// The start-up-only keys whose value differs between `running` and `new`.
-pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    restart_only(running)
-        .into_iter()
-        .zip(restart_only(new))
-        .filter(|((_, a), (_, b))| a != b)
-        .map(|((key, _), _)| key)
-        .collect()
+/// The start-up-only keys whose value differs between `running` and `new`: every key declared
+/// [`crate::config::Start`] (found from the types, `config/start.rs`), and `demo`, whose effect
+/// (the example service runs) depends on `upstreams` too.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
+    let mut changed = crate::config::start_only_changes(running, new);
+    // The example service runs only if the start needed it (`prepare` attaches it).
+    if running.serves_demo() != new.serves_demo() {
+        changed.push("demo".to_owned());
+    }
+    changed
 }
 
 /// The keys (dotted paths, list items by index) whose values differ between two configurations,
@@ -303,9 +264,22 @@ mod tests {
         b.defaults.timeout = crate::config::Dur(Duration::from_millis(700));
         b.max_body_bytes = 4096;
         assert!(restart_only_changes(&a, &b).is_empty());
-        b.listen = "127.0.0.1:1".parse().unwrap();
+        *b.listen = "127.0.0.1:1".parse().unwrap();
         b.spool.dir = "/elsewhere".into();
         assert_eq!(restart_only_changes(&a, &b), vec!["listen", "spool"]);
+        // A start-only key inside a live section, and a live key beside it.
+        let mut c = a.clone();
+        c.limits.max_in_flight = 7;
+        assert!(restart_only_changes(&a, &c).is_empty());
+        *c.limits.idle_timeout = crate::config::Dur(Duration::from_secs(1));
+        *c.log = crate::config::LogConfig {
+            redact: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            restart_only_changes(&a, &c),
+            vec!["limits.idle_timeout", "log"]
+        );
     }
 
     #[test]

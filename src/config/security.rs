@@ -94,34 +94,34 @@ pub struct LimitsConfig {
     /// (OpenIM's Go client) reads the answer; past it the connection is closed after the answer.
     pub max_drain_bytes: u64,
     /// Longest time from the first byte of a request to the end of its headers (slow clients).
-    pub header_read_timeout: Dur,
+    pub header_read_timeout: super::Start<Dur>,
     /// Longest time to read a whole request body.
     pub request_timeout: Dur,
     /// How long an idle keep-alive connection stays open. Longer than Go's client idle timeout
     /// (90 s), so that the client closes first and never writes onto a connection being closed.
-    pub idle_timeout: Dur,
+    pub idle_timeout: super::Start<Dur>,
     /// Most connections open at once per port; more wait in the kernel's accept queue.
-    pub max_connections: usize,
+    pub max_connections: super::Start<usize>,
     /// Most callbacks being handled at once; more are answered at once with their command's
     /// failure-policy envelope (shed) and counted.
     pub max_in_flight: usize,
     /// Most request headers.
-    pub max_headers: usize,
+    pub max_headers: super::Start<usize>,
     /// Largest request head (request line and headers) in bytes; at least 8192.
-    pub max_header_bytes: usize,
+    pub max_header_bytes: super::Start<usize>,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_drain_bytes: 64 << 20,
-            header_read_timeout: Dur(Duration::from_secs(10)),
+            header_read_timeout: super::Start::from(Dur(Duration::from_secs(10))),
             request_timeout: Dur(Duration::from_secs(30)),
-            idle_timeout: Dur(Duration::from_secs(120)),
-            max_connections: 10_000,
+            idle_timeout: super::Start::from(Dur(Duration::from_secs(120))),
+            max_connections: super::Start::from(10_000),
             max_in_flight: 1024,
-            max_headers: 100,
-            max_header_bytes: 16 << 10,
+            max_headers: super::Start::from(100),
+            max_header_bytes: super::Start::from(16 << 10),
         }
     }
 }
@@ -223,24 +223,24 @@ impl LimitsConfig {
     pub fn validate(&self, max_body_bytes: usize) -> Result<(), ConfigError> {
         let zero = |d: &Dur| d.0.is_zero();
         for (key, d) in [
-            ("limits.header_read_timeout", &self.header_read_timeout),
+            ("limits.header_read_timeout", &*self.header_read_timeout),
             ("limits.request_timeout", &self.request_timeout),
-            ("limits.idle_timeout", &self.idle_timeout),
+            ("limits.idle_timeout", &*self.idle_timeout),
         ] {
             if zero(d) {
                 return Err(invalid(key, "must be longer than 0s"));
             }
         }
-        if self.max_connections == 0 {
+        if *self.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
         if self.max_in_flight == 0 {
             return Err(invalid("limits.max_in_flight", "must be at least 1"));
         }
-        if self.max_headers == 0 {
+        if *self.max_headers == 0 {
             return Err(invalid("limits.max_headers", "must be at least 1"));
         }
-        if self.max_header_bytes < 8192 {
+        if *self.max_header_bytes < 8192 {
             return Err(invalid(
                 "limits.max_header_bytes",
                 "must be at least 8192 (hyper's smallest read buffer)",

@@ -120,13 +120,13 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let limits = &options.limits;
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(*limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes);
+        .max_headers(*limits.max_headers)
+        .max_buf_size(*limits.max_header_bytes);
     let builder = Arc::new(builder);
     let timeouts = Timeouts {
         idle: limits.idle_timeout.0,
