@@ -1,5 +1,5 @@
 //! The one-pass transcoder against the tree decoder, on a contract with every kind and shape.
-//! (`tests/transcode.rs` does the same on every real payload, seed and fuzz input.)
+//! (`tests/fuzz_regressions.rs` does the same on every real payload, seed and fuzz input.)
 
 use super::Transcoder;
 use crate::json::decode;
