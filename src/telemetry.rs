@@ -316,9 +316,10 @@ mod tests {
             tonic::Code::Unavailable,
             "cannot store: hello bob",
         ))));
-        let crate::spool::DeliveryResult::Retry(text) = text else {
+        let crate::spool::DeliveryResult::Retry(fault) = text else {
             panic!("{text:?}");
         };
+        let text = fault.text();
         assert_eq!(delivery_error(&text), "Unavailable: <redacted>");
         let reason = format!("gave up after 3 attempts: {text}");
         assert_eq!(

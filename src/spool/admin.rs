@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{Progress, Spool, SpoolError, SpoolStats, StoredEvent, Which};
+use super::{Attempt, Progress, Spool, SpoolError, SpoolStats, StoredEvent, Which};
 
 /// Most events one `GET /admin/spool/events` returns.
 pub const MAX_LIST: usize = 10_000;
@@ -45,6 +45,10 @@ pub struct EventView {
     pub first_seen_ms: u64,
     /// Last error, or why the event is a dead letter.
     pub last_error: Option<String>,
+    /// The failed attempts, oldest first (the latest [`super::HISTORY_MAX`]), each with its
+    /// time, gRPC status code name or local failure kind, and whole message.
+    #[serde(default)]
+    pub history: Vec<Attempt>,
     /// Size of the protobuf request.
     pub payload_bytes: usize,
     /// The protobuf request, hex-encoded.
@@ -68,6 +72,7 @@ impl From<&StoredEvent> for EventView {
             attempts: e.attempts,
             first_seen_ms: e.first_seen_ms,
             last_error: e.last_error.clone(),
+            history: e.history.clone(),
             payload_bytes: e.event.payload.len(),
             payload_hex: hex,
         }

@@ -302,7 +302,24 @@ fn human(e: &EventView) -> String {
     if let Some(err) = &e.last_error {
         line.push_str(&format!("  last_error={err:?}"));
     }
+    // The attempt history on the same line (one line per event): `#N time code "message"`.
+    for a in &e.history {
+        line.push_str(&format!(
+            "  #{} {} {} {:?}",
+            a.number,
+            utc_ms(a.at_ms),
+            a.code,
+            a.message
+        ));
+    }
     line
+}
+
+/// `2024-05-01T12:34:56.789Z` from milliseconds since the Unix epoch.
+fn utc_ms(ms: u64) -> String {
+    let secs = utc(ms);
+    let whole = secs.trim_end_matches('Z');
+    format!("{whole}.{:03}Z", ms % 1000)
 }
 
 /// `2024-05-01T12:34:56Z` from milliseconds since the Unix epoch.

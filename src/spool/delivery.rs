@@ -326,30 +326,24 @@ async fn attempt(
         }
         // The attempt did not happen: its number is not used up.
         Verdict::Defer(wait) => inner.shared.sched.retry(entry, Instant::now() + wait),
-        Verdict::Dead { attempts, reason } => {
+        Verdict::Dead { attempt, reason } => {
             send(
                 &inner,
                 Cmd::Dead {
                     id,
-                    attempts,
+                    attempt,
                     reason,
                 },
             );
             inner.shared.sched.finish(&entry);
         }
         Verdict::Retry {
-            attempts,
+            attempt,
             error,
             wait,
         } => {
-            send(
-                &inner,
-                Cmd::Attempted {
-                    id,
-                    attempts,
-                    error,
-                },
-            );
+            let attempts = attempt.number;
+            send(&inner, Cmd::Attempted { id, attempt, error });
             let entry = Ticket {
                 attempts: Some(attempts),
                 ..entry

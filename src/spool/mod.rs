@@ -38,12 +38,14 @@ pub mod admin;
 mod backend;
 pub mod cli;
 mod delivery;
+mod fault;
 pub mod redis;
 mod rules;
 mod store;
 mod writer;
 
 pub use self::backend::Spool;
+pub use self::fault::{Attempt, Fault, HISTORY_MAX};
 pub use self::redis::{Durability, RedisConfig, Unreachable};
 
 #[cfg(test)]
@@ -262,6 +264,9 @@ pub struct StoredEvent {
     pub first_seen_ms: u64,
     /// The error of the last failed attempt; for a dead letter, why it was given up.
     pub last_error: Option<String>,
+    /// The failed attempts, oldest first: the latest [`HISTORY_MAX`] since the event was stored
+    /// or last replayed (empty in records written before the history was kept).
+    pub history: Vec<Attempt>,
     /// The event itself.
     pub event: NewEvent,
 }
@@ -307,12 +312,12 @@ pub enum DeliveryResult {
     Delivered,
     /// A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, connection
     /// error): retried after a backoff, up to `max_attempts` / `max_age`.
-    Retry(String),
+    Retry(Fault),
     /// A failure that retrying will not fix (INVALID_ARGUMENT, …): the event becomes a dead letter.
-    Permanent(String),
+    Permanent(Fault),
     /// Not attempted (the upstream's circuit breaker is open): tried again after the wait,
     /// without using up an attempt.
-    Deferred(Duration, String),
+    Deferred(Duration, Fault),
 }
 
 /// Delivers one event to its upstream; implemented by the gateway (`crate::delivery`), faked in

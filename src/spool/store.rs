@@ -77,6 +77,10 @@ pub(crate) struct Record {
     /// The callback's W3C `tracestate`.
     #[prost(string, optional, tag = "15")]
     pub(crate) tracestate: Option<String>,
+    /// The latest failed attempts, oldest first (at most [`super::HISTORY_MAX`]; absent in
+    /// records written before the history was kept, which decode with an empty one).
+    #[prost(message, repeated, tag = "16")]
+    pub(crate) history: Vec<super::Attempt>,
 }
 
 /// The fields of [`Record`] needed to schedule and filter, decoded without copying the payload.
@@ -112,7 +116,23 @@ impl Record {
             since_ms: now_ms,
             traceparent,
             tracestate,
+            history: Vec::new(),
         }
+    }
+
+    /// Records a failed attempt: its count, the text of `last_error`, and the history entry.
+    pub(crate) fn note_attempt(&mut self, attempt: super::Attempt, last_error: String) {
+        self.attempts = attempt.number;
+        self.last_error = Some(last_error);
+        super::fault::push(&mut self.history, attempt);
+    }
+
+    /// Back to a fresh start for a replay: no attempts, no error, no history, aged from `now_ms`.
+    pub(crate) fn reset_for_replay(&mut self, now_ms: u64) {
+        self.attempts = 0;
+        self.last_error = None;
+        self.history.clear();
+        self.since_ms = now_ms;
     }
 
     pub(crate) fn into_stored(self, id: u64) -> StoredEvent {
@@ -122,6 +142,7 @@ impl Record {
             attempts: self.attempts,
             first_seen_ms: self.first_seen_ms,
             last_error: self.last_error,
+            history: self.history,
             event: NewEvent {
                 command: self.command,
                 order_key: self.order_key,
@@ -147,6 +168,7 @@ pub(crate) fn undecodable(id: u64, len: usize, err: &prost::DecodeError) -> Stor
         attempts: 0,
         first_seen_ms: 0,
         last_error: Some(format!("record of {len} bytes does not decode: {err}")),
+        history: Vec::new(),
         event: NewEvent {
             command: "<undecodable>".to_owned(),
             ..NewEvent::default()

@@ -28,6 +28,11 @@ fn settings(dir: &Path) -> SpoolConfig {
     }
 }
 
+/// A fake deliverer's failure without a status: its text is `text` as it is.
+fn fault(text: &str) -> Fault {
+    Fault::local("test", text)
+}
+
 fn event(command: &str, n: u32) -> NewEvent {
     NewEvent {
         command: command.to_owned(),
@@ -165,7 +170,7 @@ async fn retry_then_success_keeps_the_delivery_id() {
     let spool = Spool::open(&settings(dir.path())).unwrap();
     let fake = Fake::new(|_, attempt| {
         if attempt < 3 {
-            DeliveryResult::Retry("UNAVAILABLE: connection refused".into())
+            DeliveryResult::Retry(fault("UNAVAILABLE: connection refused"))
         } else {
             DeliveryResult::Delivered
         }
@@ -191,7 +196,7 @@ async fn permanent_error_goes_dead_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
     let fake =
-        Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: no such group".into()));
+        Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT: no such group")));
     start(&spool, &fake);
     let r = spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -223,7 +228,7 @@ async fn exhausted_attempts_go_dead() {
         ..settings(dir.path())
     })
     .unwrap();
-    let fake = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE: upstream down".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Retry(fault("UNAVAILABLE: upstream down")));
     start(&spool, &fake);
     spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -245,6 +250,73 @@ async fn exhausted_attempts_go_dead() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_lists_each_attempt_with_its_code_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&SpoolConfig {
+        max_attempts: 4,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    // Attempts 1 and 3 get a status, 2 times out locally, 4 is refused for good.
+    let fake = Fake::new(|_, attempt| match attempt {
+        2 => DeliveryResult::Retry(Fault::local("timeout", "upstream did not answer within 1s")),
+        4 => DeliveryResult::Permanent(Fault::status("INVALID_ARGUMENT", "no such group")),
+        n => DeliveryResult::Retry(Fault::status("UNAVAILABLE", format!("down {n}"))),
+    });
+    start(&spool, &fake);
+    let before = now_ms();
+    spool
+        .append(event("callbackAfterQuitGroupCommand", 1))
+        .await
+        .unwrap();
+    wait_until("dead letter", || spool.stats().dead == 1).await;
+    let dead = spool.list(Which::Dead, 10).unwrap();
+    let h = &dead[0].history;
+    assert_eq!(
+        h.iter()
+            .map(|a| (a.number, a.code.as_str(), a.message.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "UNAVAILABLE", "down 1"),
+            (2, "timeout", "upstream did not answer within 1s"),
+            (3, "UNAVAILABLE", "down 3"),
+            (4, "INVALID_ARGUMENT", "no such group"),
+        ]
+    );
+    assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "{h:?}");
+    assert!(h[0].at_ms >= before && h[3].at_ms <= now_ms(), "{h:?}");
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("permanent error on attempt 4: InvalidArgument: no such group")
+    );
+    // The admin API's view carries the history; a replay starts it afresh.
+    let view = EventView::from(&dead[0]);
+    assert_eq!(view.history, *h);
+    let replayed = now_ms();
+    assert_eq!(spool.replay_dead(None).unwrap(), 1);
+    wait_until("dead again", || spool.stats().dead == 1).await;
+    let again = spool.list(Which::Dead, 10).unwrap();
+    assert_eq!(
+        again[0]
+            .history
+            .iter()
+            .map(|a| a.number)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{again:?}"
+    );
+    assert!(again[0].history.iter().all(|a| a.at_ms >= replayed));
+    close(spool).await;
+    // The history survives a restart.
+    let spool = Spool::open(&settings(dir.path())).unwrap();
+    assert_eq!(
+        spool.list(Which::Dead, 10).unwrap()[0].history,
+        again[0].history
+    );
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_old_goes_dead() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&SpoolConfig {
@@ -256,7 +328,7 @@ async fn too_old_goes_dead() {
     let fake = Fake::new_async(|_, _| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            DeliveryResult::Retry("DEADLINE_EXCEEDED".into())
+            DeliveryResult::Retry(fault("DEADLINE_EXCEEDED"))
         })
     });
     start(&spool, &fake);
@@ -309,7 +381,7 @@ fn failing_until_healed() -> (Arc<Fake>, Arc<AtomicBool>) {
         if h.load(Ordering::SeqCst) {
             DeliveryResult::Delivered
         } else {
-            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
+            DeliveryResult::Permanent(fault("INVALID_ARGUMENT"))
         }
     });
     (fake, healthy)
@@ -439,7 +511,7 @@ async fn purge_deletes_by_table_and_command() {
     assert_eq!(left, [3, 4]);
     assert_eq!(spool.purge(Which::Dead, None).unwrap(), 0);
 
-    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT")));
     start(&spool, &fake);
     wait_until("dead letters", || spool.stats().dead == 2).await;
     assert_eq!(spool.purge(Which::Dead, Some("callbackAfterB")).unwrap(), 2);
@@ -540,7 +612,7 @@ async fn attempts_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let spool = Spool::open(&s).unwrap();
-    let failing = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE".into()));
+    let failing = Fake::new(|_, _| DeliveryResult::Retry(fault("UNAVAILABLE")));
     start(&spool, &failing);
     let r = spool.append(event("callbackAfterX", 1)).await.unwrap();
     wait_until("two attempts", || failing.calls().len() >= 2).await;
@@ -848,7 +920,7 @@ async fn same_key_is_sequential_in_append_order_even_with_retries() {
             tokio::time::sleep(Duration::from_millis(2)).await;
             a.lock().unwrap().remove(&key);
             if n == 1 && attempt < 3 {
-                DeliveryResult::Retry("UNAVAILABLE".into())
+                DeliveryResult::Retry(fault("UNAVAILABLE"))
             } else {
                 DeliveryResult::Delivered
             }
@@ -1156,7 +1228,7 @@ async fn cli_commands_on_the_spool_file() {
 
     // 5 dead letters (3 of A, 2 of B), then 2 pending events.
     let spool = Spool::open(&s).unwrap();
-    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: bad".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT: bad")));
     start(&spool, &fake);
     for n in 0..5 {
         let cmd = if n < 3 {
@@ -1185,6 +1257,12 @@ async fn cli_commands_on_the_spool_file() {
     );
     assert!(
         out.contains("attempts=1") && out.contains("INVALID_ARGUMENT"),
+        "{out}"
+    );
+    // Each line ends with the attempt history: `#1 <time> <code> "<message>"`.
+    assert!(
+        out.lines()
+            .all(|l| l.contains("Z test \"INVALID_ARGUMENT: bad\"") && l.contains("  #1 20")),
         "{out}"
     );
 

@@ -42,16 +42,16 @@ pub(crate) enum Cmd {
     },
     /// Delivered: delete it.
     Delivered { id: u64 },
-    /// A retryable failure: persist the attempt count and the error.
+    /// A retryable failure: persist the attempt (count, history) and the error.
     Attempted {
         id: u64,
-        attempts: u32,
+        attempt: super::Attempt,
         error: String,
     },
-    /// Give up: move to the dead letters with the attempts made and why.
+    /// Give up: move to the dead letters with the last attempt and why.
     Dead {
         id: u64,
-        attempts: u32,
+        attempt: super::Attempt,
         reason: String,
     },
     /// A pending record that does not decode: move its bytes to the dead letters as they are.
@@ -364,23 +364,18 @@ impl Writer {
                         fx.changed = true;
                     }
                 }
-                Cmd::Attempted {
-                    id,
-                    attempts,
-                    error,
-                } => {
+                Cmd::Attempted { id, attempt, error } => {
                     let Some(mut rec) = decode_at(&pending, id)? else {
                         continue;
                     };
-                    rec.attempts = attempts;
-                    rec.last_error = Some(error);
+                    rec.note_attempt(attempt, error);
                     let (old, new) = put(&mut pending, id, &rec)?;
                     c.bytes = c.bytes.saturating_sub(old).saturating_add(new);
                     fx.changed = true;
                 }
                 Cmd::Dead {
                     id,
-                    attempts,
+                    attempt,
                     reason,
                 } => {
                     let raw = match pending.remove(id)? {
@@ -389,8 +384,7 @@ impl Writer {
                     };
                     let bytes = match Record::decode(raw.as_slice()) {
                         Ok(mut rec) => {
-                            rec.attempts = attempts;
-                            rec.last_error = Some(reason);
+                            rec.note_attempt(attempt, reason);
                             rec.encode_to_vec()
                         }
                         Err(_) => raw.clone(),
@@ -571,9 +565,7 @@ fn chunk(
             c.dead -= 1;
             let (bytes, key) = match Record::decode(raw.as_slice()) {
                 Ok(mut rec) => {
-                    rec.attempts = 0;
-                    rec.last_error = None;
-                    rec.since_ms = now;
+                    rec.reset_for_replay(now);
                     let key = rec.order_key.clone();
                     (rec.encode_to_vec(), key)
                 }

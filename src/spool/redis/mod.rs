@@ -791,11 +791,10 @@ impl Core {
                         }
                         super::DeliveryResult::Retry(e) | super::DeliveryResult::Permanent(e) => {
                             // Kept with the failed attempt; delivered from Redis later.
-                            rec.attempts = 1;
-                            rec.last_error = Some(e);
+                            rec.note_attempt(super::Attempt::new(1, now_ms(), &e), e.text());
                         }
                         // Not attempted (the upstream's breaker is open): no attempt used.
-                        super::DeliveryResult::Deferred(_, e) => rec.last_error = Some(e),
+                        super::DeliveryResult::Deferred(_, e) => rec.last_error = Some(e.text()),
                     }
                 }
                 self.to_buffer(rec, Some(why)).await

@@ -234,9 +234,7 @@ pub(super) fn replay_chunk(
             }
             let (rec, key) = match <Record as prost::Message>::decode(d.raw.as_slice()) {
                 Ok(mut rec) => {
-                    rec.attempts = 0;
-                    rec.last_error = None;
-                    rec.since_ms = now;
+                    rec.reset_for_replay(now);
                     let key = rec.order_key.clone();
                     (prost::Message::encode_to_vec(&rec), key)
                 }

@@ -479,20 +479,18 @@ async fn attempt(
     let outcome = match judge(&core.settings, Role::Spool, outcome, number, since_ms, &ids) {
         Verdict::Delivered => Outcome::Done,
         Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
-        Verdict::Dead { attempts, reason } => {
+        Verdict::Dead { attempt, reason } => {
             let mut r = rec;
-            r.attempts = attempts;
-            r.last_error = Some(reason);
+            r.note_attempt(attempt, reason);
             Outcome::Dead(r.encode_to_vec())
         }
         Verdict::Retry {
-            attempts,
+            attempt,
             error,
             wait,
         } => {
             let mut r = rec;
-            r.attempts = attempts;
-            r.last_error = Some(error);
+            r.note_attempt(attempt, error);
             Outcome::Retry(r.encode_to_vec(), due_in(wait))
         }
     };
