@@ -4,7 +4,10 @@
 use std::io::Write;
 
 use super::admin::{CountView, EventView};
-use super::{BackendKind, Progress, Select, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
+use super::error::SpoolError;
+use super::event::{Progress, Select, SpoolStats, Which, utc};
+use super::facade::Spool;
+use crate::config::SpoolConfig;
 
 use crate::cli::admin::{AdminClient, AdminError};
 
@@ -97,21 +100,7 @@ pub(crate) async fn run_to<W: Write + Send>(
 ) -> Result<(), SpoolError> {
     let backend = match admin {
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
-        None if settings.backend == BackendKind::Redis => {
-            // Redis has no lock: the commands work beside running gateways, from anywhere.
-            let spool = Spool::open_for_operator(settings)?;
-            spool.check()?;
-            Backend::Local(spool)
-        }
-        None => {
-            let path = settings.path();
-            match path.try_exists() {
-                Ok(true) => {}
-                Ok(false) => return Err(SpoolError::NotFound { path }),
-                Err(source) => return Err(SpoolError::Io { path, source }),
-            }
-            Backend::Local(Spool::open(settings)?)
-        }
+        None => Backend::Local(Spool::open_for_operator(settings)?),
     };
     let result = execute(&backend, cmd, out, progress_every.max(1)).await;
     if let Backend::Local(spool) = &backend {
@@ -198,10 +187,7 @@ async fn execute<W: Write + Send>(
                 }
             }
             let when = match backend {
-                Backend::Local(s) if s.backend() == BackendKind::Redis => {
-                    "the running gateways deliver them"
-                }
-                Backend::Local(_) => "the gateway delivers them when it starts",
+                Backend::Local(s) => s.replayed_delivered_by(),
                 Backend::Admin(_) => "the gateway is delivering them",
             };
             writeln!(
@@ -320,28 +306,6 @@ fn utc_ms(ms: u64) -> String {
     let secs = utc(ms);
     let whole = secs.trim_end_matches('Z');
     format!("{whole}.{:03}Z", ms % 1000)
-}
-
-/// `2024-05-01T12:34:56Z` from milliseconds since the Unix epoch.
-pub(crate) fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// Where the commands act: the file, or a running gateway.

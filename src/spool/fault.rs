@@ -176,13 +176,13 @@ mod tests {
     #[test]
     fn a_record_without_history_still_decodes() {
         use prost::Message as _;
-        let old = super::super::store::RecordHead {
+        let old = super::super::record::RecordHead {
             command: "c".into(),
             order_key: None,
             first_seen_ms: 7,
         }
         .encode_to_vec();
-        let rec = super::super::store::Record::decode(old.as_slice()).expect("decodes");
+        let rec = super::super::record::Record::decode(old.as_slice()).expect("decodes");
         assert!(rec.history.is_empty());
         assert_eq!(rec.first_seen_ms, 7);
     }

@@ -1,15 +1,32 @@
 //! The delivery rules both backends share: what an attempt's [`DeliveryResult`] means for the
 //! event (delivered, retried after a backoff, deferred, dead letter), with its log lines and
 //! metrics. `max_attempts`, `max_age`, the backoff ([`backoff`]: exponential, full jitter) and the
-//! metric names are the same for redb and Redis.
+//! metric names are the same for redb and Redis. Also the words and metric of an event refused
+//! because the spool is full ([`note_rejected`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use humantime::format_duration;
 
-use super::delivery::backoff;
-use super::{Attempt, Deliver, DeliveryResult, Fault, Role, SpoolConfig, StoredEvent, now_ms};
+use super::deliver::{Deliver, DeliveryResult};
+use super::event::{NewEvent, StoredEvent};
+use super::fault::{Attempt, Fault};
+use super::record::now_ms;
+use crate::config::{FullPolicy, SpoolConfig};
+
+/// How long a spool's shutdown waits for delivery attempts already running.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a spool is for: its log lines and metrics say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A spool whose events are delivered to the upstreams (redb or Redis).
+    Spool,
+    /// The Redis backend's local buffer (a redb spool): events moved into Redis.
+    Buffer,
+}
 
 /// A duration for a log line, to the millisecond: `58ms`, `1s 200ms` (not `58ms 463us 162ns`).
 pub(crate) fn rounded(d: Duration) -> humantime::FormattedDuration {
@@ -202,6 +219,44 @@ pub(crate) fn judge(
             }
         }
     }
+}
+
+/// Wait before attempt `failed + 1`: up to `min(max, initial * 2^(failed-1))`, full jitter.
+pub(crate) fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
+    let exp = failed.saturating_sub(1).min(31);
+    let cap = initial.saturating_mul(1 << exp).min(max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+/// Logs and counts an event refused because the spool is full: never silent.
+pub(crate) fn note_rejected(
+    path: &Path,
+    ev: &NewEvent,
+    pending: u64,
+    bytes: u64,
+    policy: FullPolicy,
+) {
+    match policy {
+        FullPolicy::Reject => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full (when_full: reject): the after-callback was NOT stored and will not be delivered"
+        ),
+        FullPolicy::DropOldest => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full and no pending event left to drop: dead letters fill the disk budget \
+             (max_bytes); the after-callback was NOT stored; replay or purge the dead letters"
+        ),
+    }
+    metrics::counter!("gateway_spool_rejected_total", "command" => ev.command.clone()).increment(1);
 }
 
 #[cfg(test)]

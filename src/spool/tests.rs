@@ -5,14 +5,17 @@
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, join_all};
 
 use super::admin::EventView;
 use super::cli::{SpoolCommand, run_to};
-use super::delivery::backoff;
+use super::record::now_ms;
+use super::rules::backoff;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -1047,9 +1050,9 @@ async fn other_redb_file_already_open_and_bad_dir_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     {
-        let db = redb::Database::create(s.path()).unwrap();
+        let db = ::redb::Database::create(s.path()).unwrap();
         let txn = db.begin_write().unwrap();
-        let t: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("users");
+        let t: ::redb::TableDefinition<&str, u64> = ::redb::TableDefinition::new("users");
         txn.open_table(t).unwrap().insert("x", &1).unwrap();
         txn.commit().unwrap();
     }
@@ -1098,9 +1101,9 @@ async fn undecodable_record_goes_to_the_dead_letters() {
     let s = settings(dir.path());
     close(Spool::open(&s).unwrap()).await;
     {
-        let db = redb::Database::create(s.path()).unwrap();
+        let db = ::redb::Database::create(s.path()).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(store::PENDING)
+        txn.open_table(super::redb::store::PENDING)
             .unwrap()
             .insert(7, &[0xff; 16][..])
             .unwrap();
@@ -1393,9 +1396,9 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
 
 #[test]
 fn utc_timestamps() {
-    assert_eq!(cli::utc(0), "1970-01-01T00:00:00Z");
-    assert_eq!(cli::utc(951_782_400_000), "2000-02-29T00:00:00Z");
-    assert_eq!(cli::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
+    assert_eq!(super::event::utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(super::event::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    assert_eq!(super::event::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
 }
 
 #[test]
@@ -1407,7 +1410,7 @@ fn a_replay_selects_by_command_id_and_first_stored_time() {
             command: command.into(),
             ..NewEvent::default()
         };
-        super::store::Record::new(ev, first_seen_ms).encode_to_vec()
+        super::record::Record::new(ev, first_seen_ms).encode_to_vec()
     };
     let a = rec("callbackAfterA", 1_000);
     assert!(Select::default().matches(7, &a));

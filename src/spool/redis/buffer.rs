@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use super::super::deliver::{Deliver, DeliveryResult};
+use super::super::event::StoredEvent;
+use super::super::fault::Fault;
+use super::super::record::Record;
 use super::Core;
-use crate::spool::store::Record;
-use crate::spool::{Deliver, DeliveryResult, Fault, StoredEvent};
 
 /// Longest wait of one move for Redis to come back before it is deferred.
 const MOVE_WAIT: Duration = Duration::from_secs(5);

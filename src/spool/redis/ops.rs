@@ -8,9 +8,10 @@
 
 use redis::Value;
 
+use super::super::error::SpoolError;
+use super::super::event::{Progress, Select, StoredEvent, Which};
+use super::super::record::{Record, matches, now_ms};
 use super::{Core, describe, scripts};
-use crate::spool::store::{Record, matches};
-use crate::spool::{Progress, SpoolError, StoredEvent, Which, now_ms};
 
 /// Records read per round trip.
 const PAGE: usize = 1_000;
@@ -210,7 +211,7 @@ pub(super) fn count(core: &Core, which: Which, command: Option<&str>) -> Result<
 
 pub(super) fn replay_chunk(
     core: &Core,
-    select: &crate::spool::Select,
+    select: &Select,
     after: Option<u64>,
     max: usize,
 ) -> Result<Progress, SpoolError> {

@@ -989,10 +989,10 @@ fn settings_are_validated_with_their_key() {
         "{shown}"
     );
     assert_eq!(
-        super::config::redact("redis://:pw@h:1"),
+        crate::config::redact_url("redis://:pw@h:1"),
         "redis://:<redacted>@h:1"
     );
-    assert_eq!(super::config::redact("redis://h:1"), "redis://h:1");
+    assert_eq!(crate::config::redact_url("redis://h:1"), "redis://h:1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

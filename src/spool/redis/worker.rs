@@ -14,10 +14,10 @@ use prost::Message;
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::super::deliver::Deliver;
+use super::super::record::{Record, now_ms};
+use super::super::rules::{Ids, Role, Verdict, judge};
 use super::{Core, describe, scripts};
-use crate::spool::rules::{Ids, Verdict, judge};
-use crate::spool::store::Record;
-use crate::spool::{Deliver, Role, now_ms};
 
 /// How long one `XREADGROUP` blocks in Redis.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -470,7 +470,7 @@ async fn attempt(
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let outcome = crate::spool::rules::attempt(&deliverer, ev, number).await;
+    let outcome = super::super::rules::attempt(&deliverer, ev, number).await;
     let ids = Ids {
         delivery_id: &delivery_id,
         command: &command,
