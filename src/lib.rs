@@ -22,7 +22,8 @@
 //! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer);
 //!   [`checks`]: the upstreams' member health checks behind `/admin/upstreams`.
 //! - [`inspect`]: the recent callbacks; [`doctor`]: OpenIM's webhook configuration checked
-//!   against the gateway's; [`cli`]: the operator commands that talk to a running gateway.
+//!   against the gateway's; [`cli`]: the binary's subcommands (`check`, `routes`, `proto`,
+//!   `doctor`, `spool`, `tail`, `replay`): each one's work and output, and their error type.
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
@@ -37,7 +38,8 @@
 //!
 //! The Rust example hook service the embedded default serves is the `openim-callback-example`
 //! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses
-//! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
+//! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`] or
+//! dispatches to a subcommand of [`cli`].
 
 pub mod catalog;
 pub mod checks;

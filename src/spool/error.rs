@@ -29,7 +29,7 @@ pub enum AppendError {
     Unavailable(String),
 }
 
-/// Errors of opening the spool and of the operator commands; each says what to do.
+/// Errors of opening the spool and of its operator operations; each says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// The settings are invalid.
@@ -97,18 +97,4 @@ pub enum SpoolError {
     /// The spool was shut down.
     #[error("the spool is shut down")]
     Closed,
-    /// A call to a running gateway's admin API failed.
-    #[error("admin API {url}: {detail}")]
-    Admin {
-        /// The URL called.
-        url: String,
-        /// What went wrong.
-        detail: String,
-    },
-    /// An operator command was called wrongly.
-    #[error("{0}")]
-    Usage(String),
-    /// Writing the command's output failed.
-    #[error("writing output: {0}")]
-    Output(#[from] std::io::Error),
 }

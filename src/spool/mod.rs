@@ -50,11 +50,11 @@ mod redb;
 mod rules;
 
 pub mod admin;
-pub mod cli;
 pub mod redis;
 
 pub use self::deliver::{DEFAULT_TIMEOUT_MS, Deliver, DeliveryResult};
 pub use self::error::{AppendError, SpoolError};
+pub(crate) use self::event::utc;
 pub use self::event::{
     NewEvent, Place, Progress, Select, SpoolStats, StoredEvent, StoredEventRef, Which,
 };

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, join_all};
 
 use super::admin::EventView;
-use super::cli::{SpoolCommand, run_to};
 use super::record::now_ms;
 use super::rules::backoff;
 use super::*;
+use crate::cli::CliError;
+use crate::cli::spool::{SpoolCommand, run_to};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -1199,11 +1200,7 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
 // ---------------------------------------------------------------------------------------------
 // Operator commands
 
-async fn cli(
-    cmd: SpoolCommand,
-    s: &SpoolConfig,
-    admin: Option<&str>,
-) -> Result<String, SpoolError> {
+async fn cli(cmd: SpoolCommand, s: &SpoolConfig, admin: Option<&str>) -> Result<String, CliError> {
     let mut out = Vec::new();
     run_to(cmd, s, admin, None, &mut out, 1).await?;
     Ok(String::from_utf8(out).unwrap())
@@ -1227,7 +1224,10 @@ async fn cli_commands_on_the_spool_file() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let err = cli(SpoolCommand::Count, &s, None).await.unwrap_err();
-    assert!(matches!(err, SpoolError::NotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, CliError::Spool(SpoolError::NotFound { .. })),
+        "{err:?}"
+    );
 
     // 5 dead letters (3 of A, 2 of B), then 2 pending events.
     let spool = Spool::open(&s).unwrap();
@@ -1451,7 +1451,7 @@ fn a_replay_selects_by_command_id_and_first_stored_time() {
 
 #[test]
 fn replay_times_are_rfc3339_or_a_duration_ago() {
-    use super::cli::parse_time;
+    use crate::cli::spool::parse_time;
     assert_eq!(parse_time("2026-05-01T12:00:00Z"), Ok(1_777_636_800_000));
     let ago = parse_time("2h").unwrap();
     let expected = now_ms() - 2 * 3600 * 1000;

@@ -1,24 +1,14 @@
-//! The `spool` operator commands: count, list, replay and purge, on the spool file or, with
-//! `--admin URL`, through the admin API of the running gateway (which holds the file's lock).
+//! The `spool` operator commands: this module owns count, list, replay and purge, on the spool
+//! (the redb file, or Redis) or, with `--admin URL`, through the admin API of a running gateway
+//! (which holds a redb file's lock).
 
 use std::io::Write;
 
-use super::admin::{CountView, EventView};
-use super::error::SpoolError;
-use super::event::{Progress, Select, SpoolStats, Which, utc};
-use super::facade::Spool;
+use super::CliError;
+use super::admin::AdminClient;
 use crate::config::SpoolConfig;
-
-use crate::cli::admin::{AdminClient, AdminError};
-
-impl From<AdminError> for SpoolError {
-    fn from(e: AdminError) -> Self {
-        Self::Admin {
-            url: e.url,
-            detail: e.detail,
-        }
-    }
-}
+use crate::spool::admin::{CountView, EventView};
+use crate::spool::{Progress, Select, Spool, SpoolStats, Which, utc};
 
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
@@ -74,9 +64,36 @@ pub enum SpoolCommand {
     },
 }
 
+/// `spool …` as the binary runs it: the token file read, the command run, its exit code (a closed
+/// pipe, as `spool list | head` leaves, is success).
+pub async fn command(
+    cmd: SpoolCommand,
+    settings: &SpoolConfig,
+    admin: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let token = match super::output::admin_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openim-callback-gateway spool: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cmd, settings, admin, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`spool list | head`): nothing left to say.
+        Err(e) if super::output::broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openim-callback-gateway spool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs an operator command, printing to stdout. With `admin` (a base URL such as
 /// `http://127.0.0.1:10006`) it calls the running gateway; otherwise it opens the spool file,
-/// which fails with [`SpoolError::AlreadyOpen`] (naming `--admin`) while the gateway runs.
+/// which fails with `SpoolError::AlreadyOpen` (naming `--admin`) while the gateway runs.
 ///
 /// `token` is the admin API's bearer token (`--token-file`), sent with every `--admin` call.
 pub async fn run(
@@ -84,7 +101,7 @@ pub async fn run(
     settings: &SpoolConfig,
     admin: Option<&str>,
     token: Option<String>,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     run_to(cmd, settings, admin, token, &mut out, PROGRESS_EVERY).await
 }
@@ -97,7 +114,7 @@ pub(crate) async fn run_to<W: Write + Send>(
     token: Option<String>,
     out: &mut W,
     progress_every: usize,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     let backend = match admin {
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
         None => Backend::Local(Spool::open_for_operator(settings)?),
@@ -114,7 +131,7 @@ async fn execute<W: Write + Send>(
     cmd: SpoolCommand,
     out: &mut W,
     step: usize,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     match cmd {
         SpoolCommand::Count => {
             let s = backend.stats().await?;
@@ -144,7 +161,7 @@ async fn execute<W: Write + Send>(
             for e in &events {
                 if json {
                     let line = serde_json::to_string(e)
-                        .map_err(|e| SpoolError::Output(std::io::Error::other(e)))?;
+                        .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
                     writeln!(out, "{line}")?;
                 } else {
                     writeln!(out, "{}", human(e))?;
@@ -209,7 +226,7 @@ async fn execute<W: Write + Send>(
                 targets.push(Which::Dead);
             }
             if targets.is_empty() {
-                return Err(SpoolError::Usage(
+                return Err(CliError::Usage(
                     "purge needs --dead, --pending or both".to_owned(),
                 ));
             }
@@ -315,14 +332,14 @@ enum Backend {
 }
 
 impl Backend {
-    async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+    async fn stats(&self) -> Result<SpoolStats, CliError> {
         match self {
-            Backend::Local(s) => s.stats_now(),
+            Backend::Local(s) => Ok(s.stats_now()?),
             Backend::Admin(a) => Ok(a.call("GET", "/admin/spool", &[]).await?),
         }
     }
 
-    async fn list(&self, which: Which, limit: usize) -> Result<Vec<EventView>, SpoolError> {
+    async fn list(&self, which: Which, limit: usize) -> Result<Vec<EventView>, CliError> {
         match self {
             Backend::Local(s) => Ok(s.list(which, limit)?.iter().map(EventView::from).collect()),
             Backend::Admin(a) => {
@@ -338,9 +355,9 @@ impl Backend {
         }
     }
 
-    async fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
+    async fn count(&self, which: Which, command: Option<&str>) -> Result<u64, CliError> {
         match self {
-            Backend::Local(s) => s.count(which, command),
+            Backend::Local(s) => Ok(s.count(which, command)?),
             Backend::Admin(a) => {
                 let which = which.to_string();
                 let v: CountView = a
@@ -360,9 +377,9 @@ impl Backend {
         select: &Select,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Progress, SpoolError> {
+    ) -> Result<Progress, CliError> {
         match self {
-            Backend::Local(s) => s.replay_dead_chunk(select, after, max),
+            Backend::Local(s) => Ok(s.replay_dead_chunk(select, after, max)?),
             Backend::Admin(a) => {
                 let after = after.map(|a| a.to_string());
                 let max = max.to_string();
@@ -392,9 +409,9 @@ impl Backend {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Progress, SpoolError> {
+    ) -> Result<Progress, CliError> {
         match self {
-            Backend::Local(s) => s.purge_chunk(which, command, after, max),
+            Backend::Local(s) => Ok(s.purge_chunk(which, command, after, max)?),
             Backend::Admin(a) => {
                 let which = which.to_string();
                 let after = after.map(|a| a.to_string());
