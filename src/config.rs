@@ -16,11 +16,16 @@ mod gate;
 mod inspect;
 mod mesh;
 mod security;
+mod spool;
 mod start;
 
 pub use diagnose::Origin;
 pub use gate::{ContentTypes, OnlyConfig, SkipConfig};
 pub use inspect::InspectConfig;
+pub use spool::{
+    BUFFER_DIR, BackendKind, Durability, FILE_NAME, FullPolicy, RedisConfig, SpoolConfig,
+    SpoolConfigError, Unreachable, redact_url,
+};
 pub use start::{Start, live_view, start_only_changes};
 
 pub use mesh::{
@@ -85,7 +90,7 @@ pub struct Config {
     /// Per-command overrides, keyed by the OpenIM command (`callbackBeforeCreateGroupCommand`).
     pub commands: BTreeMap<String, CommandOverride>,
     /// The durable spool of after-events.
-    pub spool: Start<crate::spool::SpoolConfig>,
+    pub spool: Start<SpoolConfig>,
     /// The settings of the built-in example hook service that `demo` starts.
     pub example: Start<openim_callback_example::ExampleConfig>,
     /// Let the built-in example hook service answer as the upstream `default`, in-process. It
@@ -144,7 +149,7 @@ impl Default for Config {
             upstreams: HashMap::new(),
             defaults: CommandConfig::default(),
             commands: BTreeMap::new(),
-            spool: Start::from(crate::spool::SpoolConfig::default()),
+            spool: Start::from(SpoolConfig::default()),
             example: Start::from(openim_callback_example::ExampleConfig::default()),
             demo: false,
             bots: Vec::new(),
@@ -577,10 +582,8 @@ impl Config {
     /// Canonicalises command keys (environment variables arrive lower-cased), resolves
     /// defaults that depend on other keys (so that `check` shows them), and validates.
     fn normalize(&mut self) -> Result<(), ConfigError> {
-        if self.spool.backend == crate::spool::BackendKind::Redis {
-            // Where this replica's local buffer lives: `check` prints it.
-            self.spool.redis.buffer_dir = Some(self.spool.buffer_dir());
-        }
+        // Where a Redis spool's local buffer lives: `check` prints it.
+        self.spool.normalize();
         let mut commands = BTreeMap::new();
         for (key, value) in std::mem::take(&mut self.commands) {
             let row = catalog::ROWS

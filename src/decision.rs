@@ -6,7 +6,7 @@
 //! failure policy; `crate::envelope::render` turns any `Decision` into the envelope.
 
 use crate::catalog::CommandEntry;
-use crate::spool::DeliveryResult;
+use crate::spool::{DeliveryResult, Fault};
 use crate::upstream::{CallError, Refusal};
 use bytes::Bytes;
 use prost::Message as _;
@@ -282,11 +282,14 @@ pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
     match result {
         Ok(_) => DeliveryResult::Delivered,
         Err(CallError::Status(status)) => {
-            let text = format!("{:?}: {}", status.code(), status.message());
+            let fault = Fault::status(
+                crate::telemetry::grpc_code_name(status.code()),
+                status.message(),
+            );
             match delivery_status(status.code()) {
                 DeliveryStatus::Delivered => DeliveryResult::Delivered,
-                DeliveryStatus::Retry => DeliveryResult::Retry(text),
-                DeliveryStatus::DeadLetter => DeliveryResult::Permanent(text),
+                DeliveryStatus::Retry => DeliveryResult::Retry(fault),
+                DeliveryStatus::DeadLetter => DeliveryResult::Permanent(fault),
             }
         }
         // Not sent: wait for the breaker (or a free slot) without using up an attempt.
@@ -296,9 +299,9 @@ pub fn delivery_result(result: &Result<Bytes, CallError>) -> DeliveryResult {
                 Refusal::MaxConcurrency => MAX_CONCURRENCY_WAIT,
                 Refusal::NotServing => crate::upstream::FAST_RECHECK,
             },
-            e.to_string(),
+            Fault::local(e.label(), e.to_string()),
         ),
-        Err(other) => DeliveryResult::Retry(other.to_string()),
+        Err(other) => DeliveryResult::Retry(Fault::local(other.label(), other.to_string())),
     }
 }
 
@@ -631,9 +634,11 @@ mod tests {
             tonic::Code::Unavailable,
             "cannot store: hello bob",
         ))));
-        let crate::spool::DeliveryResult::Retry(text) = text else {
+        let crate::spool::DeliveryResult::Retry(fault) = text else {
             panic!("{text:?}");
         };
+        assert_eq!(fault.log_text(), "Unavailable: <redacted>");
+        let text = fault.text();
         assert_eq!(
             crate::telemetry::delivery_error(&text),
             "Unavailable: <redacted>"

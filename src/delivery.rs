@@ -6,7 +6,7 @@
 
 use crate::decision;
 use crate::gateway::{CallIds, Gateway};
-use crate::spool::{Deliver, DeliveryResult, StoredEvent};
+use crate::spool::{Deliver, DeliveryResult, Fault, StoredEvent};
 use crate::telemetry::{self, TraceContext};
 use crate::upstream::Retry;
 use bytes::Bytes;
@@ -36,19 +36,26 @@ impl Deliver for Gateway {
 async fn deliver(gw: &Gateway, ev: &StoredEvent, attempt: u32) -> DeliveryResult {
     let command = ev.event.command.as_str();
     let Some(entry) = gw.catalog().get(command) else {
-        return DeliveryResult::Permanent(format!(
-            "`{command}` is not a command of this gateway's contract"
+        return DeliveryResult::Permanent(Fault::local(
+            "unknown_command",
+            format!("`{command}` is not a command of this gateway's contract"),
         ));
     };
     let snapshot = gw.snapshot();
     let Some(route) = snapshot.route(entry.row.command) else {
-        return DeliveryResult::Permanent(format!("`{command}` has no route"));
+        return DeliveryResult::Permanent(Fault::local(
+            "no_route",
+            format!("`{command}` has no route"),
+        ));
     };
     let Some(upstream) = route.upstream.as_ref() else {
         // Kept (and eventually a dead letter an operator can replay) rather than dropped: the
         // command may be enabled again.
-        return DeliveryResult::Retry(format!(
-            "`{command}` is disabled in the current config; the event waits for it to be enabled"
+        return DeliveryResult::Retry(Fault::local(
+            "disabled",
+            format!(
+                "`{command}` is disabled in the current config; the event waits for it to be enabled"
+            ),
         ));
     };
     // The attempt's span: the upstream sees it as the parent.

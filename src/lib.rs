@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
-//!   warnings as values; the security settings and secrets (`config/security.rs`); errors that
+//!   warnings as values; the security settings and secrets (`config/security.rs`); the spool's
+//!   settings (`config/spool.rs`, importing nothing of the runtime); errors that
 //!   name the file line or environment variable of the key at fault (`config/diagnose.rs`).
 //! - [`proto`]: the compiled contract's descriptor pool (from the `openim-callback-contract`
 //!   crate in `crates/contract`).
@@ -21,21 +22,24 @@
 //! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer);
 //!   [`checks`]: the upstreams' member health checks behind `/admin/upstreams`.
 //! - [`inspect`]: the recent callbacks; [`doctor`]: OpenIM's webhook configuration checked
-//!   against the gateway's; [`cli`]: the operator commands that talk to a running gateway.
+//!   against the gateway's; [`cli`]: the binary's subcommands (`check`, `routes`, `proto`,
+//!   `doctor`, `spool`, `tail`, `replay`): each one's work and output, and their error type.
 //! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
 //! - [`http`]: the callback and admin routers with their one layer stack (inbound auth, the
 //!   admin token), the limits applied while reading, inbound TLS, and the accept loop.
 //! - [`reload`]: SIGHUP and file-change reloads, refusing start-up-only changes by name.
-//! - [`spool`]: durable after-callback delivery (store, group commit, workers, operator commands).
+//! - [`spool`]: durable after-callback delivery: the `Spool` facade over a wing per backend
+//!   (`spool/redb/`, `spool/redis/`), the shared record, rules and attempt history, the admin API.
 //! - [`telemetry`]: logs (one line per callback, redacted), traces (W3C trace context, the
 //!   `callback` and `delivery` spans, the OTLP exporter) and the metrics recorder; [`stats`]:
 //!   every metric with its help text.
 //!
 //! The Rust example hook service the embedded default serves is the `openim-callback-example`
 //! crate in `examples/rust`, built on the contract crate alone. The binary (`main.rs`) only parses
-//! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`].
+//! flags, loads the config, sets up logging, logs the config warnings, and calls [`run`] or
+//! dispatches to a subcommand of [`cli`].
 
 pub mod catalog;
 pub mod checks;
@@ -125,15 +129,7 @@ pub async fn run_reloadable(
     };
     let spool = if config.uses_spool() {
         let spool = spool::Spool::open(&config.spool)?;
-        match config.spool.backend {
-            spool::BackendKind::Redb => {
-                tracing::info!(dir = %config.spool.dir.display(), "after-event spool open");
-            }
-            spool::BackendKind::Redis => tracing::info!(
-                buffer_dir = %config.spool.buffer_dir().display(),
-                "after-event spool open (redis; the local buffer for Redis outages in buffer_dir)"
-            ),
-        }
+        spool.log_opened();
         Some(spool)
     } else {
         None

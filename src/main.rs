@@ -1,8 +1,9 @@
-//! The `openim-callback-gateway` binary: flags, config, logging, then `run`.
+//! The `openim-callback-gateway` binary: flags, config, logging, then `run` or the subcommand
+//! (each one's work is in `openim_callback_gateway::cli`).
 
 use clap::{Parser, Subcommand};
-use openim_callback_gateway::config::{Config, Flags, UpstreamConfig};
-use std::io::Write as _;
+use openim_callback_gateway::cli;
+use openim_callback_gateway::config::{Config, Flags};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,7 +50,7 @@ enum Command {
         #[arg(long, global = true)]
         token_file: Option<PathBuf>,
         #[command(subcommand)]
-        command: openim_callback_gateway::spool::cli::SpoolCommand,
+        command: cli::spool::SpoolCommand,
     },
     /// Validate the configuration against the compiled contract (every key, file and upstream
     /// URI, as a start would), print the effective settings, and exit 0 (valid) or 2 (not).
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
         descriptor_set,
     }) = &cli.command
     {
-        return write_proto(out.as_deref(), descriptor_set.as_deref());
+        return cli::proto::run(out.as_deref(), descriptor_set.as_deref());
     }
     let overrides = Overrides {
         path: cli.config.clone(),
@@ -178,91 +179,40 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Check) => {
-                let mut built = config.clone();
-                // What the start adds for the demo: the example service (no socket is opened).
-                built.attach_demo(&UpstreamConfig::single("http://127.0.0.1:1"));
-                if let Err(e) = openim_callback_gateway::gateway::Gateway::new(&built, None) {
-                    eprintln!("openim-callback-gateway: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
-                match serde_json::to_string_pretty(&config) {
-                    Ok(text) => {
-                        if let Err(e) = print_lines([text]) {
-                            return stdout_failed(&e, ExitCode::SUCCESS);
-                        }
-                        for warning in config.warnings() {
-                            eprintln!("warning: {warning}");
-                        }
-                        if config.serves_demo() {
-                            eprintln!(
-                                "note: demo: {}",
-                                openim_callback_gateway::config::DEMO_NOTICE
-                            );
-                        }
-                        eprintln!("configuration is valid (effective settings above)");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("openim-callback-gateway: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-            Some(Command::Routes {
-                json, admin: None, ..
-            }) => routes(&config, json),
+            Some(Command::Check) => cli::check::run(&config),
             Some(Command::Routes {
                 json,
-                admin: Some(admin),
+                admin,
                 token_file,
-            }) => match live_config(&admin, token_file.as_deref()).await {
-                Ok(live) => routes(&live, json),
-                Err(e) => {
-                    eprintln!("openim-callback-gateway routes: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }) => cli::routes::run(&config, json, admin.as_deref(), token_file.as_deref()).await,
             Some(Command::Tail {
                 admin,
                 token_file,
                 command,
                 jsonl,
-            }) => tail(&admin, token_file.as_deref(), command.as_deref(), jsonl).await,
-            Some(Command::Replay { file, to, fast }) => replay(&file, &to, fast).await,
+            }) => {
+                cli::tail::command(&admin, token_file.as_deref(), command.as_deref(), jsonl).await
+            }
+            Some(Command::Replay { file, to, fast }) => {
+                cli::replay::command(&file, &to, fast).await
+            }
             Some(Command::Doctor {
                 openim,
                 openim_env,
                 probe,
-            }) => doctor(&config, openim, openim_env, probe).await,
+            }) => cli::doctor::run(&config, openim, openim_env, probe).await,
             Some(Command::Spool {
                 admin,
                 token_file,
                 command,
             }) => {
-                let token = match admin_token(token_file.as_deref()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("openim-callback-gateway spool: {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-                match openim_callback_gateway::spool::cli::run(
+                cli::spool::command(
                     command,
                     &config.spool,
                     admin.as_deref(),
-                    token,
+                    token_file.as_deref(),
                 )
                 .await
-                {
-                    Ok(()) => ExitCode::SUCCESS,
-                    // The reader went away (`spool list | head`): nothing left to say.
-                    Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("openim-callback-gateway spool: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
             }
             Some(Command::Proto { .. }) => ExitCode::SUCCESS,
             None => {
@@ -279,153 +229,6 @@ fn main() -> ExitCode {
     code
 }
 
-/// The bearer token in `token_file` (`--token-file`, the gateway's `admin_token_file`), if given.
-fn admin_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
-    token_file
-        .map(openim_callback_gateway::config::read_admin_token)
-        .transpose()
-        .map(|t| t.map(|t| t.expose().to_owned()))
-        .map_err(|e| format!("--token-file: {e}"))
-}
-
-/// The running configuration of a gateway, from its `GET /admin/config`.
-async fn live_config(admin: &str, token_file: Option<&std::path::Path>) -> Result<Config, String> {
-    use openim_callback_gateway::cli::admin::AdminClient;
-    let token = admin_token(token_file)?;
-    let client = AdminClient::parse(admin, token).map_err(|e| e.to_string())?;
-    let answer: serde_json::Value = client
-        .call("GET", "/admin/config", &[])
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_value(answer["config"].clone())
-        .map_err(|e| format!("{admin}/admin/config: not a configuration: {e}"))
-}
-
-/// `tail`: the live callbacks of a running gateway.
-async fn tail(
-    admin: &str,
-    token_file: Option<&std::path::Path>,
-    command: Option<&str>,
-    jsonl: bool,
-) -> ExitCode {
-    use openim_callback_gateway::cli::{admin::AdminClient, tail};
-    let token = match admin_token(token_file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("openim-callback-gateway tail: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let client = match AdminClient::parse(admin, token) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("openim-callback-gateway tail: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut out = std::io::stdout();
-    match tail::run(&client, command, jsonl, &mut out).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("openim-callback-gateway tail: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `replay`: a capture sent again; exit 0 when every envelope is as recorded, 1 when some
-/// changed or failed, 2 when the capture cannot be used.
-async fn replay(file: &std::path::Path, to: &str, fast: bool) -> ExitCode {
-    use openim_callback_gateway::cli::replay;
-    let records = match replay::read(file) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("openim-callback-gateway replay: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut out = std::io::stdout();
-    match replay::run(&records, to, fast, &mut out).await {
-        Ok(s) if s.changed == 0 && s.failed == 0 => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("openim-callback-gateway replay: {e}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `doctor`: OpenIM's webhook configuration against this gateway's; the findings on stdout.
-async fn doctor(
-    config: &Config,
-    openim: Option<PathBuf>,
-    openim_env: Option<PathBuf>,
-    probe: Option<String>,
-) -> ExitCode {
-    use openim_callback_gateway::doctor::{self, OpenImWebhooks};
-    let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("openim-callback-gateway doctor: {e}");
-        ExitCode::from(2)
-    };
-    let catalog = match openim_callback_gateway::catalog::Catalog::contract() {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    if openim.is_none() && openim_env.is_none() && probe.as_deref().is_none_or(str::is_empty) {
-        return fail(
-            &"give OpenIM's configuration: --openim config/webhooks.yml and/or --openim-env FILE (the IMENV_WEBHOOKS_* lines), or --probe URL",
-        );
-    }
-    let mut webhooks = match &openim {
-        Some(path) => match OpenImWebhooks::read_yml(path, catalog) {
-            Ok(w) => w,
-            Err(e) => return fail(&e),
-        },
-        None => OpenImWebhooks::defaults(catalog),
-    };
-    if let Some(path) = &openim_env
-        && let Err(e) = webhooks.apply_env_file(path)
-    {
-        return fail(&e);
-    }
-    let mut findings = if openim.is_some() || openim_env.is_some() {
-        doctor::diagnose(&webhooks, config, catalog)
-    } else {
-        Vec::new()
-    };
-    let probe_url = match probe.as_deref() {
-        Some("") => webhooks.url.clone(),
-        other => other.map(str::to_owned),
-    };
-    match (probe.is_some(), probe_url) {
-        (true, Some(url)) => {
-            findings.push(doctor::probe(&url, std::time::Duration::from_secs(5)).await)
-        }
-        (true, None) => return fail(&"--probe needs a URL: OpenIM's url was not read"),
-        _ => {}
-    }
-    let code = doctor::exit_code(&findings);
-    let count = |s| findings.iter().filter(|f| f.severity == s).count();
-    let mut lines = Vec::new();
-    if !webhooks.sources.is_empty() {
-        lines.push(format!(
-            "OpenIM's webhooks from {}",
-            webhooks.sources.join(" + ")
-        ));
-    }
-    lines.extend(findings.iter().map(ToString::to_string));
-    lines.push(format!(
-        "{} error(s), {} warning(s), {} note(s)",
-        count(doctor::Severity::Error),
-        count(doctor::Severity::Warning),
-        count(doctor::Severity::Info)
-    ));
-    if let Err(e) = print_lines(lines) {
-        return stdout_failed(&e, ExitCode::from(code));
-    }
-    ExitCode::from(code)
-}
-
 /// The config file and the flags that override it: loaded once at start, and again by every
 /// reload, so that a reload sees the same overrides.
 #[derive(Debug, Clone)]
@@ -439,40 +242,6 @@ impl Overrides {
     fn load(&self) -> Result<Config, String> {
         Config::load_with(self.path.as_deref(), &self.flags).map_err(|e| e.to_string())
     }
-}
-
-/// Writes lines to stdout, stopping at the first error (a closed pipe: `routes | head -1`).
-fn print_lines(lines: impl IntoIterator<Item = String>) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()
-}
-
-/// Whether an error is, or was caused by, writing to a closed pipe.
-fn broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// The exit of a command whose output could not be written: quietly `done` (what the command
-/// would have exited with) when the reader closed the pipe (as `head` does), else the error and 1.
-fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
-    if broken_pipe(e) {
-        return done;
-    }
-    eprintln!("openim-callback-gateway: cannot write to stdout: {e}");
-    ExitCode::FAILURE
 }
 
 async fn serve(config: Config, overrides: Overrides) -> ExitCode {
@@ -531,139 +300,5 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// `routes`: the table every callback is routed by, from the same code the gateway uses.
-fn routes(config: &Config, json: bool) -> ExitCode {
-    use openim_callback_gateway::catalog::{Catalog, Phase};
-    use openim_callback_gateway::config::Delivery;
-    let catalog = match Catalog::contract() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("openim-callback-gateway: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut rows = Vec::new();
-    for entry in catalog.entries() {
-        let s = match config.settings(entry.row.command) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("openim-callback-gateway: invalid configuration: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let endpoints = config
-            .upstreams
-            .get(&s.upstream)
-            .map(|u| u.endpoints.join(","))
-            .unwrap_or_else(|| "(built-in demo)".into());
-        let delivery = match (entry.phase, s.delivery) {
-            (Phase::Before, _) => "sync (before)",
-            (Phase::After, Delivery::Sync) => "sync",
-            (Phase::After, Delivery::Spool) if s.ordered => "spool, ordered",
-            (Phase::After, Delivery::Spool) => "spool",
-        };
-        let policy = match s.on_failure {
-            openim_callback_gateway::config::FailurePolicy::Continue => "continue".to_owned(),
-            openim_callback_gateway::config::FailurePolicy::Reject => {
-                format!("reject {}", s.reject_code)
-            }
-        };
-        let gate = openim_callback_gateway::gate::Gate::build(
-            &s,
-            &config.bots,
-            openim_callback_gateway::fields::FieldNumbers::of(&entry.request()),
-        );
-        let mut rules = gate.names().join(",");
-        if s.shadow && entry.phase == Phase::Before {
-            rules.push_str(if rules.is_empty() {
-                "shadow"
-            } else {
-                ",shadow"
-            });
-        }
-        if rules.is_empty() {
-            rules.push('-');
-        }
-        rows.push(serde_json::json!({
-            "command": entry.row.command,
-            "rules": rules,
-            "enabled": s.enabled,
-            "upstream": s.upstream,
-            "endpoints": endpoints,
-            "rpc": entry.path.as_str(),
-            "timeout": humantime::format_duration(s.timeout.0).to_string(),
-            "on_failure": policy,
-            "delivery": delivery,
-        }));
-    }
-    if json {
-        return match print_lines(rows.iter().map(ToString::to_string)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
-        };
-    }
-    let cols = [
-        "command",
-        "enabled",
-        "upstream",
-        "rpc",
-        "timeout",
-        "on_failure",
-        "delivery",
-        "rules",
-        "endpoints",
-    ];
-    let cell = |row: &serde_json::Value, c: &str| match &row[c] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let widths: Vec<usize> = cols
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .map(|r| cell(r, c).len())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (cell, w) in cells.iter().zip(&widths) {
-            out.push_str(&format!("{cell:<w$}  "));
-        }
-        out.trim_end().to_owned()
-    };
-    let header = line(cols.iter().map(|c| c.to_uppercase()).collect());
-    let body = rows
-        .iter()
-        .map(|row| line(cols.iter().map(|c| cell(row, c)).collect()));
-    match print_lines(std::iter::once(header).chain(body)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
-    }
-}
-
-/// `proto`: needs no configuration, so it runs before the config is loaded.
-fn write_proto(
-    out: Option<&std::path::Path>,
-    descriptor_set: Option<&std::path::Path>,
-) -> ExitCode {
-    if out.is_none() && descriptor_set.is_none() {
-        eprintln!("openim-callback-gateway proto: give --out DIR and/or --descriptor-set FILE");
-        return ExitCode::from(2);
-    }
-    match openim_callback_gateway::proto::write_contract(out, descriptor_set) {
-        Ok(paths) => match print_lines(paths.iter().map(|p| p.display().to_string())) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => stdout_failed(&e, ExitCode::SUCCESS),
-        },
-        Err(e) => {
-            eprintln!("openim-callback-gateway proto: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -353,7 +353,7 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
         "AfterQuitGroup",
         Behavior::Status(
             tonic::Code::InvalidArgument,
-            "no such group".into(),
+            format!("no such group {HOSTILE}"),
             Default::default(),
         ),
     );
@@ -393,6 +393,31 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
     let shown: Value = serde_json::from_str(detail.as_str().unwrap()).unwrap();
     assert_eq!(shown["payload"]["groupID"], json!(HOSTILE), "{shown}");
     assert_eq!(shown["grpc_status"], json!("INVALID_ARGUMENT"), "{shown}");
+    // The attempt history: one row per attempt with its time, status and error, as text.
+    let attempts = page
+        .eval(
+            "Array.from(document.querySelectorAll('#detail-attempts tbody tr')).map(r => \
+             Array.from(r.cells).map(c => c.textContent))",
+        )
+        .await;
+    let rows = attempts.as_array().expect("the attempts table");
+    assert_eq!(rows.len(), 1, "{attempts}");
+    assert_eq!(rows[0][0], json!("1"), "{attempts}");
+    assert!(
+        rows[0][1].as_str().is_some_and(|t| t.starts_with("20")),
+        "{attempts}"
+    );
+    assert_eq!(rows[0][2], json!("INVALID_ARGUMENT"), "{attempts}");
+    assert_eq!(
+        rows[0][3],
+        json!(format!("no such group {HOSTILE}")),
+        "{attempts}"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('detail-attempts-box').hidden")
+            .await,
+        json!(false)
+    );
     assert_eq!(
         page.eval("document.querySelectorAll('script').length")
             .await,

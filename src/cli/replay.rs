@@ -164,3 +164,25 @@ pub async fn run(
 fn compact(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
+
+/// `replay`: a capture sent again; exit 0 when every envelope is as recorded, 1 when some
+/// changed or failed, 2 when the capture cannot be used.
+pub async fn command(file: &std::path::Path, to: &str, fast: bool) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let records = match read(file) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("openim-callback-gateway replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout();
+    match run(&records, to, fast, &mut out).await {
+        Ok(s) if s.changed == 0 && s.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("openim-callback-gateway replay: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -75,3 +75,34 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// `tail`: the live callbacks of a running gateway.
+pub async fn command(
+    admin: &str,
+    token_file: Option<&std::path::Path>,
+    command: Option<&str>,
+    jsonl: bool,
+) -> std::process::ExitCode {
+    let token = match super::output::admin_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let client = match AdminClient::parse(admin, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout();
+    match run(&client, command, jsonl, &mut out).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openim-callback-gateway tail: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -404,6 +404,12 @@ async fn dead(State(console): State<Console>, Query(q): Query<DeadQuery>) -> Res
                 "age_ms": now.saturating_sub(e.first_seen_ms),
                 "grpc_status": e.last_error.as_deref().and_then(status_in),
                 "last_error": error,
+                "history": e.history.iter().map(|a| json!({
+                    "number": a.number,
+                    "at_ms": a.at_ms,
+                    "code": a.code,
+                    "message": a.log_message(),
+                })).collect::<Vec<_>>(),
                 "payload": payload,
                 "payload_error": payload_error,
                 "payload_bytes": e.event.payload.len(),

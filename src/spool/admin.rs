@@ -6,7 +6,7 @@
 //! - `GET /admin/spool/count?which=pending|dead&command=C`: `{"count": n}`
 //! - `POST /admin/spool/replay?command=C[&id=ID&since=MS&until=MS&after=POS&max=N]`: [`Progress`];
 //!   without `max` all at once; `id`, `since`/`until` (first stored, ms since the Unix epoch)
-//!   narrow the choice ([`super::Select`])
+//!   narrow the choice ([`Select`])
 //! - `POST /admin/spool/purge?which=dead|pending&command=C[&after=ID&max=N]`: [`Progress`]
 //!
 //! Errors answer `{"error": "…"}` with status 500 (503 once the spool is shut down); a bad query
@@ -19,7 +19,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{Progress, Spool, SpoolError, SpoolStats, StoredEvent, Which};
+use super::error::SpoolError;
+use super::event::{Progress, Select, SpoolStats, StoredEvent, Which};
+use super::facade::Spool;
+use super::fault::Attempt;
 
 /// Most events one `GET /admin/spool/events` returns.
 pub const MAX_LIST: usize = 10_000;
@@ -45,6 +48,10 @@ pub struct EventView {
     pub first_seen_ms: u64,
     /// Last error, or why the event is a dead letter.
     pub last_error: Option<String>,
+    /// The failed attempts, oldest first (the latest [`super::fault::HISTORY_MAX`]), each with its
+    /// time, gRPC status code name or local failure kind, and whole message.
+    #[serde(default)]
+    pub history: Vec<Attempt>,
     /// Size of the protobuf request.
     pub payload_bytes: usize,
     /// The protobuf request, hex-encoded.
@@ -68,6 +75,7 @@ impl From<&StoredEvent> for EventView {
             attempts: e.attempts,
             first_seen_ms: e.first_seen_ms,
             last_error: e.last_error.clone(),
+            history: e.history.clone(),
             payload_bytes: e.event.payload.len(),
             payload_hex: hex,
         }
@@ -180,7 +188,7 @@ async fn replay(
     State(spool): State<Spool>,
     Query(q): Query<ReplayQuery>,
 ) -> Result<Json<Progress>, ApiError> {
-    let select = super::Select {
+    let select = Select {
         command: q.command,
         id: q.id,
         since_ms: q.since,

@@ -1,15 +1,32 @@
 //! The delivery rules both backends share: what an attempt's [`DeliveryResult`] means for the
 //! event (delivered, retried after a backoff, deferred, dead letter), with its log lines and
 //! metrics. `max_attempts`, `max_age`, the backoff ([`backoff`]: exponential, full jitter) and the
-//! metric names are the same for redb and Redis.
+//! metric names are the same for redb and Redis. Also the words and metric of an event refused
+//! because the spool is full ([`note_rejected`]).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use humantime::format_duration;
 
-use super::delivery::backoff;
-use super::{Deliver, DeliveryResult, Role, SpoolConfig, StoredEvent, now_ms};
+use super::deliver::{Deliver, DeliveryResult};
+use super::event::{NewEvent, StoredEvent};
+use super::fault::{Attempt, Fault};
+use super::record::now_ms;
+use crate::config::{FullPolicy, SpoolConfig};
+
+/// How long a spool's shutdown waits for delivery attempts already running.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a spool is for: its log lines and metrics say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A spool whose events are delivered to the upstreams (redb or Redis).
+    Spool,
+    /// The Redis backend's local buffer (a redb spool): events moved into Redis.
+    Buffer,
+}
 
 /// A duration for a log line, to the millisecond: `58ms`, `1s 200ms` (not `58ms 463us 162ns`).
 pub(crate) fn rounded(d: Duration) -> humantime::FormattedDuration {
@@ -33,12 +50,15 @@ pub(crate) async fn attempt(
     let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
     match tokio::time::timeout(timeout + DEADLINE_SLACK, &mut call).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => DeliveryResult::Retry(format!("the delivery task failed: {e}")),
+        Ok(Err(e)) => DeliveryResult::Retry(Fault::local(
+            "task_failed",
+            format!("the delivery task failed: {e}"),
+        )),
         Err(_) => {
             call.abort();
-            DeliveryResult::Retry(format!(
-                "no answer within the deadline of {}",
-                rounded(timeout)
+            DeliveryResult::Retry(Fault::local(
+                "timeout",
+                format!("no answer within the deadline of {}", rounded(timeout)),
             ))
         }
     }
@@ -51,19 +71,20 @@ pub(crate) enum Verdict {
     Delivered,
     /// Not attempted (an open circuit breaker): try again after the wait, attempt not used.
     Defer(Duration),
-    /// Failed: record `attempts` and `error`, try again after the wait.
+    /// Failed: record the attempt (its number is the attempts made) and `error`, try again
+    /// after the wait.
     Retry {
-        /// Attempts made, including this one.
-        attempts: u32,
-        /// The error of this attempt.
+        /// This attempt, for the record's history.
+        attempt: Attempt,
+        /// The error of this attempt (becomes `last_error`).
         error: String,
         /// The backoff before the next attempt.
         wait: Duration,
     },
     /// Given up: a dead letter with this reason.
     Dead {
-        /// Attempts made, including this one.
-        attempts: u32,
+        /// This (last) attempt, for the record's history.
+        attempt: Attempt,
         /// Why it was given up (becomes `last_error`).
         reason: String,
     },
@@ -93,13 +114,14 @@ pub(crate) fn judge(
         operation_id,
     } = *ids;
     let command_label = command.to_owned();
-    let dead = |reason: String, label: &'static str| {
+    // `why` words the reason around the fault's text: once whole (kept), once as logged.
+    let dead = |fault: &Fault, why: &dyn Fn(&str) -> String, label: &'static str| {
         tracing::error!(
             delivery_id,
             command,
             operation_id,
             attempts = number,
-            reason = crate::telemetry::delivery_error(&reason).as_ref(),
+            reason = %why(&fault.log_text()),
             "after-callback moved to the dead letters; replay it with `spool replay`"
         );
         metrics::counter!("gateway_spool_dead_total", "command" => command_label.clone(), "reason" => label)
@@ -107,8 +129,8 @@ pub(crate) fn judge(
         metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "dead")
             .increment(1);
         Verdict::Dead {
-            attempts: number,
-            reason,
+            attempt: Attempt::new(number, now_ms(), fault),
+            reason: why(&fault.text()),
         }
     };
     if role == Role::Buffer {
@@ -145,16 +167,17 @@ pub(crate) fn judge(
             Verdict::Delivered
         }
         DeliveryResult::Deferred(wait, why) => {
-            tracing::debug!(delivery_id, command, why, wait = %rounded(wait), "after-callback delivery deferred");
+            tracing::debug!(delivery_id, command, why = %why.log_text(), wait = %rounded(wait), "after-callback delivery deferred");
             metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "deferred")
                 .increment(1);
             Verdict::Defer(wait)
         }
-        DeliveryResult::Permanent(error) => dead(
-            format!("permanent error on attempt {number}: {error}"),
+        DeliveryResult::Permanent(fault) => dead(
+            &fault,
+            &|e| format!("permanent error on attempt {number}: {e}"),
             "permanent",
         ),
-        DeliveryResult::Retry(error) => {
+        DeliveryResult::Retry(fault) => {
             metrics::counter!("gateway_spool_retries_total", "command" => command_label.clone())
                 .increment(1);
             metrics::counter!("gateway_delivery_attempts_total", "command" => command_label.clone(), "result" => "retry")
@@ -162,15 +185,19 @@ pub(crate) fn judge(
             let age = Duration::from_millis(now_ms().saturating_sub(since_ms));
             if number >= s.max_attempts {
                 dead(
-                    format!("gave up after {number} attempts: {error}"),
+                    &fault,
+                    &|e| format!("gave up after {number} attempts: {e}"),
                     "attempts",
                 )
             } else if age >= s.max_age {
                 dead(
-                    format!(
-                        "gave up after {number} attempts, older than max_age {}: {error}",
-                        format_duration(s.max_age)
-                    ),
+                    &fault,
+                    &|e| {
+                        format!(
+                            "gave up after {number} attempts, older than max_age {}: {e}",
+                            format_duration(s.max_age)
+                        )
+                    },
                     "age",
                 )
             } else {
@@ -179,19 +206,57 @@ pub(crate) fn judge(
                 if number.is_power_of_two() {
                     tracing::warn!(
                         delivery_id, command, operation_id, attempt = number,
-                        error = crate::telemetry::delivery_error(&error).as_ref(),
+                        error = %fault.log_text(),
                         retry_in = %rounded(wait),
                         "after-callback delivery failed; will retry"
                     );
                 }
                 Verdict::Retry {
-                    attempts: number,
-                    error,
+                    attempt: Attempt::new(number, now_ms(), &fault),
+                    error: fault.text(),
                     wait,
                 }
             }
         }
     }
+}
+
+/// Wait before attempt `failed + 1`: up to `min(max, initial * 2^(failed-1))`, full jitter.
+pub(crate) fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
+    let exp = failed.saturating_sub(1).min(31);
+    let cap = initial.saturating_mul(1 << exp).min(max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+/// Logs and counts an event refused because the spool is full: never silent.
+pub(crate) fn note_rejected(
+    path: &Path,
+    ev: &NewEvent,
+    pending: u64,
+    bytes: u64,
+    policy: FullPolicy,
+) {
+    match policy {
+        FullPolicy::Reject => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full (when_full: reject): the after-callback was NOT stored and will not be delivered"
+        ),
+        FullPolicy::DropOldest => tracing::error!(
+            path = %path.display(),
+            command = ev.command,
+            operation_id = ev.operation_id,
+            pending,
+            bytes,
+            "spool full and no pending event left to drop: dead letters fill the disk budget \
+             (max_bytes); the after-callback was NOT stored; replay or purge the dead letters"
+        ),
+    }
+    metrics::counter!("gateway_spool_rejected_total", "command" => ev.command.clone()).increment(1);
 }
 
 #[cfg(test)]

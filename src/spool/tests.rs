@@ -5,15 +5,19 @@
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, join_all};
 
 use super::admin::EventView;
-use super::cli::{SpoolCommand, run_to};
-use super::delivery::backoff;
+use super::record::now_ms;
+use super::rules::backoff;
 use super::*;
+use crate::cli::CliError;
+use crate::cli::spool::{SpoolCommand, run_to};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -26,6 +30,11 @@ fn settings(dir: &Path) -> SpoolConfig {
         backoff_max: Duration::from_millis(20),
         ..SpoolConfig::default()
     }
+}
+
+/// A fake deliverer's failure without a status: its text is `text` as it is.
+fn fault(text: &str) -> Fault {
+    Fault::local("test", text)
 }
 
 fn event(command: &str, n: u32) -> NewEvent {
@@ -165,7 +174,7 @@ async fn retry_then_success_keeps_the_delivery_id() {
     let spool = Spool::open(&settings(dir.path())).unwrap();
     let fake = Fake::new(|_, attempt| {
         if attempt < 3 {
-            DeliveryResult::Retry("UNAVAILABLE: connection refused".into())
+            DeliveryResult::Retry(fault("UNAVAILABLE: connection refused"))
         } else {
             DeliveryResult::Delivered
         }
@@ -191,7 +200,7 @@ async fn permanent_error_goes_dead_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&settings(dir.path())).unwrap();
     let fake =
-        Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: no such group".into()));
+        Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT: no such group")));
     start(&spool, &fake);
     let r = spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -223,7 +232,7 @@ async fn exhausted_attempts_go_dead() {
         ..settings(dir.path())
     })
     .unwrap();
-    let fake = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE: upstream down".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Retry(fault("UNAVAILABLE: upstream down")));
     start(&spool, &fake);
     spool
         .append(event("callbackAfterQuitGroupCommand", 1))
@@ -245,6 +254,73 @@ async fn exhausted_attempts_go_dead() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_lists_each_attempt_with_its_code_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&SpoolConfig {
+        max_attempts: 4,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    // Attempts 1 and 3 get a status, 2 times out locally, 4 is refused for good.
+    let fake = Fake::new(|_, attempt| match attempt {
+        2 => DeliveryResult::Retry(Fault::local("timeout", "upstream did not answer within 1s")),
+        4 => DeliveryResult::Permanent(Fault::status("INVALID_ARGUMENT", "no such group")),
+        n => DeliveryResult::Retry(Fault::status("UNAVAILABLE", format!("down {n}"))),
+    });
+    start(&spool, &fake);
+    let before = now_ms();
+    spool
+        .append(event("callbackAfterQuitGroupCommand", 1))
+        .await
+        .unwrap();
+    wait_until("dead letter", || spool.stats().dead == 1).await;
+    let dead = spool.list(Which::Dead, 10).unwrap();
+    let h = &dead[0].history;
+    assert_eq!(
+        h.iter()
+            .map(|a| (a.number, a.code.as_str(), a.message.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "UNAVAILABLE", "down 1"),
+            (2, "timeout", "upstream did not answer within 1s"),
+            (3, "UNAVAILABLE", "down 3"),
+            (4, "INVALID_ARGUMENT", "no such group"),
+        ]
+    );
+    assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "{h:?}");
+    assert!(h[0].at_ms >= before && h[3].at_ms <= now_ms(), "{h:?}");
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("permanent error on attempt 4: InvalidArgument: no such group")
+    );
+    // The admin API's view carries the history; a replay starts it afresh.
+    let view = EventView::from(&dead[0]);
+    assert_eq!(view.history, *h);
+    let replayed = now_ms();
+    assert_eq!(spool.replay_dead(None).unwrap(), 1);
+    wait_until("dead again", || spool.stats().dead == 1).await;
+    let again = spool.list(Which::Dead, 10).unwrap();
+    assert_eq!(
+        again[0]
+            .history
+            .iter()
+            .map(|a| a.number)
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{again:?}"
+    );
+    assert!(again[0].history.iter().all(|a| a.at_ms >= replayed));
+    close(spool).await;
+    // The history survives a restart.
+    let spool = Spool::open(&settings(dir.path())).unwrap();
+    assert_eq!(
+        spool.list(Which::Dead, 10).unwrap()[0].history,
+        again[0].history
+    );
+    close(spool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_old_goes_dead() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&SpoolConfig {
@@ -256,7 +332,7 @@ async fn too_old_goes_dead() {
     let fake = Fake::new_async(|_, _| {
         Box::pin(async {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            DeliveryResult::Retry("DEADLINE_EXCEEDED".into())
+            DeliveryResult::Retry(fault("DEADLINE_EXCEEDED"))
         })
     });
     start(&spool, &fake);
@@ -309,7 +385,7 @@ fn failing_until_healed() -> (Arc<Fake>, Arc<AtomicBool>) {
         if h.load(Ordering::SeqCst) {
             DeliveryResult::Delivered
         } else {
-            DeliveryResult::Permanent("INVALID_ARGUMENT".into())
+            DeliveryResult::Permanent(fault("INVALID_ARGUMENT"))
         }
     });
     (fake, healthy)
@@ -439,7 +515,7 @@ async fn purge_deletes_by_table_and_command() {
     assert_eq!(left, [3, 4]);
     assert_eq!(spool.purge(Which::Dead, None).unwrap(), 0);
 
-    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT")));
     start(&spool, &fake);
     wait_until("dead letters", || spool.stats().dead == 2).await;
     assert_eq!(spool.purge(Which::Dead, Some("callbackAfterB")).unwrap(), 2);
@@ -540,7 +616,7 @@ async fn attempts_continue_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let spool = Spool::open(&s).unwrap();
-    let failing = Fake::new(|_, _| DeliveryResult::Retry("UNAVAILABLE".into()));
+    let failing = Fake::new(|_, _| DeliveryResult::Retry(fault("UNAVAILABLE")));
     start(&spool, &failing);
     let r = spool.append(event("callbackAfterX", 1)).await.unwrap();
     wait_until("two attempts", || failing.calls().len() >= 2).await;
@@ -848,7 +924,7 @@ async fn same_key_is_sequential_in_append_order_even_with_retries() {
             tokio::time::sleep(Duration::from_millis(2)).await;
             a.lock().unwrap().remove(&key);
             if n == 1 && attempt < 3 {
-                DeliveryResult::Retry("UNAVAILABLE".into())
+                DeliveryResult::Retry(fault("UNAVAILABLE"))
             } else {
                 DeliveryResult::Delivered
             }
@@ -975,9 +1051,9 @@ async fn other_redb_file_already_open_and_bad_dir_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     {
-        let db = redb::Database::create(s.path()).unwrap();
+        let db = ::redb::Database::create(s.path()).unwrap();
         let txn = db.begin_write().unwrap();
-        let t: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("users");
+        let t: ::redb::TableDefinition<&str, u64> = ::redb::TableDefinition::new("users");
         txn.open_table(t).unwrap().insert("x", &1).unwrap();
         txn.commit().unwrap();
     }
@@ -1026,9 +1102,9 @@ async fn undecodable_record_goes_to_the_dead_letters() {
     let s = settings(dir.path());
     close(Spool::open(&s).unwrap()).await;
     {
-        let db = redb::Database::create(s.path()).unwrap();
+        let db = ::redb::Database::create(s.path()).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(store::PENDING)
+        txn.open_table(super::redb::store::PENDING)
             .unwrap()
             .insert(7, &[0xff; 16][..])
             .unwrap();
@@ -1124,11 +1200,7 @@ fn backoff_doubles_up_to_the_cap_with_jitter() {
 // ---------------------------------------------------------------------------------------------
 // Operator commands
 
-async fn cli(
-    cmd: SpoolCommand,
-    s: &SpoolConfig,
-    admin: Option<&str>,
-) -> Result<String, SpoolError> {
+async fn cli(cmd: SpoolCommand, s: &SpoolConfig, admin: Option<&str>) -> Result<String, CliError> {
     let mut out = Vec::new();
     run_to(cmd, s, admin, None, &mut out, 1).await?;
     Ok(String::from_utf8(out).unwrap())
@@ -1152,11 +1224,14 @@ async fn cli_commands_on_the_spool_file() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     let err = cli(SpoolCommand::Count, &s, None).await.unwrap_err();
-    assert!(matches!(err, SpoolError::NotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, CliError::Spool(SpoolError::NotFound { .. })),
+        "{err:?}"
+    );
 
     // 5 dead letters (3 of A, 2 of B), then 2 pending events.
     let spool = Spool::open(&s).unwrap();
-    let fake = Fake::new(|_, _| DeliveryResult::Permanent("INVALID_ARGUMENT: bad".into()));
+    let fake = Fake::new(|_, _| DeliveryResult::Permanent(fault("INVALID_ARGUMENT: bad")));
     start(&spool, &fake);
     for n in 0..5 {
         let cmd = if n < 3 {
@@ -1185,6 +1260,12 @@ async fn cli_commands_on_the_spool_file() {
     );
     assert!(
         out.contains("attempts=1") && out.contains("INVALID_ARGUMENT"),
+        "{out}"
+    );
+    // Each line ends with the attempt history: `#1 <time> <code> "<message>"`.
+    assert!(
+        out.lines()
+            .all(|l| l.contains("Z test \"INVALID_ARGUMENT: bad\"") && l.contains("  #1 20")),
         "{out}"
     );
 
@@ -1315,9 +1396,9 @@ async fn cli_commands_through_the_admin_api_of_a_running_gateway() {
 
 #[test]
 fn utc_timestamps() {
-    assert_eq!(cli::utc(0), "1970-01-01T00:00:00Z");
-    assert_eq!(cli::utc(951_782_400_000), "2000-02-29T00:00:00Z");
-    assert_eq!(cli::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
+    assert_eq!(super::event::utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(super::event::utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    assert_eq!(super::event::utc(1_795_316_588_611), "2026-11-22T03:03:08Z");
 }
 
 #[test]
@@ -1329,7 +1410,7 @@ fn a_replay_selects_by_command_id_and_first_stored_time() {
             command: command.into(),
             ..NewEvent::default()
         };
-        super::store::Record::new(ev, first_seen_ms).encode_to_vec()
+        super::record::Record::new(ev, first_seen_ms).encode_to_vec()
     };
     let a = rec("callbackAfterA", 1_000);
     assert!(Select::default().matches(7, &a));
@@ -1370,7 +1451,7 @@ fn a_replay_selects_by_command_id_and_first_stored_time() {
 
 #[test]
 fn replay_times_are_rfc3339_or_a_duration_ago() {
-    use super::cli::parse_time;
+    use crate::cli::spool::parse_time;
     assert_eq!(parse_time("2026-05-01T12:00:00Z"), Ok(1_777_636_800_000));
     let ago = parse_time("2h").unwrap();
     let expected = now_ms() - 2 * 3600 * 1000;

@@ -163,8 +163,19 @@ function kv(name, value, id, bad) {
   return tr;
 }
 
-function showDetail(title, value) {
+// `attempts`: a dead letter's attempt history, shown as a table above the JSON (text only).
+function showDetail(title, value, attempts) {
   $('detail-title').textContent = title;
+  const list = attempts || [];
+  $('detail-attempts-box').hidden = list.length === 0;
+  $('detail-attempts').tBodies[0].replaceChildren(...list.map((a) => {
+    const tr = el('tr');
+    tr.appendChild(el('td', a.number, 'num'));
+    tr.appendChild(el('td', new Date(a.at_ms).toISOString().replace('T', ' ').replace('Z', ''), 'mono'));
+    tr.appendChild(el('td', a.code, 'mono bad'));
+    tr.appendChild(el('td', a.message, 'wrap'));
+    return tr;
+  }));
   $('detail-body').textContent = JSON.stringify(value, null, 2);
   $('detail').showModal();
 }
@@ -200,7 +211,7 @@ function renderDead(d) {
       order_key: x.order_key, attempts: x.attempts, first_stored: new Date(x.first_seen_ms).toISOString(),
       grpc_status: x.grpc_status, last_error: x.last_error,
       payload: x.payload, payload_error: x.payload_error || undefined,
-    }));
+    }, x.history));
     return tr;
   });
   if (rows.length === 0) {

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use super::super::deliver::{Deliver, DeliveryResult};
+use super::super::event::StoredEvent;
+use super::super::fault::Fault;
+use super::super::record::Record;
 use super::Core;
-use crate::spool::store::Record;
-use crate::spool::{Deliver, DeliveryResult, StoredEvent};
 
 /// Longest wait of one move for Redis to come back before it is deferred.
 const MOVE_WAIT: Duration = Duration::from_secs(5);
@@ -37,6 +39,10 @@ impl Mover {
 
 /// A pause before the next try of a move that did not happen, with jitter so that the moves of
 /// a large buffer do not all come back at once.
+fn closed() -> Fault {
+    Fault::local("closed", "the spool is closed")
+}
+
 fn later() -> Duration {
     Duration::from_millis(fastrand::u64(200..=1_000))
 }
@@ -49,7 +55,7 @@ impl Deliver for Mover {
     fn deliver<'a>(&'a self, ev: &'a StoredEvent, _attempt: u32) -> BoxFuture<'a, DeliveryResult> {
         Box::pin(async move {
             let Some(core) = self.core.upgrade() else {
-                return DeliveryResult::Deferred(later(), "the spool is closed".into());
+                return DeliveryResult::Deferred(later(), closed());
             };
             if !*core.up.borrow() {
                 core.probe();
@@ -57,13 +63,13 @@ impl Deliver for Mover {
                 let mut stop = core.stop.subscribe();
                 tokio::select! {
                     r = up.wait_for(|up| *up) => if r.is_err() {
-                        return DeliveryResult::Deferred(later(), "the spool is closed".into());
+                        return DeliveryResult::Deferred(later(), closed());
                     },
                     _ = stop.wait_for(|s| *s) => {
-                        return DeliveryResult::Deferred(later(), "the spool is shutting down".into());
+                        return DeliveryResult::Deferred(later(), Fault::local("shutting_down", "the spool is shutting down"));
                     }
                     () = tokio::time::sleep(MOVE_WAIT) => {
-                        return DeliveryResult::Deferred(later(), "redis is unreachable".into());
+                        return DeliveryResult::Deferred(later(), Fault::local("unreachable", "redis is unreachable"));
                     }
                 }
             }
@@ -71,6 +77,7 @@ impl Deliver for Mover {
             rec.delivery_id.clone_from(&ev.delivery_id);
             rec.attempts = ev.attempts;
             rec.last_error.clone_from(&ev.last_error);
+            rec.history.clone_from(&ev.history);
             match core.write(&rec).await {
                 Ok(w) if w.id != 0 => {
                     let _ = core.written(rec, w);
@@ -79,12 +86,12 @@ impl Deliver for Mover {
                 // Full: kept here until the shared spool has room.
                 Ok(_) => DeliveryResult::Deferred(
                     core.settings.backoff_max,
-                    "the redis spool is full".into(),
+                    Fault::local("full", "the redis spool is full"),
                 ),
                 Err(why) => {
                     core.set_health(Err(why.clone()));
                     core.probe();
-                    DeliveryResult::Deferred(later(), why)
+                    DeliveryResult::Deferred(later(), Fault::local("unreachable", why))
                 }
             }
         })

@@ -1,6 +1,8 @@
 //! The Redis Streams backend (`spool.backend: redis`): one spool shared by every replica.
 //!
-//! - `config.rs`: `spool.redis` ([`RedisConfig`]).
+//! - `mod.rs` (this file): [`RedisSpool`] and its `Backend` implementation, the connections, the
+//!   health check and the fallback when Redis cannot take an event. Its settings are
+//!   `spool.redis` (`crate::config::RedisConfig`).
 //! - `scripts.rs`: the keys and the Lua scripts; every change of state is one atomic script.
 //! - `worker.rs`: delivery: the consumer-group reader, the reclaimer (`XAUTOCLAIM`), the
 //!   retry poller, the heartbeat, and one attempt.
@@ -25,15 +27,12 @@
 //! again once it answers.
 
 mod buffer;
-mod config;
 mod ops;
 mod scripts;
 mod worker;
 
 #[cfg(test)]
 mod tests;
-
-pub use self::config::{Durability, RedisConfig, Unreachable};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,11 +45,16 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{Notify, OnceCell, Semaphore, watch};
 
 use super::backend::Backend;
-use super::store::Record;
-use super::{
-    AppendError, Deliver, FullPolicy, NewEvent, Place, Progress, RedbSpool, Role, SHUTDOWN_GRACE,
-    SpoolConfig, SpoolError, SpoolStats, StoredEvent, StoredEventRef, Which, now_ms,
+use super::deliver::{Deliver, DeliveryResult};
+use super::error::{AppendError, SpoolError};
+use super::event::{
+    NewEvent, Place, Progress, Select, SpoolStats, StoredEvent, StoredEventRef, Which,
 };
+use super::fault::Attempt;
+use super::record::{Record, now_ms, undecodable};
+use super::redb::RedbSpool;
+use super::rules::{Role, SHUTDOWN_GRACE, note_rejected};
+use crate::config::{Durability, FullPolicy, RedisConfig, SpoolConfig, Unreachable};
 
 /// Append connections with `durability: replicas | fsync` (one with `ack`, where nothing blocks).
 const APPEND_CONNECTIONS: usize = 8;
@@ -571,7 +575,7 @@ impl Core {
     pub(crate) fn stored(&self, id: u64, raw: &[u8]) -> StoredEvent {
         match Record::decode(raw) {
             Ok(rec) => self.event_of(id, rec),
-            Err(e) => super::store::undecodable(id, raw.len(), &e),
+            Err(e) => undecodable(id, raw.len(), &e),
         }
     }
 
@@ -727,7 +731,7 @@ impl Core {
                 ..NewEvent::default()
             };
             let bytes = u64::try_from(bytes).unwrap_or(0);
-            super::writer::note_rejected(
+            note_rejected(
                 std::path::Path::new(&self.location),
                 &ev,
                 pending,
@@ -773,7 +777,7 @@ impl Core {
                 if let Some(deliverer) = self.deliverer.get() {
                     let ev = self.event_of(0, rec.clone());
                     match super::rules::attempt(deliverer, ev, 1).await {
-                        super::DeliveryResult::Delivered => {
+                        DeliveryResult::Delivered => {
                             metrics::counter!("gateway_spool_delivered_total", "command" => rec.command.clone())
                                 .increment(1);
                             tracing::info!(
@@ -789,13 +793,12 @@ impl Core {
                                 place: Place::Delivered,
                             });
                         }
-                        super::DeliveryResult::Retry(e) | super::DeliveryResult::Permanent(e) => {
+                        DeliveryResult::Retry(e) | DeliveryResult::Permanent(e) => {
                             // Kept with the failed attempt; delivered from Redis later.
-                            rec.attempts = 1;
-                            rec.last_error = Some(e);
+                            rec.note_attempt(Attempt::new(1, now_ms(), &e), e.text());
                         }
                         // Not attempted (the upstream's breaker is open): no attempt used.
-                        super::DeliveryResult::Deferred(_, e) => rec.last_error = Some(e),
+                        DeliveryResult::Deferred(_, e) => rec.last_error = Some(e.text()),
                     }
                 }
                 self.to_buffer(rec, Some(why)).await
@@ -954,7 +957,7 @@ impl Backend for RedisSpool {
 
     fn replay_dead_chunk(
         &self,
-        select: &crate::spool::Select,
+        select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError> {
@@ -977,5 +980,30 @@ impl Backend for RedisSpool {
 
     fn refresh(&self) -> Result<(), SpoolError> {
         self.core.with_sync(|conn| self.core.refresh_sync(conn))
+    }
+
+    /// While Redis does not answer: the last counters read, marked `stale`, with the local
+    /// buffer's depth, which is what an operator needs most then.
+    fn stats_now(&self) -> Result<SpoolStats, SpoolError> {
+        match self.refresh() {
+            Ok(()) => Ok(self.stats()),
+            Err(SpoolError::Storage { .. }) => Ok(SpoolStats {
+                stale: true,
+                ..self.stats()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn log_opened(&self) {
+        let buffer_dir = self.core.settings.buffer_dir();
+        tracing::info!(
+            buffer_dir = %buffer_dir.display(),
+            "after-event spool open (redis; the local buffer for Redis outages in buffer_dir)"
+        );
+    }
+
+    fn replayed_delivered_by(&self) -> &'static str {
+        "the running gateways deliver them"
     }
 }

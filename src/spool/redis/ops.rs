@@ -8,9 +8,10 @@
 
 use redis::Value;
 
+use super::super::error::SpoolError;
+use super::super::event::{Progress, Select, StoredEvent, Which};
+use super::super::record::{Record, matches, now_ms};
 use super::{Core, describe, scripts};
-use crate::spool::store::{Record, matches};
-use crate::spool::{Progress, SpoolError, StoredEvent, Which, now_ms};
 
 /// Records read per round trip.
 const PAGE: usize = 1_000;
@@ -210,7 +211,7 @@ pub(super) fn count(core: &Core, which: Which, command: Option<&str>) -> Result<
 
 pub(super) fn replay_chunk(
     core: &Core,
-    select: &crate::spool::Select,
+    select: &Select,
     after: Option<u64>,
     max: usize,
 ) -> Result<Progress, SpoolError> {
@@ -234,9 +235,7 @@ pub(super) fn replay_chunk(
             }
             let (rec, key) = match <Record as prost::Message>::decode(d.raw.as_slice()) {
                 Ok(mut rec) => {
-                    rec.attempts = 0;
-                    rec.last_error = None;
-                    rec.since_ms = now;
+                    rec.reset_for_replay(now);
                     let key = rec.order_key.clone();
                     (prost::Message::encode_to_vec(&rec), key)
                 }

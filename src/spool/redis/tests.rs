@@ -14,9 +14,14 @@ use futures_util::future::BoxFuture;
 
 use self::redis_server::RedisServer;
 use crate::spool::{
-    AppendError, BackendKind, Deliver, DeliveryResult, Durability, FullPolicy, NewEvent,
+    AppendError, BackendKind, Deliver, DeliveryResult, Durability, Fault, FullPolicy, NewEvent,
     RedisConfig, Spool, SpoolConfig, StoredEvent, Unreachable, Which,
 };
+
+/// A fake deliverer's failure without a status: its text is `text` as it is.
+fn fault(text: &str) -> Fault {
+    Fault::local("test", text)
+}
 
 /// Settings of one replica: its own local buffer in a new temp dir (kept: a test may reopen it).
 fn settings(url: &str, prefix: &str, consumer: &str) -> SpoolConfig {
@@ -238,7 +243,7 @@ async fn a_dead_consumers_event_is_reclaimed_with_its_attempts_and_delivery_id()
     let mut fa = Fake::new(
         "a",
         &seen,
-        Box::new(|_, _| DeliveryResult::Retry("unavailable".into())),
+        Box::new(|_, _| DeliveryResult::Retry(fault("unavailable"))),
     );
     fa.hang_on = Some((7, 2));
     let task = a.start(Arc::new(fa));
@@ -306,10 +311,17 @@ async fn retries_back_off_in_the_due_set_then_dead_letters_replay_with_the_same_
         &seen,
         Box::new(move |n, attempt| match n {
             _ if r2.load(std::sync::atomic::Ordering::SeqCst) => DeliveryResult::Delivered,
-            1 => DeliveryResult::Retry(format!("down on attempt {attempt}")),
-            2 => DeliveryResult::Permanent("INVALID_ARGUMENT".into()),
+            1 if attempt == 2 => DeliveryResult::Retry(Fault::local(
+                "timeout",
+                format!("down on attempt {attempt}"),
+            )),
+            1 => DeliveryResult::Retry(Fault::status(
+                "UNAVAILABLE",
+                format!("down on attempt {attempt}"),
+            )),
+            2 => DeliveryResult::Permanent(Fault::status("INVALID_ARGUMENT", "no such group")),
             _ if deferrals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 => {
-                DeliveryResult::Deferred(Duration::from_millis(50), "breaker open".into())
+                DeliveryResult::Deferred(Duration::from_millis(50), fault("breaker open"))
             }
             _ => DeliveryResult::Delivered,
         }),
@@ -353,9 +365,34 @@ async fn retries_back_off_in_the_due_set_then_dead_letters_replay_with_the_same_
         f.last_error.as_deref().unwrap().contains("gave up after 3"),
         "{f:?}"
     );
+    // Each attempt is in the dead letter's history, with its code and message.
+    assert_eq!(
+        f.history
+            .iter()
+            .map(|a| (a.number, a.code.as_str(), a.message.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "UNAVAILABLE", "down on attempt 1"),
+            (2, "timeout", "down on attempt 2"),
+            (3, "UNAVAILABLE", "down on attempt 3"),
+        ],
+        "{f:?}"
+    );
+    assert!(
+        f.history.windows(2).all(|w| w[0].at_ms <= w[1].at_ms) && f.history[0].at_ms > 0,
+        "{f:?}"
+    );
     let p = dead.iter().find(|e| e.event.command == "bad").unwrap();
     assert_eq!(p.delivery_id, permanent.delivery_id);
     assert!(p.last_error.as_deref().unwrap().contains("permanent"));
+    assert_eq!(
+        p.history
+            .iter()
+            .map(|a| (a.number, a.code.as_str(), a.message.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "INVALID_ARGUMENT", "no such group")],
+        "{p:?}"
+    );
     let _ = deferred;
     let sp = spool.clone();
     assert_eq!(
@@ -424,7 +461,7 @@ async fn ordered_events_keep_their_order_across_two_spools() {
     let script = || -> Box<Script> {
         Box::new(|n, attempt| {
             if n % 5 == 0 && attempt == 1 {
-                DeliveryResult::Retry("flaky".into())
+                DeliveryResult::Retry(fault("flaky"))
             } else {
                 DeliveryResult::Delivered
             }
@@ -588,7 +625,7 @@ async fn redis_down_each_policy_keeps_its_promise_and_the_buffer_moves_with_the_
         &seen,
         Box::new(|n, _| {
             if n == 21 {
-                DeliveryResult::Retry("unavailable".into())
+                DeliveryResult::Retry(fault("unavailable"))
             } else {
                 DeliveryResult::Delivered
             }
@@ -668,7 +705,7 @@ async fn redis_killed_while_the_upstream_is_down_every_acked_event_arrives_with_
             if up.load(std::sync::atomic::Ordering::SeqCst) {
                 DeliveryResult::Delivered
             } else {
-                DeliveryResult::Retry("unavailable: the upstream is down".into())
+                DeliveryResult::Retry(fault("unavailable: the upstream is down"))
             }
         }),
     )));
@@ -952,10 +989,10 @@ fn settings_are_validated_with_their_key() {
         "{shown}"
     );
     assert_eq!(
-        super::config::redact("redis://:pw@h:1"),
+        crate::config::redact_url("redis://:pw@h:1"),
         "redis://:<redacted>@h:1"
     );
-    assert_eq!(super::config::redact("redis://h:1"), "redis://h:1");
+    assert_eq!(crate::config::redact_url("redis://h:1"), "redis://h:1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

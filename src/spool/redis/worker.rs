@@ -14,10 +14,10 @@ use prost::Message;
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::super::deliver::Deliver;
+use super::super::record::{Record, now_ms};
+use super::super::rules::{Ids, Role, Verdict, judge};
 use super::{Core, describe, scripts};
-use crate::spool::rules::{Ids, Verdict, judge};
-use crate::spool::store::Record;
-use crate::spool::{Deliver, Role, now_ms};
 
 /// How long one `XREADGROUP` blocks in Redis.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -470,7 +470,7 @@ async fn attempt(
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let outcome = crate::spool::rules::attempt(&deliverer, ev, number).await;
+    let outcome = super::super::rules::attempt(&deliverer, ev, number).await;
     let ids = Ids {
         delivery_id: &delivery_id,
         command: &command,
@@ -479,20 +479,18 @@ async fn attempt(
     let outcome = match judge(&core.settings, Role::Spool, outcome, number, since_ms, &ids) {
         Verdict::Delivered => Outcome::Done,
         Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
-        Verdict::Dead { attempts, reason } => {
+        Verdict::Dead { attempt, reason } => {
             let mut r = rec;
-            r.attempts = attempts;
-            r.last_error = Some(reason);
+            r.note_attempt(attempt, reason);
             Outcome::Dead(r.encode_to_vec())
         }
         Verdict::Retry {
-            attempts,
+            attempt,
             error,
             wait,
         } => {
             let mut r = rec;
-            r.attempts = attempts;
-            r.last_error = Some(error);
+            r.note_attempt(attempt, error);
             Outcome::Retry(r.encode_to_vec(), due_in(wait))
         }
     };

@@ -8,7 +8,6 @@
 //! commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters
 //! published and new events queued for delivery only after the commit.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -18,18 +17,23 @@ use prost::Message;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::store::{DEAD, KEY_NEXT_ID, META, PENDING, Record, entry_bytes};
-use super::{
-    AppendError, FLUSH_EVERY, FullPolicy, NewEvent, Place, Progress as ChunkResult, Role, Shared,
-    SpoolConfig, SpoolError, StoredEventRef, Which, now_ms,
+use super::super::error::{AppendError, SpoolError};
+use super::super::event::{
+    NewEvent, Place, Progress as ChunkResult, Select, StoredEventRef, Which,
 };
+use super::super::fault::Attempt;
+use super::super::record::{Record, now_ms};
+use super::super::rules::{Role, note_rejected};
+use super::store::{DEAD, KEY_NEXT_ID, META, PENDING, entry_bytes};
+use super::{FLUSH_EVERY, Shared};
+use crate::config::{FullPolicy, SpoolConfig};
 
 /// A replay or purge step.
 pub(crate) struct ChunkOp {
     /// `true`: move dead letters to pending; `false`: delete from `which`.
     pub(crate) replay: bool,
     pub(crate) which: Which,
-    pub(crate) select: super::Select,
+    pub(crate) select: Select,
     pub(crate) after: Option<u64>,
     pub(crate) max: usize,
 }
@@ -42,16 +46,16 @@ pub(crate) enum Cmd {
     },
     /// Delivered: delete it.
     Delivered { id: u64 },
-    /// A retryable failure: persist the attempt count and the error.
+    /// A retryable failure: persist the attempt (count, history) and the error.
     Attempted {
         id: u64,
-        attempts: u32,
+        attempt: Attempt,
         error: String,
     },
-    /// Give up: move to the dead letters with the attempts made and why.
+    /// Give up: move to the dead letters with the last attempt and why.
     Dead {
         id: u64,
-        attempts: u32,
+        attempt: Attempt,
         reason: String,
     },
     /// A pending record that does not decode: move its bytes to the dead letters as they are.
@@ -364,23 +368,18 @@ impl Writer {
                         fx.changed = true;
                     }
                 }
-                Cmd::Attempted {
-                    id,
-                    attempts,
-                    error,
-                } => {
+                Cmd::Attempted { id, attempt, error } => {
                     let Some(mut rec) = decode_at(&pending, id)? else {
                         continue;
                     };
-                    rec.attempts = attempts;
-                    rec.last_error = Some(error);
+                    rec.note_attempt(attempt, error);
                     let (old, new) = put(&mut pending, id, &rec)?;
                     c.bytes = c.bytes.saturating_sub(old).saturating_add(new);
                     fx.changed = true;
                 }
                 Cmd::Dead {
                     id,
-                    attempts,
+                    attempt,
                     reason,
                 } => {
                     let raw = match pending.remove(id)? {
@@ -389,8 +388,7 @@ impl Writer {
                     };
                     let bytes = match Record::decode(raw.as_slice()) {
                         Ok(mut rec) => {
-                            rec.attempts = attempts;
-                            rec.last_error = Some(reason);
+                            rec.note_attempt(attempt, reason);
                             rec.encode_to_vec()
                         }
                         Err(_) => raw.clone(),
@@ -571,9 +569,7 @@ fn chunk(
             c.dead -= 1;
             let (bytes, key) = match Record::decode(raw.as_slice()) {
                 Ok(mut rec) => {
-                    rec.attempts = 0;
-                    rec.last_error = None;
-                    rec.since_ms = now;
+                    rec.reset_for_replay(now);
                     let key = rec.order_key.clone();
                     (rec.encode_to_vec(), key)
                 }
@@ -617,36 +613,6 @@ fn chunk(
         count,
         next_after: if exhausted { None } else { last },
     })
-}
-
-/// Logs and counts an event refused because the spool is full: never silent.
-pub(crate) fn note_rejected(
-    path: &Path,
-    ev: &NewEvent,
-    pending: u64,
-    bytes: u64,
-    policy: FullPolicy,
-) {
-    match policy {
-        FullPolicy::Reject => tracing::error!(
-            path = %path.display(),
-            command = ev.command,
-            operation_id = ev.operation_id,
-            pending,
-            bytes,
-            "spool full (when_full: reject): the after-callback was NOT stored and will not be delivered"
-        ),
-        FullPolicy::DropOldest => tracing::error!(
-            path = %path.display(),
-            command = ev.command,
-            operation_id = ev.operation_id,
-            pending,
-            bytes,
-            "spool full and no pending event left to drop: dead letters fill the disk budget \
-             (max_bytes); the after-callback was NOT stored; replay or purge the dead letters"
-        ),
-    }
-    metrics::counter!("gateway_spool_rejected_total", "command" => ev.command.clone()).increment(1);
 }
 
 #[allow(clippy::cast_precision_loss)]

@@ -1,11 +1,175 @@
-//! `spool.redis`: the settings of the Redis Streams backend.
+//! `spool:`: the settings of the durable spool of after-events ([`SpoolConfig`]) and of its
+//! Redis backend (`spool.redis`, [`RedisConfig`]). Plain data with their checks: nothing of the
+//! runtime is imported here; the spool (`crate::spool`) reads its settings from this module.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::SpoolConfigError;
+/// Name of the spool file inside [`SpoolConfig::dir`].
+pub const FILE_NAME: &str = "spool.redb";
+
+/// The Redis backend's local buffer directory inside [`SpoolConfig::dir`] when
+/// `spool.redis.buffer_dir` is not set.
+pub const BUFFER_DIR: &str = "redis-buffer";
+
+/// What the spool does with a new event when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Refuse the new event with `AppendError::Full` (`crate::spool`); the gateway answers OpenIM with a clear
+    /// envelope and logs the event's operation id.
+    #[default]
+    Reject,
+    /// Delete the oldest pending event (logged at error level with its delivery id) and store the
+    /// new one.
+    DropOldest,
+}
+
+/// Where the spool keeps its events (`spool.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A local redb file in `spool.dir`: one process, no other service needed.
+    #[default]
+    Redb,
+    /// Redis Streams at `spool.redis.url`, shared by every replica of the gateway.
+    Redis,
+}
+
+/// Configuration of the durable spool (`spool:` in the gateway's config).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct SpoolConfig {
+    /// `redb` (a local file, the default) or `redis` (shared by replicas).
+    pub backend: BackendKind,
+    /// The Redis backend's settings (`spool.redis`), used with `backend: redis`.
+    pub redis: RedisConfig,
+    /// Directory holding the spool file `spool.redb` (redb backend); created when missing.
+    pub dir: PathBuf,
+    /// The spool is full when this many events are pending (not counting dead letters).
+    pub max_events: u64,
+    /// Disk budget in bytes: the spool is full when its pending and dead records take this much.
+    /// Counts record bytes; the file itself is somewhat larger (B-tree pages, free space).
+    pub max_bytes: u64,
+    /// What to do with a new event when the spool is full: `reject` or `drop_oldest`.
+    pub when_full: FullPolicy,
+    /// Most delivery attempts running at once, over all upstreams.
+    pub workers: usize,
+    /// Attempts after which an event that keeps failing moves to the dead letters.
+    pub max_attempts: u32,
+    /// Age after which a failing event moves to the dead letters ("24h", "90m").
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Backoff before the second attempt; doubles per attempt, with full jitter ("200ms").
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Upper bound of the backoff between two attempts ("60s").
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Most events written by one group commit (one disk sync).
+    pub batch_max: usize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            backend: BackendKind::Redb,
+            redis: RedisConfig::default(),
+            dir: PathBuf::from("data/spool"),
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+            when_full: FullPolicy::Reject,
+            workers: 16,
+            max_attempts: 20,
+            max_age: Duration::from_secs(24 * 3600),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(60),
+            batch_max: 512,
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// Path of the spool file: `dir/spool.redb`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// The Redis backend's local buffer directory: `spool.redis.buffer_dir`, else
+    /// `<spool.dir>/redis-buffer`.
+    pub fn buffer_dir(&self) -> PathBuf {
+        self.redis
+            .buffer_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.join(BUFFER_DIR))
+    }
+
+    /// The settings of the local buffer: a redb spool in [`SpoolConfig::buffer_dir`] with the
+    /// buffer's limits and the spool's full policy.
+    pub(crate) fn buffer_settings(&self) -> SpoolConfig {
+        SpoolConfig {
+            backend: BackendKind::Redb,
+            dir: self.buffer_dir(),
+            max_events: self.redis.buffer_max_events,
+            max_bytes: self.redis.buffer_max_bytes,
+            ..self.clone()
+        }
+    }
+
+    /// Fills in the defaults that depend on other keys, so that `check` shows them: with Redis,
+    /// where this replica's local buffer lives.
+    pub fn normalize(&mut self) {
+        if self.backend == BackendKind::Redis {
+            self.redis.buffer_dir = Some(self.buffer_dir());
+        }
+    }
+
+    /// Checks the values that would make the spool misbehave; `Config::validate` and
+    /// `Spool::open` call it.
+    pub fn validate(&self) -> Result<(), SpoolConfigError> {
+        let bad = |key: &'static str, problem: &'static str| Err(SpoolConfigError { key, problem });
+        if self.max_events == 0 {
+            return bad("max_events", "must be at least 1");
+        }
+        if self.max_bytes == 0 {
+            return bad("max_bytes", "must be at least 1");
+        }
+        if self.workers == 0 {
+            return bad("workers", "must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1");
+        }
+        if self.batch_max == 0 {
+            return bad("batch_max", "must be at least 1");
+        }
+        if self.max_age.is_zero() {
+            return bad("max_age", "must be longer than 0s");
+        }
+        if self.backoff_initial < Duration::from_millis(1) {
+            return bad("backoff_initial", "must be at least 1ms");
+        }
+        if self.backoff_max < self.backoff_initial {
+            return bad("backoff_max", "must not be shorter than backoff_initial");
+        }
+        if self.backend == BackendKind::Redis {
+            self.redis.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// A spool setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {problem}")]
+pub struct SpoolConfigError {
+    /// The key under `spool:`.
+    pub key: &'static str,
+    /// What is wrong.
+    pub problem: &'static str,
+}
 
 /// What an append waits for after Redis took the write (`spool.redis.durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -199,7 +363,7 @@ impl RedisConfig {
 }
 
 /// The URL with the password of its user part replaced: what `check-config` prints.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -226,5 +390,5 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact(url))
+    s.serialize_str(&redact_url(url))
 }

@@ -1,21 +1,14 @@
-//! The `spool` operator commands: count, list, replay and purge, on the spool file or, with
-//! `--admin URL`, through the admin API of the running gateway (which holds the file's lock).
+//! The `spool` operator commands: this module owns count, list, replay and purge, on the spool
+//! (the redb file, or Redis) or, with `--admin URL`, through the admin API of a running gateway
+//! (which holds a redb file's lock).
 
 use std::io::Write;
 
-use super::admin::{CountView, EventView};
-use super::{BackendKind, Progress, Select, Spool, SpoolConfig, SpoolError, SpoolStats, Which};
-
-use crate::cli::admin::{AdminClient, AdminError};
-
-impl From<AdminError> for SpoolError {
-    fn from(e: AdminError) -> Self {
-        Self::Admin {
-            url: e.url,
-            detail: e.detail,
-        }
-    }
-}
+use super::CliError;
+use super::admin::AdminClient;
+use crate::config::SpoolConfig;
+use crate::spool::admin::{CountView, EventView};
+use crate::spool::{Progress, Select, Spool, SpoolStats, Which, utc};
 
 /// Events per step of a replay or purge, and so per progress line.
 pub const PROGRESS_EVERY: usize = 10_000;
@@ -71,9 +64,36 @@ pub enum SpoolCommand {
     },
 }
 
+/// `spool …` as the binary runs it: the token file read, the command run, its exit code (a closed
+/// pipe, as `spool list | head` leaves, is success).
+pub async fn command(
+    cmd: SpoolCommand,
+    settings: &SpoolConfig,
+    admin: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let token = match super::output::admin_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openim-callback-gateway spool: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cmd, settings, admin, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`spool list | head`): nothing left to say.
+        Err(e) if super::output::broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openim-callback-gateway spool: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs an operator command, printing to stdout. With `admin` (a base URL such as
 /// `http://127.0.0.1:10006`) it calls the running gateway; otherwise it opens the spool file,
-/// which fails with [`SpoolError::AlreadyOpen`] (naming `--admin`) while the gateway runs.
+/// which fails with `SpoolError::AlreadyOpen` (naming `--admin`) while the gateway runs.
 ///
 /// `token` is the admin API's bearer token (`--token-file`), sent with every `--admin` call.
 pub async fn run(
@@ -81,7 +101,7 @@ pub async fn run(
     settings: &SpoolConfig,
     admin: Option<&str>,
     token: Option<String>,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     let mut out = std::io::stdout();
     run_to(cmd, settings, admin, token, &mut out, PROGRESS_EVERY).await
 }
@@ -94,24 +114,10 @@ pub(crate) async fn run_to<W: Write + Send>(
     token: Option<String>,
     out: &mut W,
     progress_every: usize,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     let backend = match admin {
         Some(url) => Backend::Admin(Box::new(AdminClient::parse(url, token)?)),
-        None if settings.backend == BackendKind::Redis => {
-            // Redis has no lock: the commands work beside running gateways, from anywhere.
-            let spool = Spool::open_for_operator(settings)?;
-            spool.check()?;
-            Backend::Local(spool)
-        }
-        None => {
-            let path = settings.path();
-            match path.try_exists() {
-                Ok(true) => {}
-                Ok(false) => return Err(SpoolError::NotFound { path }),
-                Err(source) => return Err(SpoolError::Io { path, source }),
-            }
-            Backend::Local(Spool::open(settings)?)
-        }
+        None => Backend::Local(Spool::open_for_operator(settings)?),
     };
     let result = execute(&backend, cmd, out, progress_every.max(1)).await;
     if let Backend::Local(spool) = &backend {
@@ -125,7 +131,7 @@ async fn execute<W: Write + Send>(
     cmd: SpoolCommand,
     out: &mut W,
     step: usize,
-) -> Result<(), SpoolError> {
+) -> Result<(), CliError> {
     match cmd {
         SpoolCommand::Count => {
             let s = backend.stats().await?;
@@ -155,7 +161,7 @@ async fn execute<W: Write + Send>(
             for e in &events {
                 if json {
                     let line = serde_json::to_string(e)
-                        .map_err(|e| SpoolError::Output(std::io::Error::other(e)))?;
+                        .map_err(|e| CliError::Output(std::io::Error::other(e)))?;
                     writeln!(out, "{line}")?;
                 } else {
                     writeln!(out, "{}", human(e))?;
@@ -198,10 +204,7 @@ async fn execute<W: Write + Send>(
                 }
             }
             let when = match backend {
-                Backend::Local(s) if s.backend() == BackendKind::Redis => {
-                    "the running gateways deliver them"
-                }
-                Backend::Local(_) => "the gateway delivers them when it starts",
+                Backend::Local(s) => s.replayed_delivered_by(),
                 Backend::Admin(_) => "the gateway is delivering them",
             };
             writeln!(
@@ -223,7 +226,7 @@ async fn execute<W: Write + Send>(
                 targets.push(Which::Dead);
             }
             if targets.is_empty() {
-                return Err(SpoolError::Usage(
+                return Err(CliError::Usage(
                     "purge needs --dead, --pending or both".to_owned(),
                 ));
             }
@@ -302,29 +305,24 @@ fn human(e: &EventView) -> String {
     if let Some(err) = &e.last_error {
         line.push_str(&format!("  last_error={err:?}"));
     }
+    // The attempt history on the same line (one line per event): `#N time code "message"`.
+    for a in &e.history {
+        line.push_str(&format!(
+            "  #{} {} {} {:?}",
+            a.number,
+            utc_ms(a.at_ms),
+            a.code,
+            a.message
+        ));
+    }
     line
 }
 
-/// `2024-05-01T12:34:56Z` from milliseconds since the Unix epoch.
-pub(crate) fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// `2024-05-01T12:34:56.789Z` from milliseconds since the Unix epoch.
+fn utc_ms(ms: u64) -> String {
+    let secs = utc(ms);
+    let whole = secs.trim_end_matches('Z');
+    format!("{whole}.{:03}Z", ms % 1000)
 }
 
 /// Where the commands act: the file, or a running gateway.
@@ -334,14 +332,14 @@ enum Backend {
 }
 
 impl Backend {
-    async fn stats(&self) -> Result<SpoolStats, SpoolError> {
+    async fn stats(&self) -> Result<SpoolStats, CliError> {
         match self {
-            Backend::Local(s) => s.stats_now(),
+            Backend::Local(s) => Ok(s.stats_now()?),
             Backend::Admin(a) => Ok(a.call("GET", "/admin/spool", &[]).await?),
         }
     }
 
-    async fn list(&self, which: Which, limit: usize) -> Result<Vec<EventView>, SpoolError> {
+    async fn list(&self, which: Which, limit: usize) -> Result<Vec<EventView>, CliError> {
         match self {
             Backend::Local(s) => Ok(s.list(which, limit)?.iter().map(EventView::from).collect()),
             Backend::Admin(a) => {
@@ -357,9 +355,9 @@ impl Backend {
         }
     }
 
-    async fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError> {
+    async fn count(&self, which: Which, command: Option<&str>) -> Result<u64, CliError> {
         match self {
-            Backend::Local(s) => s.count(which, command),
+            Backend::Local(s) => Ok(s.count(which, command)?),
             Backend::Admin(a) => {
                 let which = which.to_string();
                 let v: CountView = a
@@ -379,9 +377,9 @@ impl Backend {
         select: &Select,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Progress, SpoolError> {
+    ) -> Result<Progress, CliError> {
         match self {
-            Backend::Local(s) => s.replay_dead_chunk(select, after, max),
+            Backend::Local(s) => Ok(s.replay_dead_chunk(select, after, max)?),
             Backend::Admin(a) => {
                 let after = after.map(|a| a.to_string());
                 let max = max.to_string();
@@ -411,9 +409,9 @@ impl Backend {
         command: Option<&str>,
         after: Option<u64>,
         max: usize,
-    ) -> Result<Progress, SpoolError> {
+    ) -> Result<Progress, CliError> {
         match self {
-            Backend::Local(s) => s.purge_chunk(which, command, after, max),
+            Backend::Local(s) => Ok(s.purge_chunk(which, command, after, max)?),
             Backend::Admin(a) => {
                 let which = which.to_string();
                 let after = after.map(|a| a.to_string());

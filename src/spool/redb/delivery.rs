@@ -13,15 +13,16 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use super::rules::{Ids, Verdict, judge};
+use super::super::deliver::Deliver;
+use super::super::record::Record;
+use super::super::rules::{Ids, Verdict, judge};
 use super::store::{self, Loaded};
 use super::writer::Cmd;
-use super::{Deliver, Shared, SpoolCore};
+use super::{Shared, SpoolCore};
 
 /// A schedulable event: its id and ordering key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub(crate) const MAX_CARRIED: usize = 1024;
 /// A record carried with its ticket, and the removal generation it was carried in; not part of
 /// the ticket's identity.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Carried(Option<(Arc<store::Record>, u64)>);
+pub(crate) struct Carried(Option<(Arc<Record>, u64)>);
 
 impl PartialEq for Carried {
     fn eq(&self, _: &Self) -> bool {
@@ -101,7 +102,7 @@ impl Sched {
 
     /// Queues a stored event behind the others of its key; `rec`: the record just committed,
     /// kept for the first attempt if the event is ready at once and few are carried.
-    pub(crate) fn enqueue(&self, id: u64, key: Option<String>, rec: Option<store::Record>) {
+    pub(crate) fn enqueue(&self, id: u64, key: Option<String>, rec: Option<Record>) {
         let carry = || {
             let Some(rec) = rec else {
                 return Carried::default();
@@ -191,7 +192,7 @@ impl Sched {
 }
 
 /// The dispatcher: takes ready entries and runs each attempt on its own task, at most `workers`
-/// at a time. Holds the spool weakly so that dropping the last [`super::Spool`] ends it.
+/// at a time. Holds the spool weakly so that dropping the last handle ends it.
 pub(crate) async fn dispatch(
     weak: Weak<SpoolCore>,
     shared: Arc<Shared>,
@@ -305,7 +306,7 @@ async fn attempt(
     let command = ev.event.command.clone();
     let delivery_id = ev.delivery_id.clone();
     let operation_id = ev.event.operation_id.clone();
-    let outcome = super::rules::attempt(&deliverer, ev, number).await;
+    let outcome = super::super::rules::attempt(&deliverer, ev, number).await;
 
     let ids = Ids {
         delivery_id: &delivery_id,
@@ -326,30 +327,24 @@ async fn attempt(
         }
         // The attempt did not happen: its number is not used up.
         Verdict::Defer(wait) => inner.shared.sched.retry(entry, Instant::now() + wait),
-        Verdict::Dead { attempts, reason } => {
+        Verdict::Dead { attempt, reason } => {
             send(
                 &inner,
                 Cmd::Dead {
                     id,
-                    attempts,
+                    attempt,
                     reason,
                 },
             );
             inner.shared.sched.finish(&entry);
         }
         Verdict::Retry {
-            attempts,
+            attempt,
             error,
             wait,
         } => {
-            send(
-                &inner,
-                Cmd::Attempted {
-                    id,
-                    attempts,
-                    error,
-                },
-            );
+            let attempts = attempt.number;
+            send(&inner, Cmd::Attempted { id, attempt, error });
             let entry = Ticket {
                 attempts: Some(attempts),
                 ..entry
@@ -370,12 +365,4 @@ fn send(inner: &SpoolCore, cmd: Cmd) {
         // Only after shutdown: the event stays pending and is delivered again after a restart.
         tracing::debug!("spool writer stopped; a delivery result was not recorded");
     }
-}
-
-/// Wait before attempt `failed + 1`: up to `min(max, initial * 2^(failed-1))`, full jitter.
-pub(crate) fn backoff(initial: Duration, max: Duration, failed: u32) -> Duration {
-    let exp = failed.saturating_sub(1).min(31);
-    let cap = initial.saturating_mul(1 << exp).min(max);
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(fastrand::u64(0..=nanos))
 }

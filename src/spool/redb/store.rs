@@ -1,4 +1,5 @@
-//! The on-disk format (redb tables holding protobuf records), opening with clear errors, reads.
+//! The redb backend's on-disk format (redb tables holding protobuf [`Record`]s), opening with
+//! clear errors, reads.
 //!
 //! Tables: `meta` (format marker, the random instance id, the next event id), `pending` and `dead`
 //! (event id -> [`Record`]). Ids only grow, also across restarts (`next_id` is committed with
@@ -13,7 +14,10 @@ use redb::{
     TableDefinition,
 };
 
-use super::{NewEvent, SpoolConfig, SpoolError, StoredEvent, Which};
+use super::super::error::SpoolError;
+use super::super::event::{StoredEvent, Which};
+use super::super::record::{Record, RecordHead, matches, undecodable};
+use crate::config::SpoolConfig;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
@@ -40,126 +44,6 @@ pub(crate) fn entry_bytes(record_len: usize) -> u64 {
     u64::try_from(record_len)
         .unwrap_or(u64::MAX)
         .saturating_add(8)
-}
-
-/// One stored event. Field numbers are the file format: never renumber or reuse one.
-///
-/// Tags 3 (`method`), 4 (`upstream`) and 9 (`timeout_ms`) were written by 0.1.0, which fixed an
-/// event's route when it was received; the route is now resolved at each delivery, so they are no
-/// longer written, and when a 0.1.0 record is read they are skipped like any unknown field
-/// (`tests/data/spool-v0.1.0` is such a file).
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct Record {
-    #[prost(string, tag = "1")]
-    pub(crate) delivery_id: String,
-    #[prost(string, tag = "2")]
-    pub(crate) command: String,
-    #[prost(string, optional, tag = "5")]
-    pub(crate) order_key: Option<String>,
-    #[prost(string, tag = "6")]
-    pub(crate) operation_id: String,
-    #[prost(string, optional, tag = "7")]
-    pub(crate) openim_key: Option<String>,
-    #[prost(bytes = "vec", tag = "8")]
-    pub(crate) payload: Vec<u8>,
-    #[prost(uint32, tag = "10")]
-    pub(crate) attempts: u32,
-    #[prost(uint64, tag = "11")]
-    pub(crate) first_seen_ms: u64,
-    #[prost(string, optional, tag = "12")]
-    pub(crate) last_error: Option<String>,
-    /// Start of the age that `max_age` limits: `first_seen_ms`, or the time of the last replay.
-    #[prost(uint64, tag = "13")]
-    pub(crate) since_ms: u64,
-    /// The callback's W3C `traceparent` (absent in records of 0.1.0 and of untraced callbacks).
-    #[prost(string, optional, tag = "14")]
-    pub(crate) traceparent: Option<String>,
-    /// The callback's W3C `tracestate`.
-    #[prost(string, optional, tag = "15")]
-    pub(crate) tracestate: Option<String>,
-}
-
-/// The fields of [`Record`] needed to schedule and filter, decoded without copying the payload.
-#[derive(Clone, PartialEq, Message)]
-pub(crate) struct RecordHead {
-    #[prost(string, tag = "2")]
-    pub(crate) command: String,
-    #[prost(string, optional, tag = "5")]
-    pub(crate) order_key: Option<String>,
-    #[prost(uint64, tag = "11")]
-    pub(crate) first_seen_ms: u64,
-}
-
-impl Record {
-    pub(crate) fn new(ev: NewEvent, now_ms: u64) -> Record {
-        let (traceparent, tracestate) = match ev.trace {
-            Some(t) => (
-                Some(t.traceparent),
-                Some(t.tracestate).filter(|s| !s.is_empty()),
-            ),
-            None => (None, None),
-        };
-        Record {
-            delivery_id: String::new(),
-            command: ev.command,
-            order_key: ev.order_key,
-            operation_id: ev.operation_id,
-            openim_key: ev.openim_key,
-            payload: ev.payload,
-            attempts: 0,
-            first_seen_ms: now_ms,
-            last_error: None,
-            since_ms: now_ms,
-            traceparent,
-            tracestate,
-        }
-    }
-
-    pub(crate) fn into_stored(self, id: u64) -> StoredEvent {
-        StoredEvent {
-            id,
-            delivery_id: self.delivery_id,
-            attempts: self.attempts,
-            first_seen_ms: self.first_seen_ms,
-            last_error: self.last_error,
-            event: NewEvent {
-                command: self.command,
-                order_key: self.order_key,
-                operation_id: self.operation_id,
-                openim_key: self.openim_key,
-                payload: self.payload,
-                trace: self
-                    .traceparent
-                    .map(|traceparent| crate::telemetry::TraceContext {
-                        traceparent,
-                        tracestate: self.tracestate.unwrap_or_default(),
-                    }),
-            },
-        }
-    }
-}
-
-/// How a stored record that does not decode is shown to operators.
-pub(crate) fn undecodable(id: u64, len: usize, err: &prost::DecodeError) -> StoredEvent {
-    StoredEvent {
-        id,
-        delivery_id: String::new(),
-        attempts: 0,
-        first_seen_ms: 0,
-        last_error: Some(format!("record of {len} bytes does not decode: {err}")),
-        event: NewEvent {
-            command: "<undecodable>".to_owned(),
-            ..NewEvent::default()
-        },
-    }
-}
-
-/// Whether a record belongs to `command` (`None` matches everything, also undecodable records).
-pub(crate) fn matches(command: Option<&str>, raw: &[u8]) -> bool {
-    match command {
-        None => true,
-        Some(c) => RecordHead::decode(raw).is_ok_and(|h| h.command == c),
-    }
 }
 
 /// What [`open`] found in the file.
