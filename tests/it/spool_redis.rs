@@ -10,22 +10,13 @@
 //! down and the upstream up, and a gateway killed (-9) with events in its local buffer that
 //! moves them into Redis once it returns.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
-#[path = "support/process.rs"]
-mod process;
-
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
+use crate::support::process;
+use crate::support::process::{connect, post, spawn_with_env};
+use crate::support::redis_server::RedisServer;
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
-use process::{connect, post, spawn_with_env};
-use redis_server::RedisServer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::*;
 
 const EVENTS: usize = 2_000;
 

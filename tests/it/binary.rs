@@ -1,20 +1,14 @@
 //! The built binary through real sockets: its flags, keep-alive across bad input, the embedded
 //! default, and start-up errors.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::process;
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::*;
 
-#[path = "support/process.rs"]
-mod process;
-
-use process::{BIN, connect, post, spawn, spawn_with_env};
+use crate::support::process::{BIN, connect, post, spawn, spawn_with_env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_and_upstream_flags_serve_real_openim_requests() {

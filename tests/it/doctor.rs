@@ -2,11 +2,7 @@
 //! of `IMENV_WEBHOOKS_*` lines, a crafted file for every check (its line and exit code), files
 //! that do not parse, and `--probe` through a running gateway with and without its path secret.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-
+use crate::support::process;
 use std::path::Path;
 use std::process::Command;
 
