@@ -147,6 +147,22 @@ pub(crate) fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, serde
     )
 }
 
+/// Posts OpenIM's `callbackAfterQuitGroupCommand` for the users `user-<i>`, `i` in `users`, on
+/// one connection, and asserts each is answered 200 with the allow envelope.
+pub(crate) fn post_quit_events(addr: &str, users: std::ops::Range<usize>) {
+    let mut conn = connect(addr);
+    for i in users {
+        let mut body = crate::support::read_json("payloads/callbackAfterQuitGroupCommand.json");
+        body["userID"] = format!("user-{i}").into();
+        let (code, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &crate::support::wire(&body),
+        );
+        assert_eq!((code, json), (200, crate::support::allow()), "event {i}");
+    }
+}
+
 pub(crate) fn connect(addr: &str) -> TcpStream {
     let c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
