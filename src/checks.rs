@@ -2,7 +2,7 @@
 //! every upstream of the current snapshot with `grpc.health.v1.Health/Check`, records each
 //! member's answer on its transport (NOT_SERVING takes it out of the rotation), closes an open
 //! breaker when a check passes, and publishes the results and the readiness to
-//! [`crate::health::Health`]. The why of it is in `health.rs`.
+//! the readiness state (`health::Health`, private to the crate). The why of it is in `health.rs`.
 
 use crate::gateway::Gateway;
 use crate::health::{FAST_RECHECK, Target};
