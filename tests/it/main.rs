@@ -5,8 +5,9 @@
 //! The modules share one process, so what is process-wide is shared too: the `metrics` recorder
 //! (installed once, by whichever gateway is built first: assert on a series of your own, e.g. an
 //! upstream named after the test, or on the binary's `/metrics`), the global `tracing` subscriber
-//! (`tracing` installs it, silent), environment variables and the current directory (no test
-//! changes them: give a child process its own with `Command::env` and `current_dir`).
+//! (`tracing` installs it, silent), `log.redact` (set by `telemetry::init`, on), environment
+//! variables and the current directory (no test changes them: give a child process its own with
+//! `Command::env` and `current_dir`).
 //!
 //! `cargo test --test it` runs them all; `cargo test --test it spool::` one module. The
 //! `#[ignore]`d ones need toolchains and registries and run in CI against the release binary:
