@@ -5,7 +5,8 @@
 //! real sockets.
 
 use crate::support::process;
-use crate::support::process::{BIN, Gateway, request, spawn_with_env};
+use crate::support::process::{BIN, Gateway, connect, request, spawn_with_env};
+use crate::support::write_file as write;
 use crate::support::*;
 use std::net::TcpStream;
 use std::path::Path;
@@ -13,12 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 /// Starts the binary on `yaml` (a config file in `dir`) and waits for it to listen.
 fn start(dir: &Path, yaml: &str) -> Gateway {
@@ -28,12 +23,6 @@ fn start(dir: &Path, yaml: &str) -> Gateway {
         &dir.join("spool"),
         &[],
     )
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c
 }
 
 fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> process::Reply {

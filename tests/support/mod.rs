@@ -13,10 +13,18 @@ pub(crate) mod redis_server;
 
 pub(crate) use harness::*;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a test waits for what should happen soon (a delivery, a reload, a log line).
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Writes `text` to the file `name` in `dir`; its path as text (for a flag or a config value).
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a test file");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
 
 /// Polls `cond` every 20 ms until it holds; fails the test with `what` after `within`.
 pub(crate) async fn eventually(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
