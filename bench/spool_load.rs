@@ -26,9 +26,12 @@
     missing_docs
 )]
 
-#[path = "../tests/support/mod.rs"]
+// The tests' in-process harness and redis-server, of which this tool uses a part.
+#[allow(dead_code)]
+#[path = "../tests/support/harness.rs"]
 mod support;
 
+#[allow(dead_code)]
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -105,7 +108,7 @@ fn start_gateway(
         // One consumer name across the restart, like a pod that comes back under its name: the
         // restarted process resumes the deliveries its predecessor had in flight at once. (Under
         // a new name another replica takes them over after spool.redis.claim_idle, as
-        // tests/spool_redis.rs shows.)
+        // tests/it/spool_redis.rs shows.)
         cmd.env("OPENIM_GATEWAY_SPOOL__BACKEND", "redis")
             .env("OPENIM_GATEWAY_SPOOL__REDIS__URL", url)
             .env("OPENIM_GATEWAY_SPOOL__REDIS__CONSUMER", "spool-load");

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#[path = "../tests/support/mod.rs"]
+// The tests' in-process harness, of which the bench uses a part.
+#[allow(dead_code)]
+#[path = "../tests/support/harness.rs"]
 mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -1,8 +1,8 @@
 //! The upstream health checks: one background task ([`run_checks`]) that checks every member of
 //! every upstream of the current snapshot with `grpc.health.v1.Health/Check`, records each
 //! member's answer on its transport (NOT_SERVING takes it out of the rotation), closes an open
-//! breaker when a check passes, and publishes the results and the readiness to
-//! [`crate::health::Health`]. The why of it is in `health.rs`.
+//! breaker when a check passes, and publishes the results and the readiness to the readiness
+//! state (`health::Health`, private to the crate). The why of it is in `health.rs`.
 
 use crate::gateway::Gateway;
 use crate::health::{FAST_RECHECK, Target};

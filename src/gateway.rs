@@ -78,7 +78,7 @@ pub struct Snapshot {
     /// OpenIM's webhook timeout: an upstream call's deadline is at most what is left of it.
     pub openim_timeout: std::time::Duration,
     /// The upstreams of enabled commands, whose members the health task checks.
-    pub health_targets: Vec<crate::health::Target>,
+    pub(crate) health_targets: Vec<crate::health::Target>,
     /// Which snapshot this is (counted up by every swap), so that health results of an older
     /// one never count.
     pub generation: u64,
@@ -331,12 +331,12 @@ impl Gateway {
     }
 
     /// The readiness state.
-    pub fn health(&self) -> &crate::health::Health {
+    pub(crate) fn health(&self) -> &crate::health::Health {
         &self.fixed.health
     }
 
     /// The recent callbacks.
-    pub fn inspector(&self) -> &crate::inspect::Inspector {
+    pub(crate) fn inspector(&self) -> &crate::inspect::Inspector {
         &self.fixed.inspector
     }
 

@@ -31,21 +31,21 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
-pub use crate::upstream::FAST_RECHECK;
+pub(crate) use crate::upstream::FAST_RECHECK;
 
 /// An upstream whose members are checked.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The upstream's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The upstream, with its breaker.
-    pub upstream: Resilient,
+    pub(crate) upstream: Resilient,
     /// The `grpc.health.v1` service name to ask about.
-    pub service: String,
+    pub(crate) service: String,
 }
 
 /// The readiness state of the process, and the last result of each upstream's checks.
-pub struct Health {
+pub(crate) struct Health {
     draining: AtomicBool,
     listening: AtomicBool,
     board: Mutex<Board>,
@@ -87,24 +87,24 @@ impl std::fmt::Debug for Health {
 
 impl Health {
     /// The gateway's `grpc.health.v1` service, for the admin router.
-    pub fn grpc_service(&self) -> HealthServer<HealthService> {
+    pub(crate) fn grpc_service(&self) -> HealthServer<HealthService> {
         self.service.clone()
     }
 
     /// The listeners are bound and serving.
-    pub fn set_listening(&self) {
+    pub(crate) fn set_listening(&self) {
         self.listening.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
     /// SIGTERM: from now on not ready, so the mesh stops sending callbacks.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
     /// Whether draining began.
-    pub fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
@@ -114,7 +114,7 @@ impl Health {
     }
 
     /// Run the checks again now (a new snapshot was swapped in).
-    pub fn recheck(&self) {
+    pub(crate) fn recheck(&self) {
         self.wake.notify_one();
     }
 
@@ -125,7 +125,7 @@ impl Health {
     }
 
     /// Ready, or the reasons it is not (one line each): listeners not bound yet, or draining.
-    pub fn readiness(&self) -> Result<(), Vec<String>> {
+    pub(crate) fn readiness(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.draining() {
             problems.push("shutting down".to_owned());
@@ -142,7 +142,7 @@ impl Health {
 
     /// The upstreams the last checks of snapshot `generation` found down (one line each), which
     /// `/readyz` shows under its 200 as degraded.
-    pub fn upstream_notes(&self, generation: u64) -> Vec<String> {
+    pub(crate) fn upstream_notes(&self, generation: u64) -> Vec<String> {
         let mut notes = Vec::new();
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         if board.generation == generation {
@@ -157,7 +157,7 @@ impl Health {
 
     /// Whether the last checks of snapshot `generation` found `upstream` up (`None`: not
     /// checked yet).
-    pub fn upstream_up(&self, generation: u64, upstream: &str) -> Option<bool> {
+    pub(crate) fn upstream_up(&self, generation: u64, upstream: &str) -> Option<bool> {
         let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
         if board.generation != generation {
             return None;

@@ -10,7 +10,7 @@
 //! `inspect.capture_bodies: true`, and then redacted too unless `log.redact: false`; a capture
 //! meant for `replay` needs both.
 
-pub use crate::config::InspectConfig;
+pub(crate) use crate::config::InspectConfig;
 use crate::telemetry::{REDACTED, redact};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -55,35 +55,35 @@ pub struct Record {
 
 /// What a callback left, for [`Inspector::record`].
 #[derive(Debug)]
-pub struct Seen<'a> {
+pub(crate) struct Seen<'a> {
     /// The command as OpenIM named it.
-    pub command: &'a str,
+    pub(crate) command: &'a str,
     /// Whether the gateway knows the command.
-    pub known: bool,
+    pub(crate) known: bool,
     /// The operationID.
-    pub operation_id: &'a str,
+    pub(crate) operation_id: &'a str,
     /// The route taken.
-    pub route: String,
+    pub(crate) route: String,
     /// The outcome.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// When it arrived.
-    pub received: std::time::Instant,
+    pub(crate) received: std::time::Instant,
     /// The upstream, when routed to one.
-    pub upstream: Option<&'a str>,
+    pub(crate) upstream: Option<&'a str>,
     /// The gRPC status name, when a call got one.
-    pub grpc_status: Option<&'static str>,
+    pub(crate) grpc_status: Option<&'static str>,
     /// The envelope's bytes.
-    pub envelope: &'a [u8],
+    pub(crate) envelope: &'a [u8],
     /// The body, when it was read.
-    pub body: Option<bytes::Bytes>,
+    pub(crate) body: Option<bytes::Bytes>,
     /// OpenIM's `?key=`.
-    pub key: Option<&'a str>,
+    pub(crate) key: Option<&'a str>,
 }
 
 /// A callback as the ring keeps it: the envelope and body as bytes, turned into a [`Record`]
 /// (parsed, redacted) only when someone looks.
 #[derive(Debug)]
-pub struct Kept {
+pub(crate) struct Kept {
     record: Record,
     envelope: Box<[u8]>,
     body: Option<bytes::Bytes>,
@@ -92,7 +92,7 @@ pub struct Kept {
 
 impl Kept {
     /// The record as shown, with the envelope and body redacted as the logs are.
-    pub fn view(&self) -> Record {
+    pub(crate) fn view(&self) -> Record {
         let mut r = self.record.clone();
         r.envelope = envelope_view(&self.envelope);
         r.request = self.body.as_deref().map(body_view);
@@ -105,16 +105,11 @@ impl Kept {
         });
         r
     }
-
-    /// The command.
-    pub fn command(&self) -> &str {
-        &self.record.command
-    }
 }
 
 /// The ring of recent callbacks, the live stream, and the per-command counts.
 #[derive(Debug)]
-pub struct Inspector {
+pub(crate) struct Inspector {
     ring: Mutex<Ring>,
     seq: AtomicU64,
     live: broadcast::Sender<std::sync::Arc<Kept>>,
@@ -146,40 +141,40 @@ struct Tick {
 /// Callbacks kept for the last-minute figures, at most (older ones drop first).
 const MAX_MINUTE: usize = 50_000;
 /// The window of [`Inspector::last_minute`].
-pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One command's last minute.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct CommandMinute {
+pub(crate) struct CommandMinute {
     /// Callbacks in the window.
-    pub count: u64,
+    pub(crate) count: u64,
     /// Callbacks per second over the window (or over the time since the first one, if shorter).
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Callbacks by outcome.
-    pub outcomes: BTreeMap<String, u64>,
+    pub(crate) outcomes: BTreeMap<String, u64>,
     /// Median latency, milliseconds.
-    pub p50_ms: f64,
+    pub(crate) p50_ms: f64,
     /// 99th percentile latency, milliseconds.
-    pub p99_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// One upstream's last minute, from the callbacks that called it (spool deliveries are not
 /// callbacks: their failures show as the spool's retrying and dead letters).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct UpstreamMinute {
+pub(crate) struct UpstreamMinute {
     /// Callbacks that called it in the window.
-    pub calls: u64,
+    pub(crate) calls: u64,
     /// Those whose call failed.
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// The last minute, per command and per upstream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Minute {
+pub(crate) struct Minute {
     /// By command.
-    pub commands: BTreeMap<String, CommandMinute>,
+    pub(crate) commands: BTreeMap<String, CommandMinute>,
     /// By upstream.
-    pub upstreams: BTreeMap<String, UpstreamMinute>,
+    pub(crate) upstreams: BTreeMap<String, UpstreamMinute>,
 }
 
 /// Distinct unknown command names counted, at most (a hostile sender cannot grow the map).
@@ -202,7 +197,7 @@ impl Inspector {
     }
 
     /// Keeps one callback (bounded by `cfg.keep`) and sends it to the live stream.
-    pub fn record(&self, cfg: &InspectConfig, seen: Seen<'_>) {
+    pub(crate) fn record(&self, cfg: &InspectConfig, seen: Seen<'_>) {
         let now = std::time::SystemTime::now();
         let arrived = now.checked_sub(seen.received.elapsed()).unwrap_or(now);
         let command: String = seen.command.chars().take(120).collect();
@@ -268,7 +263,7 @@ impl Inspector {
     }
 
     /// The kept callbacks, newest first, that match `filter`.
-    pub fn recent(&self, filter: &Filter) -> Vec<Record> {
+    pub(crate) fn recent(&self, filter: &Filter) -> Vec<Record> {
         let matching: Vec<std::sync::Arc<Kept>> = {
             let ring = self.lock();
             ring.records
@@ -284,7 +279,7 @@ impl Inspector {
 
     /// Callbacks per second, outcomes and latency percentiles per command, and calls and errors
     /// per upstream, over the last minute ([`WINDOW`]).
-    pub fn last_minute(&self) -> Minute {
+    pub(crate) fn last_minute(&self) -> Minute {
         let now = std::time::Instant::now();
         let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut out = Minute::default();
@@ -328,30 +323,30 @@ impl Inspector {
     }
 
     /// Callbacks per command since start.
-    pub fn seen(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn seen(&self) -> BTreeMap<String, u64> {
         self.lock().seen.clone()
     }
 
     /// New callbacks as they are recorded.
-    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Kept>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Kept>> {
         self.live.subscribe()
     }
 }
 
 /// Which records to show (`GET /admin/callbacks?command=…&outcome=…&limit=…`).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only this command.
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
     /// Only this outcome.
-    pub outcome: Option<String>,
+    pub(crate) outcome: Option<String>,
     /// At most this many.
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 impl Filter {
     /// Whether `record` passes.
-    pub fn matches(&self, record: &Record) -> bool {
+    pub(crate) fn matches(&self, record: &Record) -> bool {
         self.command.as_ref().is_none_or(|c| *c == record.command)
             && self.outcome.as_ref().is_none_or(|o| *o == record.outcome)
     }

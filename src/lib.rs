@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! A module in links is public: the binary, the benches, `fuzz/` and the integration tests use it.
+//! One in plain code (`health`) is private to the crate.
+//!
 //! - [`config`]: all plain data and its complete validation (what `check-config` checks); the
 //!   warnings as values; the security settings and secrets (`config/security.rs`); the spool's
 //!   settings (`config/spool.rs`, importing nothing of the runtime); errors that
@@ -18,13 +21,13 @@
 //! - [`pipeline`]: one callback, one path, every exit a decision.
 //! - [`gate`]: the request-side rules (`only`, `skip`) that answer a callback without the
 //!   service; [`fields`]: the request fields they read, straight from the protobuf bytes, and
-//!   the conversation ID; [`shadow`]: shadow mode.
-//! - [`health`]: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer);
+//!   the conversation ID; `shadow`: shadow mode.
+//! - `health`: readiness (`/readyz`, the gateway's `grpc.health.v1`: can this gateway answer);
 //!   [`checks`]: the upstreams' member health checks behind `/admin/upstreams`.
-//! - [`inspect`]: the recent callbacks; [`doctor`]: OpenIM's webhook configuration checked
+//! - `inspect`: the recent callbacks; [`doctor`]: OpenIM's webhook configuration checked
 //!   against the gateway's; [`cli`]: the binary's subcommands (`check`, `routes`, `proto`,
 //!   `doctor`, `spool`, `tail`, `replay`): each one's work and output, and their error type.
-//! - [`delivery`]: a spooled event's delivery attempt, routed by the current snapshot.
+//! - `delivery`: a spooled event's delivery attempt, routed by the current snapshot.
 //! - [`upstream`]: upstream clients by name; `upstream::Call` is the one typed call, a
 //!   `tower::Service`.
 //! - [`http`]: the callback and admin routers with their one layer stack (inbound auth, the
@@ -46,20 +49,20 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod decision;
-pub mod delivery;
+mod delivery;
 pub mod doctor;
 pub mod envelope;
 pub mod fields;
 pub mod gate;
 pub mod gateway;
-pub mod health;
+mod health;
 pub mod http;
-pub mod inspect;
+mod inspect;
 pub mod json;
 pub mod pipeline;
 pub mod proto;
 pub mod reload;
-pub mod shadow;
+mod shadow;
 pub mod spool;
 pub mod stats;
 pub mod telemetry;

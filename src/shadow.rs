@@ -13,7 +13,7 @@ use crate::upstream::{Call, Resilient, Retry};
 
 /// Starts the shadow call of one callback, or counts it dropped when the snapshot's shadow slots
 /// are all busy.
-pub fn spawn(
+pub(crate) fn spawn(
     snapshot: &Snapshot,
     entry: &'static CommandEntry,
     route: &CommandRoute,
@@ -65,7 +65,7 @@ pub fn spawn(
 }
 
 /// What the service's answer would have done.
-pub fn verdict(decision: &Decision) -> &'static str {
+pub(crate) fn verdict(decision: &Decision) -> &'static str {
     match decision {
         Decision::Reject { failure: None, .. } => "rejected",
         d if d.failure().is_some() => "failed",

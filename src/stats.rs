@@ -1,7 +1,7 @@
 //! The metrics the gateway exports (Prometheus text at `/metrics`): every name with its `# HELP`
 //! line, in one table, and the histogram buckets. Histograms, not summaries, so that replicas
 //! can be aggregated (`histogram_quantile(0.99, sum by (le) (rate(…_bucket[5m])))`).
-//! `dashboards/grafana/openim-callback-gateway.json` uses these names; `tests/metrics.rs` checks
+//! `dashboards/grafana/openim-callback-gateway.json` uses these names; `tests/it/metrics.rs` checks
 //! that every name it queries is exported.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};

@@ -2,7 +2,7 @@
 //! and the invariants every answer of the gateway must satisfy.
 //!
 //! This file is the fuzz crate's module *and* is included (`#[path]`) by the gateway's
-//! `tests/fuzz_regressions.rs`, so a regression test runs exactly the checks the fuzzer ran. It
+//! `tests/it/fuzz_regressions.rs`, so a regression test runs exactly the checks the fuzzer ran. It
 //! uses only crates the gateway itself depends on.
 //!
 //! The invariants (design §3) are derived from the catalogue (`entry.row.rules`), not written per
@@ -20,8 +20,6 @@
 //!   holding a JSON object, `EntriesRequire` lists only with entries that carry their key,
 //!   `EchoFromRequest` keys always when the request had them;
 //! - the decision is the one design §2 gives for the reply or status.
-
-#![allow(unreachable_pub, dead_code)]
 
 use bytes::Bytes;
 use openim_callback_gateway::catalog::{Catalog, CommandEntry, Phase, REJECTION_FIELD, Rule};

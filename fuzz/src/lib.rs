@@ -1,5 +1,5 @@
 //! libFuzzer targets for openim-callback-gateway (see README.md). The harness and the invariants
-//! live in `check.rs`, which `tests/fuzz_regressions.rs` includes too.
+//! live in `check.rs`, which `tests/it/fuzz_regressions.rs` includes too.
 
 #[path = "check.rs"]
 mod check;

@@ -2,7 +2,7 @@
 //! accept loop for both ports (`serve.rs`).
 //!
 //! - `mod.rs` (this file): [`callback_router`], [`admin_router`], [`app`] (both on one port), the
-//!   shared [`layers`] stack, and the callback handler (`POST <any prefix>/<command>`).
+//!   shared `layers` stack, and the callback handler (`POST <any prefix>/<command>`).
 //! - `admin.rs`: `/healthz`, `/readyz`, `/metrics`, `/admin/upstreams` (and the spool admin API,
 //!   from `crate::spool`).
 //! - `console.rs`: the operator console (`/admin/console`, its JSON and actions, `/admin/reload`).

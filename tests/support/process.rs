@@ -1,31 +1,30 @@
 //! The gateway binary as a process, and an HTTP/1.1 client that behaves like OpenIM's Go client
 //! (one keep-alive connection, the whole body written, Go's headers), for the tests that need real
-//! sockets. Included with `#[path]` by the tests that run the binary.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! sockets.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_openim-callback-gateway");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_openim-callback-gateway");
 
 /// A running gateway process, killed on drop.
-pub struct Gateway {
-    pub child: Child,
-    pub addr: String,
+pub(crate) struct Gateway {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     /// Every stdout line (the log) so far.
-    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gateway {
     /// The log so far, as one text.
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
     /// The address of the admin port, from its log line (when `admin_listen` is set).
-    pub fn admin_addr(&self) -> Option<String> {
+    pub(crate) fn admin_addr(&self) -> Option<String> {
         self.logs
             .lock()
             .unwrap()
@@ -35,7 +34,7 @@ impl Gateway {
     }
 
     /// Peak resident memory of the process (VmHWM), in bytes.
-    pub fn peak_rss(&self) -> u64 {
+    pub(crate) fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -55,7 +54,7 @@ impl Drop for Gateway {
 
 /// Runs the binary to completion with `args` and extra environment variables: the exit code,
 /// stdout and stderr.
-pub fn run<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+pub(crate) fn run<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
     args: &[&str],
     env: impl IntoIterator<Item = (K, V)>,
 ) -> (Option<i32>, String, String) {
@@ -73,12 +72,16 @@ pub fn run<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
 }
 
 /// Starts the binary with `args` and waits (bounded) for its "listening" log line.
-pub fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
+pub(crate) fn spawn(args: &[&str], spool_dir: &std::path::Path) -> Gateway {
     spawn_with_env(args, spool_dir, &[])
 }
 
 /// [`spawn`] with extra environment variables.
-pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
+pub(crate) fn spawn_with_env(
+    args: &[&str],
+    spool_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Gateway {
     let mut child = Command::new(BIN)
         .args(args)
         // No pause between /readyz 503 and closing the listeners, unless a test asks for one.
@@ -112,7 +115,7 @@ pub fn spawn_with_env(args: &[&str], spool_dir: &std::path::Path, env: &[(&str, 
 }
 
 /// One HTTP/1.1 POST on an open connection; returns the status and the body.
-pub fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+pub(crate) fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: gw\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n\
          Content-Type: application/json; charset=utf-8\r\nOperationid: 1719800000123453781\r\n\
@@ -144,7 +147,23 @@ pub fn post(conn: &mut TcpStream, path: &str, body: &[u8]) -> (u16, serde_json::
     )
 }
 
-pub fn connect(addr: &str) -> TcpStream {
+/// Posts OpenIM's `callbackAfterQuitGroupCommand` for the users `user-<i>`, `i` in `users`, on
+/// one connection, and asserts each is answered 200 with the allow envelope.
+pub(crate) fn post_quit_events(addr: &str, users: std::ops::Range<usize>) {
+    let mut conn = connect(addr);
+    for i in users {
+        let mut body = crate::support::read_json("payloads/callbackAfterQuitGroupCommand.json");
+        body["userID"] = format!("user-{i}").into();
+        let (code, json) = post(
+            &mut conn,
+            "/callbackExample/callbackAfterQuitGroupCommand",
+            &crate::support::wire(&body),
+        );
+        assert_eq!((code, json), (200, crate::support::allow()), "event {i}");
+    }
+}
+
+pub(crate) fn connect(addr: &str) -> TcpStream {
     let c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     c
@@ -152,18 +171,18 @@ pub fn connect(addr: &str) -> TcpStream {
 
 /// A whole HTTP/1.1 response.
 #[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -172,7 +191,7 @@ impl Reply {
 }
 
 /// One request with extra headers on an open connection (any stream: TCP or TLS).
-pub fn request<S: Read + Write>(
+pub(crate) fn request<S: Read + Write>(
     conn: &mut S,
     method: &str,
     path: &str,
@@ -196,7 +215,7 @@ pub fn request<S: Read + Write>(
 }
 
 /// Reads one response (Content-Length bodies only, as the gateway sends).
-pub fn read_reply<S: Read>(conn: &mut S) -> std::io::Result<Reply> {
+pub(crate) fn read_reply<S: Read>(conn: &mut S) -> std::io::Result<Reply> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -1,9 +1,9 @@
 //! A real `redis-server` for the tests of the Redis spool backend: on a free loopback port, in
 //! its own temp dir, AOF on (`--appendonly yes --appendfsync always --save ''`), stopped (kill)
 //! on drop. `.ci/run` installs `redis-server` from Debian's packages; without it each Redis test
-//! fails with one line saying what to install ([`MISSING`]). Included with `#[path]` by the
-//! tests that need it.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+//! fails with one line saying what to install ([`MISSING`]). `support::redis_server` of the
+//! integration tests; the Redis spool's unit tests and `bench/spool_load.rs` include it with
+//! `#[path]`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The one line a Redis test fails with when `redis-server` is not installed.
-pub const MISSING: &str = "redis-server not found: install it (apt-get install redis-server) \
+pub(crate) const MISSING: &str = "redis-server not found: install it (apt-get install redis-server) \
                            to run the Redis spool tests";
 
 /// Fails the test with [`MISSING`] when `redis-server` is not installed, with the OS error
@@ -25,10 +25,10 @@ fn cannot_run(e: &std::io::Error) -> ! {
 }
 
 /// A running `redis-server`, killed on drop.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
-    pub port: u16,
-    pub dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) dir: PathBuf,
     extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -43,12 +43,12 @@ fn loopback_port() -> u16 {
 
 impl RedisServer {
     /// Starts a server on a free port in a new temp dir.
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         Self::start_with(&[])
     }
 
     /// [`RedisServer::start`] with extra arguments (e.g. `--replicaof`).
-    pub fn start_with(extra: &[&str]) -> RedisServer {
+    pub(crate) fn start_with(extra: &[&str]) -> RedisServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let mut s = RedisServer {
@@ -64,7 +64,7 @@ impl RedisServer {
 
     /// A server that will listen on `port` once [`RedisServer::restart`] is called: for tests
     /// of a Redis that is down at first.
-    pub fn not_started() -> RedisServer {
+    pub(crate) fn not_started() -> RedisServer {
         // Started later: say now if it cannot be.
         if let Err(e) = Command::new("redis-server").arg("--version").output() {
             cannot_run(&e);
@@ -81,7 +81,8 @@ impl RedisServer {
 
     /// A TLS-only server (`--port 0 --tls-port`), with a password (`--requirepass`). Ready
     /// once it accepts TCP connections (PING needs TLS).
-    pub fn start_tls(cert: &Path, key: &Path, password: &str) -> RedisServer {
+    #[allow(dead_code, reason = "the Redis spool's unit tests use it")]
+    pub(crate) fn start_tls(cert: &Path, key: &Path, password: &str) -> RedisServer {
         let tmp = tempfile::tempdir().unwrap();
         let port = loopback_port();
         let extra: Vec<String> = [
@@ -173,12 +174,12 @@ impl RedisServer {
     }
 
     /// The URL of this server.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// kill -9 of the server (the AOF stays in its dir).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -186,19 +187,14 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and dir (it loads its AOF).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    /// Its data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// One command over RESP, the first line of the answer (`+OK`, `:3`, `$5`…), or the
     /// whole bulk string for a bulk answer.
-    pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+    pub(crate) fn command(&self, args: &[&str]) -> std::io::Result<String> {
         let mut c = TcpStream::connect(("127.0.0.1", self.port))?;
         c.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut req = format!("*{}\r\n", args.len());
@@ -223,7 +219,7 @@ impl RedisServer {
     }
 
     /// An integer answer (`:N`).
-    pub fn int(&self, args: &[&str]) -> i64 {
+    pub(crate) fn int(&self, args: &[&str]) -> i64 {
         let reply = self.command(args).unwrap();
         reply
             .strip_prefix(':')
@@ -232,7 +228,8 @@ impl RedisServer {
     }
 
     /// The server's version, e.g. (7, 0).
-    pub fn version(&self) -> (u32, u32) {
+    #[allow(dead_code, reason = "the Redis spool's unit tests use it")]
+    pub(crate) fn version(&self) -> (u32, u32) {
         let info = self.command(&["INFO", "server"]).unwrap();
         let v = info
             .lines()

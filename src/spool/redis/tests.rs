@@ -1,8 +1,10 @@
 //! The Redis backend against a real `redis-server` (started per test on a free loopback port,
 //! AOF on): every semantic of issue #11 item 2 except the multi-process proof
-//! (`tests/spool_redis.rs`).
+//! (`tests/it/spool_redis.rs`).
 #![allow(clippy::unwrap_used)]
 
+// The integration tests' redis-server, of which these tests use a part.
+#[allow(dead_code)]
 #[path = "../../../tests/support/redis_server.rs"]
 mod redis_server;
 

@@ -4,26 +4,16 @@
 //! admin API, and secrets kept out of logs and `check-config`. All through the real binary over
 //! real sockets.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
-use process::{BIN, Gateway, request, spawn_with_env};
+use crate::support::process;
+use crate::support::process::{BIN, Gateway, connect, request, spawn_with_env};
+use crate::support::write_file as write;
+use crate::support::*;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
 
 /// Starts the binary on `yaml` (a config file in `dir`) and waits for it to listen.
 fn start(dir: &Path, yaml: &str) -> Gateway {
@@ -33,12 +23,6 @@ fn start(dir: &Path, yaml: &str) -> Gateway {
         &dir.join("spool"),
         &[],
     )
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c
 }
 
 fn post(addr: &str, path: &str, headers: &[(&str, &str)]) -> process::Reply {
@@ -326,58 +310,26 @@ fn check_config_never_prints_secrets() {
 /// TLS material of one test: a CA, a server certificate for 127.0.0.1, a client certificate, and
 /// a second CA whose client certificate must be refused.
 struct Pki {
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_pem: String,
+    ca: pki::Ca,
     client: (String, String),
     stranger: (String, String),
 }
 
 fn pki() -> Pki {
-    let ca = ca("test CA");
-    let stranger_ca = ca_issuer("stranger CA");
-    let client = leaf(&ca.0, "openim", false);
-    let stranger = leaf(&stranger_ca, "stranger", false);
+    let ca = pki::ca("test CA");
+    let stranger_ca = pki::ca("stranger CA");
+    let client = pki::leaf(&ca, "openim", &[]);
+    let stranger = pki::leaf(&stranger_ca, "stranger", &[]);
     Pki {
-        ca_pem: ca.1,
-        ca: ca.0,
+        ca,
         client,
         stranger,
     }
 }
 
-fn ca_issuer(name: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
-    ca(name).0
-}
-
-fn ca(name: &str) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (rcgen::Issuer::new(params, key), cert.pem())
-}
-
-/// A certificate (PEM) and its key (PEM), issued by `issuer`.
-fn leaf(
-    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-    name: &str,
-    server: bool,
-) -> (String, String) {
-    let sans = if server {
-        vec!["127.0.0.1".to_owned()]
-    } else {
-        Vec::new()
-    };
-    let mut params = rcgen::CertificateParams::new(sans).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+/// A server certificate for 127.0.0.1 and its key, issued by `ca`.
+fn server_cert(ca: &pki::Ca, name: &str) -> (String, String) {
+    pki::leaf(ca, name, &["127.0.0.1"])
 }
 
 /// A TLS client connection to `addr`, trusting `ca_pem`, presenting `client` when given; returns
@@ -434,10 +386,10 @@ async fn tls_with_client_certificates_and_a_certificate_that_rotates() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
-    let (cert, key) = leaf(&pki.ca, "gateway-1", true);
+    let (cert, key) = server_cert(&pki.ca, "gateway-1");
     let cert_file = write(dir.path(), "tls.crt", &cert);
     let key_file = write(dir.path(), "tls.key", &key);
-    let ca_file = write(dir.path(), "ca.crt", &pki.ca_pem);
+    let ca_file = write(dir.path(), "ca.crt", &pki.ca.pem);
     let yaml = format!(
         "upstreams: {{default: {{endpoints: ['{}']}}}}\ndefaults: {{delivery: sync}}\n\
          tls: {{cert_file: {cert_file}, key_file: {key_file}, client_ca_file: {ca_file}}}\n",
@@ -448,7 +400,7 @@ async fn tls_with_client_certificates_and_a_certificate_that_rotates() {
         .await
         .unwrap();
     let addr = gw.addr.clone();
-    let ca_pem = pki.ca_pem.clone();
+    let ca_pem = pki.ca.pem.clone();
     let (client, stranger) = (pki.client.clone(), pki.stranger.clone());
     let (reply, first_cert, no_cert, wrong_ca, plain) = tokio::task::spawn_blocking(move || {
         let (mut tls, served) = tls_connect(&addr, &ca_pem, Some(&client)).unwrap();
@@ -491,11 +443,11 @@ async fn tls_with_client_certificates_and_a_certificate_that_rotates() {
     assert_eq!(up.calls().len(), 1);
 
     // cert-manager rotates the files: new connections get the new certificate.
-    let (cert2, key2) = leaf(&pki.ca, "gateway-2", true);
+    let (cert2, key2) = server_cert(&pki.ca, "gateway-2");
     std::fs::write(dir.path().join("tls.key"), key2).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &cert2).unwrap();
     let addr = gw.addr.clone();
-    let ca_pem = pki.ca_pem.clone();
+    let ca_pem = pki.ca.pem.clone();
     let client = pki.client.clone();
     let rotated = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -525,14 +477,14 @@ async fn the_secure_example_config_turns_every_control_on() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = pki();
-    let (cert, key) = leaf(&pki.ca, "gateway", true);
+    let (cert, key) = server_cert(&pki.ca, "gateway");
     std::fs::create_dir_all(d.join("secrets")).unwrap();
     write(d, "secrets/admin-token", "adm-tok-1\n");
     write(d, "secrets/path-secrets", "psec-a\npsec-b\n");
     write(d, "secrets/header-secrets", "hsec-1\n");
     write(d, "tls.crt", &cert);
     write(d, "tls.key", &key);
-    write(d, "ca.crt", &pki.ca_pem);
+    write(d, "ca.crt", &pki.ca.pem);
     let yaml = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.secure.yaml"),
     )
@@ -551,7 +503,7 @@ async fn the_secure_example_config_turns_every_control_on() {
     // The test's client is on loopback, not in OpenIM's 10.0.0.0/8.
     .replace("allow_cidrs: [10.0.0.0/8]", "allow_cidrs: [127.0.0.0/8]");
     let d = d.to_owned();
-    let ca_pem = pki.ca_pem.clone();
+    let ca_pem = pki.ca.pem.clone();
     let client = pki.client.clone();
     let (served, no_header, no_secret, admin_open, admin_ok, metrics_open) =
         tokio::task::spawn_blocking(move || {

@@ -4,15 +4,11 @@
 //! a held-back before callback, config errors, a reload changing a condition, shadow mode, and
 //! the `openim-conversation-id` metadata.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::config::Config;
 use openim_callback_gateway::gateway::Gateway;
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::*;
 
 const SINGLE: &str = "callbackAfterSendSingleMsgCommand";
 const GROUP: &str = "callbackAfterSendGroupMsgCommand";
@@ -37,16 +33,8 @@ fn body(command: &str, changes: Value) -> Vec<u8> {
     wire(&v)
 }
 
-fn scrape(gw: &Gateway) -> String {
-    gw.metrics().expect("recorder").render()
-}
-
 fn count(gw: &Gateway, name: &str, parts: &[&str]) -> f64 {
-    scrape(gw)
-        .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample(&scrape(gw), name, parts)
 }
 
 /// Posts and says whether the service was called.

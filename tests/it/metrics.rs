@@ -2,13 +2,9 @@
 //! help); a scrape shows `# HELP` lines, histograms (not summaries) and counters moving; and the
 //! Grafana dashboard queries only names the gateway exports.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::stats::{Kind, METRICS};
 use std::collections::BTreeSet;
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 
@@ -151,26 +147,63 @@ fn the_grafana_dashboard_queries_only_exported_names() {
     }
 }
 
-#[tokio::test]
+/// Through the binary: the `metrics` recorder is process-wide, and the other in-process tests of
+/// this crate post the same command meanwhile, so an exact count needs a process of its own.
+#[tokio::test(flavor = "multi_thread")]
 async fn a_scrape_shows_help_histograms_and_counters_moving() {
     let up = Upstream::start().await;
-    let gw = support::gateway(&support::config(&up.uri(), ""));
-    let count = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("gateway_callbacks_total{")
-                    && l.contains(CREATE)
-                    && l.contains("outcome=\"continue\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    post_command(&gw, CREATE, payload(CREATE)).await;
-    let before = count(&gw.metrics().unwrap().render());
-    post_command(&gw, CREATE, payload(CREATE)).await;
-    post_command(&gw, CREATE, payload(CREATE)).await;
-    let text = gw.metrics().unwrap().render();
-    assert_eq!(count(&text) - before, 2.0, "the counter moved by two");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\n\
+             upstreams: {{default: {{endpoints: ['{}'], connect_timeout: 500ms}}}}\n\
+             defaults: {{delivery: sync, timeout: 2s}}\n",
+            up.uri()
+        ),
+    )
+    .unwrap();
+    let text = tokio::task::spawn_blocking(move || {
+        let gw = process::spawn(
+            &["--config", cfg.to_str().unwrap()],
+            &dir.path().join("spool"),
+        );
+        let mut conn = process::connect(&gw.addr);
+        let mut create = || {
+            let (status, _) = process::post(
+                &mut conn,
+                &format!("/callbackExample/{CREATE}"),
+                &payload(CREATE),
+            );
+            assert_eq!(status, 200);
+        };
+        let scrape = || {
+            let r = process::request(&mut process::connect(&gw.addr), "GET", "/metrics", &[], b"")
+                .expect("a scrape");
+            assert_eq!(r.status, 200);
+            String::from_utf8(r.body).unwrap()
+        };
+        let count = |text: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("gateway_callbacks_total{")
+                        && l.contains(CREATE)
+                        && l.contains("outcome=\"continue\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        create();
+        let before = count(&scrape());
+        create();
+        create();
+        let text = scrape();
+        assert_eq!(count(&text) - before, 2.0, "the counter moved by two");
+        text
+    })
+    .await
+    .unwrap();
     for line in [
         "# HELP gateway_callbacks_total ",
         "# TYPE gateway_callbacks_total counter",

@@ -3,10 +3,8 @@
 //! DNS server on 127.0.0.1 and upstreams on 127.0.0.1 and 127.0.0.2), an upstream killed under
 //! load, and the resolver and discovery task on their own.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::pki::{self, Ca, ca};
+use crate::support::*;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
 use openim_callback_gateway::config::Config;
@@ -19,8 +17,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::*;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
@@ -42,15 +38,6 @@ async fn create(gw: &Gateway) -> Answer {
 
 fn failed_closed(a: &Answer) -> bool {
     a.json["errCode"] == 20500
-}
-
-/// Polls `cond` every 20 ms for at most 20 s.
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,37 +76,9 @@ impl Logs {
 // ---------------------------------------------------------------------------------------------
 // Certificates.
 
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    }
-}
-
 /// A certificate and key (PEM) for `names` (empty: a client certificate).
 fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().copied().unwrap_or("client"),
-    );
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
+    pki::leaf(ca, names.first().copied().unwrap_or("client"), names)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -264,9 +223,11 @@ async fn a_rewritten_ca_file_is_used_by_new_connections_and_a_bad_one_keeps_the_
         "ca.pem",
         &format!("{}{}", other_ca.pem, server_ca.pem),
     );
-    eventually("calls to succeed with the rewritten CA file", async || {
-        create(&gw).await.json == allow()
-    })
+    eventually(
+        "calls to succeed with the rewritten CA file",
+        PATIENCE,
+        async || create(&gw).await.json == allow(),
+    )
     .await;
     assert!(!up.calls().is_empty());
     let metrics = gw.metrics().expect("recorder").render();
@@ -283,14 +244,14 @@ async fn a_rewritten_ca_file_is_used_by_new_connections_and_a_bad_one_keeps_the_
         "ca.pem",
         "-----BEGIN CERTIFICATE-----\nnot base64\n",
     );
-    eventually("the bad file to be reported", async || {
+    eventually("the bad file to be reported", PATIENCE, async || {
         logs.text().contains("keeping the previous TLS settings")
     })
     .await;
     // Every connection cut: a call that succeeds now made a new one, with the kept CA. (A call
     // sent before the gateway saw the cut may fail, as on any dropped connection.)
     proxy.cut();
-    eventually("a new connection with the kept CA", async || {
+    eventually("a new connection with the kept CA", PATIENCE, async || {
         create(&gw).await.json == allow()
     })
     .await;
@@ -490,7 +451,7 @@ async fn a_dns_change_is_followed_and_a_failing_resolution_keeps_the_last_addres
     assert_eq!((a.calls().len(), b.calls().len()), (5, 0), "calls reach A");
 
     dns.answer(Answer4::Addrs(vec![LOCAL_B]));
-    eventually("a call to reach B", async || {
+    eventually("a call to reach B", PATIENCE, async || {
         assert_eq!(create(&gw).await.json, allow());
         !b.calls().is_empty()
     })
@@ -503,7 +464,7 @@ async fn a_dns_change_is_followed_and_a_failing_resolution_keeps_the_last_addres
     assert!(b.calls().len() >= 10);
 
     dns.answer(Answer4::ServFail);
-    eventually("the failed resolution to be logged", async || {
+    eventually("the failed resolution to be logged", PATIENCE, async || {
         logs.text().contains("cannot resolve an upstream host")
     })
     .await;
@@ -570,7 +531,10 @@ async fn an_upstream_killed_under_load_leaves_every_request_answered_and_the_oth
             answers
         });
     }
-    eventually("A to serve some of the load", async || a.calls().len() >= 5).await;
+    eventually("A to serve some of the load", PATIENCE, async || {
+        a.calls().len() >= 5
+    })
+    .await;
     proxy.kill();
     let mut answered = 0;
     while let Some(answers) = load.join_next().await {
@@ -581,7 +545,7 @@ async fn an_upstream_killed_under_load_leaves_every_request_answered_and_the_oth
     }
     assert_eq!(answered, 200, "every request answered");
 
-    eventually("A to be taken out of the rotation", async || {
+    eventually("A to be taken out of the rotation", PATIENCE, async || {
         create(&gw).await;
         logs.text().contains("refused a connection")
     })
@@ -594,7 +558,7 @@ async fn an_upstream_killed_under_load_leaves_every_request_answered_and_the_oth
 
     // A comes back on its address: the probe puts it back into the rotation.
     let _revived = Proxy::start_on(proxy.addr, a.addr).await;
-    eventually("A to get calls again", async || {
+    eventually("A to get calls again", PATIENCE, async || {
         assert_eq!(create(&gw).await.json, allow());
         a.calls().len() > at_a
     })
@@ -658,7 +622,7 @@ async fn the_discovery_task_ends_with_the_last_client() {
     let upstreams = Upstreams::build_with_resolver(&config.upstreams, resolver.clone()).unwrap();
     let client = upstreams.get("default").cloned().unwrap();
     drop(upstreams);
-    eventually("re-resolution every interval", async || {
+    eventually("re-resolution every interval", PATIENCE, async || {
         resolver.0.load(Ordering::SeqCst) >= 3
     })
     .await;
@@ -667,8 +631,10 @@ async fn the_discovery_task_ends_with_the_last_client() {
         "the task holds the resolver"
     );
     drop(client);
-    eventually("the task to end and release the resolver", async || {
-        Arc::strong_count(&resolver) == 1
-    })
+    eventually(
+        "the task to end and release the resolver",
+        PATIENCE,
+        async || Arc::strong_count(&resolver) == 1,
+    )
     .await;
 }

@@ -2,12 +2,8 @@
 //! of `IMENV_WEBHOOKS_*` lines, a crafted file for every check (its line and exit code), files
 //! that do not parse, and `--probe` through a running gateway with and without its path secret.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-
-use std::path::Path;
+use crate::support::process;
+use crate::support::write_file as write;
 use std::process::Command;
 
 /// Runs `doctor` with `args`; returns the exit code and stdout + stderr.
@@ -24,12 +20,6 @@ fn doctor(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().expect("exited"), text)
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 const DEFAULT_YML: &str = concat!(

@@ -9,15 +9,13 @@
 //! (`grpc.health.v1`) must be SERVING and reflection must list the six services.
 //!
 //! These need each language's toolchain and registry, so they are `#[ignore]`d in a plain
-//! `cargo test`; `.ci/run` runs them: `cargo test --release --test examples -- --ignored
-//! --test-threads=1`. One language: `cargo test --release --test examples -- --ignored go`.
+//! `cargo test`; `.ci/run` runs them: `cargo test --release --test it -- --ignored
+//! --test-threads=1 examples::`. One language: `cargo test --release --test it -- --ignored
+//! examples::go`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
+use crate::support;
+use crate::support::process;
+use crate::support::{free_port, payload_commands, read_json, wire};
 use openim_callback_gateway::catalog::{Catalog, Phase};
 use serde_json::{Value as Json, json};
 use std::collections::BTreeMap;
@@ -26,7 +24,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{free_port, payload_commands, read_json, wire};
 
 /// How long a first `serve` may take to build (cold Maven, Go module and cargo caches).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);

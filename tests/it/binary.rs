@@ -1,20 +1,14 @@
 //! The built binary through real sockets: its flags, keep-alive across bad input, the embedded
 //! default, and start-up errors.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::process;
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::*;
 
-#[path = "support/process.rs"]
-mod process;
-
-use process::{BIN, connect, post, spawn, spawn_with_env};
+use crate::support::process::{BIN, connect, post, post_quit_events, spawn, spawn_with_env};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_and_upstream_flags_serve_real_openim_requests() {
@@ -262,17 +256,7 @@ async fn kill_9_with_pending_events_then_restart_delivers_every_acknowledged_eve
     // 1. Upstream down: every after-event is acknowledged from the spool.
     let (gw, spool_dir) = tokio::task::spawn_blocking(move || {
         let gw = spawn(&["--listen", "127.0.0.1:0", "--upstream", &uri], &spool_dir);
-        let mut conn = connect(&gw.addr);
-        for i in 0..EVENTS {
-            let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
-            body["userID"] = format!("user-{i}").into();
-            let (code, json) = post(
-                &mut conn,
-                "/callbackExample/callbackAfterQuitGroupCommand",
-                &wire(&body),
-            );
-            assert_eq!((code, json), (200, allow()), "event {i}");
-        }
+        post_quit_events(&gw.addr, 0..EVENTS);
         (gw, spool_dir)
     })
     .await

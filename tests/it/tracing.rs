@@ -5,12 +5,8 @@
 //! Propagation runs in-process (the global subscriber with the OpenTelemetry layer, no exporter);
 //! logs and the exporter run the real binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
+use crate::support::process;
+use crate::support::*;
 use openim_callback_gateway::config::{Config, LogConfig};
 use openim_callback_gateway::gateway::Gateway;
 use openim_callback_gateway::spool::Spool;
@@ -19,7 +15,6 @@ use serde_json::Value as Json;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
 
 const SEND: &str = "callbackBeforeSendSingleMsgCommand";
 const QUIT: &str = "callbackAfterQuitGroupCommand";
@@ -30,9 +25,13 @@ fn incoming() -> String {
     format!("00-{TRACE}-{PARENT}-01")
 }
 
-/// The global subscriber with the OpenTelemetry layer (no exporter), once per test process.
+/// The global subscriber with the OpenTelemetry layer (no exporter), once per test process. No
+/// log lines: the spans exist whatever the filter says, and every test of the crate shares it.
 fn traced() {
-    openim_callback_gateway::telemetry::init_logging(&LogConfig::default());
+    openim_callback_gateway::telemetry::init_logging(&LogConfig {
+        filter: "off".into(),
+        ..LogConfig::default()
+    });
 }
 
 /// `(version, trace id, parent span id, flags)` of a `traceparent`, checked for the W3C shape.

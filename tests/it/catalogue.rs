@@ -2,16 +2,12 @@
 //! field, every sample reply maps to the contract's response and back to the same OpenIM JSON,
 //! and the command set is exactly OpenIM's 52.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::catalog::{Catalog, Phase, ROWS};
 use openim_callback_gateway::{decision, envelope, json};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde_json::Value as Json;
-use support::*;
 
 fn catalog() -> Catalog {
     Catalog::load(

@@ -10,19 +10,14 @@
 //!
 //! Needs `chromium` on the PATH (`.ci/run` installs it; locally `apt-get install chromium`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
+use crate::support::process;
+use crate::support::process::{connect, request};
+use crate::support::{Behavior, Upstream, payload, read_json, wire};
 use futures_util::{SinkExt, StreamExt};
-use process::{connect, request};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{Behavior, Upstream, payload, read_json, wire};
 use tokio_tungstenite::tungstenite::Message;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";

@@ -4,31 +4,16 @@
 //! open breaker instead of burning its attempts. Every control answers with the command's failure
 //! policy and is counted in `gateway_resilience_trips_total{control}`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support;
+use crate::support::*;
 use openim_callback_gateway::config::Config;
 use openim_callback_gateway::gateway::Gateway;
 use openim_callback_gateway::spool::{Spool, Which};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const QUIT: &str = "callbackAfterQuitGroupCommand";
-
-fn scrape(gw: &Gateway) -> String {
-    gw.metrics().expect("recorder installed").render()
-}
-
-/// The value of one sample line, `name{labels} value`, summed over the lines that match all parts.
-fn sample(text: &str, name: &str, parts: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name) && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 fn fail_closed(a: &Answer, code: i64) {
     assert_envelope(a);

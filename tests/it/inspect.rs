@@ -3,18 +3,14 @@
 //! token, the live stream printed by `tail`, and a capture replayed against a second gateway
 //! whose service answers differently.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
-use process::{BIN, connect, request};
+use crate::support;
+use crate::support::process;
+use crate::support::process::{BIN, connect, request};
+use crate::support::{Behavior, Upstream, payload, rejection};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{Behavior, Upstream, payload, rejection};
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const QUIT: &str = "callbackAfterQuitGroupCommand";

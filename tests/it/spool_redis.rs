@@ -10,22 +10,13 @@
 //! down and the upstream up, and a gateway killed (-9) with events in its local buffer that
 //! moves them into Redis once it returns.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
-#[path = "support/process.rs"]
-mod process;
-
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
+use crate::support::process;
+use crate::support::process::{connect, post, post_quit_events, spawn_with_env};
+use crate::support::redis_server::RedisServer;
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
-use process::{connect, post, spawn_with_env};
-use redis_server::RedisServer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use support::*;
 
 const EVENTS: usize = 2_000;
 
@@ -126,19 +117,7 @@ fn wait_readyz_spool(addr: &str, named: bool) -> String {
 }
 
 fn send(addr: String, from: usize, to: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut conn = connect(&addr);
-        for i in from..to {
-            let mut body = read_json("payloads/callbackAfterQuitGroupCommand.json");
-            body["userID"] = format!("user-{i}").into();
-            let (code, json) = post(
-                &mut conn,
-                "/callbackExample/callbackAfterQuitGroupCommand",
-                &wire(&body),
-            );
-            assert_eq!((code, json), (200, allow()), "event {i}");
-        }
-    })
+    std::thread::spawn(move || post_quit_events(&addr, from..to))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,17 +1,13 @@
 //! After callbacks through the durable spool: acknowledged at once, delivered when the upstream
 //! is up, dead letters, a full spool, ordering, and a broken spool file at start.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::config::Config;
 use openim_callback_gateway::gateway::Gateway;
 use openim_callback_gateway::proto::v1 as pb;
 use openim_callback_gateway::spool::{Spool, Which};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 
 const QUIT: &str = "callbackAfterQuitGroupCommand";
 
@@ -71,17 +67,6 @@ fn dead_port() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
     (socket.local_addr().unwrap(), socket)
 }
 
-async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn events_are_acked_while_the_upstream_is_down_and_delivered_when_it_comes_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,7 +84,10 @@ async fn events_are_acked_while_the_upstream_is_down_and_delivered_when_it_comes
 
     drop(reserved);
     let up = Upstream::start_on(tokio::net::TcpListener::bind(addr).await.unwrap()).await;
-    wait_for(|| s.spool.stats().pending == 0, "all 50 delivered").await;
+    eventually("all 50 delivered", PATIENCE, async || {
+        s.spool.stats().pending == 0
+    })
+    .await;
     let calls = up.calls();
     let mut users: Vec<String> = calls
         .iter()
@@ -134,7 +122,10 @@ async fn retries_keep_the_delivery_id_and_count_attempts() {
     post_command(&s.gw, QUIT, quit_body("u1")).await;
     up.wait_calls(3, Duration::from_secs(20)).await;
     up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
-    wait_for(|| s.spool.stats().pending == 0, "delivered after retries").await;
+    eventually("delivered after retries", PATIENCE, async || {
+        s.spool.stats().pending == 0
+    })
+    .await;
     let calls = up.calls();
     assert!(calls.len() >= 4, "{}", calls.len());
     let id = calls[0].meta("openim-delivery-id").unwrap();
@@ -162,7 +153,10 @@ async fn permanent_errors_become_dead_letters_an_operator_can_replay() {
     );
     let s = spooled(&up.uri(), dir.path(), "");
     post_command(&s.gw, QUIT, quit_body("u1")).await;
-    wait_for(|| s.spool.stats().dead == 1, "a dead letter").await;
+    eventually("a dead letter", PATIENCE, async || {
+        s.spool.stats().dead == 1
+    })
+    .await;
     assert_eq!(up.calls().len(), 1, "a permanent error is not retried");
     let dead = s.spool.list(Which::Dead, 10).unwrap();
     assert_eq!(dead[0].event.command, QUIT);
@@ -178,10 +172,9 @@ async fn permanent_errors_become_dead_letters_an_operator_can_replay() {
     up.on("AfterQuitGroup", Behavior::Reply(Default::default()));
     let a = post(&s.gw, "/admin/spool/replay", &[], Vec::new()).await;
     assert_eq!(a.status, http::StatusCode::OK, "{a:?}");
-    wait_for(
-        || s.spool.stats().dead == 0 && s.spool.stats().pending == 0,
-        "replayed",
-    )
+    eventually("replayed", PATIENCE, async || {
+        s.spool.stats().dead == 0 && s.spool.stats().pending == 0
+    })
     .await;
     let calls = up.calls();
     assert_eq!(calls.len(), 2);
@@ -278,7 +271,10 @@ async fn ordered_commands_deliver_one_group_in_order_even_across_retries() {
     }
     up.wait_calls(3, Duration::from_secs(20)).await;
     up.on("AfterSendGroupMsg", Behavior::Reply(Default::default()));
-    wait_for(|| s.spool.stats().pending == 0, "all delivered").await;
+    eventually("all delivered", PATIENCE, async || {
+        s.spool.stats().pending == 0
+    })
+    .await;
     let order: Vec<String> = up
         .calls()
         .iter()
@@ -374,15 +370,16 @@ async fn pending_event_follows_a_snapshot_that_moves_its_upstream() {
     .await;
     assert_eq!(a.json, allow());
     // It is pending and failing against `old`.
-    wait_for(
-        || {
+    eventually(
+        "a failed attempt against the old upstream",
+        PATIENCE,
+        async || {
             spool
                 .list(Which::Pending, 10)
                 .unwrap()
                 .first()
                 .is_some_and(|e| e.attempts >= 1)
         },
-        "a failed attempt against the old upstream",
     )
     .await;
     let stored = spool.list(Which::Pending, 10).unwrap().remove(0);
@@ -415,10 +412,9 @@ async fn pending_event_follows_a_snapshot_that_moves_its_upstream() {
     );
     let req: pb::AfterQuitGroupRequest = call.decode();
     assert_eq!(req.user_id, "u-moved");
-    wait_for(
-        || spool.stats().pending == 0,
-        "the event to leave the spool",
-    )
+    eventually("the event to leave the spool", PATIENCE, async || {
+        spool.stats().pending == 0
+    })
     .await;
     assert_eq!(spool.stats().dead, 0, "nothing dead-lettered");
 }
@@ -481,6 +477,9 @@ async fn spool_file_of_release_0_1_0_is_delivered() {
         !req.user_id.is_empty() && !req.group_id.is_empty(),
         "{req:?}"
     );
-    wait_for(|| spool.stats().pending == 0, "the spool to empty").await;
+    eventually("the spool to empty", PATIENCE, async || {
+        spool.stats().pending == 0
+    })
+    .await;
     assert_eq!(spool.stats().dead, 0);
 }

@@ -1,13 +1,9 @@
 //! The four seed callbacks (and their real OpenIM payloads) round-trip field for field against a
 //! real gRPC upstream, and OpenIM gets exactly the expected envelope back.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
 use serde_json::json;
-use support::*;
 
 async fn setup() -> (Upstream, openim_callback_gateway::gateway::Gateway) {
     let up = Upstream::start().await;

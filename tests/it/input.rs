@@ -1,12 +1,8 @@
 //! Bad and odd input from OpenIM (docs/commands.md, "OpenIM traps"): every case gets a valid envelope, nothing panics,
 //! the upstream sees only what was well-formed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const QUIT: &str = "callbackAfterQuitGroupCommand";

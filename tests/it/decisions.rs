@@ -1,14 +1,10 @@
 //! How a service's answer, status or failure becomes OpenIM's envelope (the README's status table, "The contract"), through
 //! a real upstream.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::decision::rejection_details;
 use openim_callback_gateway::proto::v1 as pb;
 use std::time::{Duration, Instant};
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const SEND: &str = "callbackBeforeSendSingleMsgCommand";

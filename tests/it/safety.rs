@@ -1,12 +1,8 @@
 //! The reply safety rules (docs/commands.md, "OpenIM traps"): replies OpenIM can never trip on.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::*;
 use openim_callback_gateway::proto::v1 as pb;
 use serde_json::json;
-use support::*;
 
 const SET_INFO: &str = "callbackBeforeSetGroupInfoCommand";
 const SET_INFO_EX: &str = "callbackBeforeSetGroupInfoExCommand";

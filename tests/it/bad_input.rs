@@ -4,19 +4,13 @@
 //! answered with a valid envelope or a clean refusal, with bounded memory, and the gateway still
 //! serving afterwards. All through the real binary over real sockets.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
-use process::{Gateway, read_reply, request, spawn_with_env};
+use crate::support::process::{Gateway, read_reply, request, spawn_with_env};
+use crate::support::*;
 use serde_json::{Value as Json, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::*;
 
 const CREATE: &str = "callbackBeforeCreateGroupCommand";
 const MIB: usize = 1 << 20;

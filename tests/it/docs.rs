@@ -1,11 +1,11 @@
 //! The documentation is tested like the code.
 //!
-//! - `docs/commands.md` is what the catalogue renders (`UPDATE_DOCS=1 cargo test --test docs`
+//! - `docs/commands.md` is what the catalogue renders (`UPDATE_DOCS=1 cargo test --test it docs::`
 //!   rewrites it); every `webhooks.yml` key in the catalogue is OpenIM's.
 //! - No markdown link leaves the repository or points at a missing file or heading, and the
 //!   README stays a page a newcomer reads to the end (at most 350 lines).
-//! - Under `--ignored`, against the release binary (`.ci/run`: `cargo test --release --test docs
-//!   -- --ignored`): every block of the README marked `sh serve` or `sh runnable` runs as printed,
+//! - Under `--ignored`, against the release binary (`.ci/run`: `cargo test --release --test it
+//!   -- --ignored docs::`): every block of the README marked `sh serve` or `sh runnable` runs as printed,
 //!   and the output a runnable block shows is compared byte for byte; the Python and Node servers
 //!   of `docs/hook-service.md` are copied out as printed, installed from PyPI and npm, started
 //!   behind the gateway and sent a real OpenIM payload.
@@ -16,11 +16,7 @@
 //! each line in the background and waits for its `listening` line; what a `## ` section started
 //! is stopped when the next section begins.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
-#[path = "support/process.rs"]
-mod process;
-
+use crate::support::process;
 use openim_callback_gateway::catalog::{Catalog, Phase, ROWS, Rule};
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -99,8 +95,8 @@ fn rule_text(rule: &Rule) -> String {
 
 const COMMANDS_HEAD: &str = r#"# The 52 commands
 
-<!-- Generated from the catalogue (src/catalog.rs) and the compiled contract by tests/docs.rs.
-     Do not edit: change the catalogue, then run `UPDATE_DOCS=1 cargo test --test docs`. -->
+<!-- Generated from the catalogue (src/catalog.rs) and the compiled contract by tests/it/docs.rs.
+     Do not edit: change the catalogue, then run `UPDATE_DOCS=1 cargo test --test it docs::`. -->
 
 OpenIM sends 23 **before** callbacks, synchronous, whose reply may reject or modify the operation, and 29
 **after** callbacks, notifications whose reply is ignored. Each is enabled by one key of OpenIM's
@@ -209,7 +205,7 @@ fn commands_md_is_what_the_catalogue_renders() {
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         have == want,
-        "docs/commands.md differs from what the catalogue renders: run `UPDATE_DOCS=1 cargo test --test docs` and commit it"
+        "docs/commands.md differs from what the catalogue renders: run `UPDATE_DOCS=1 cargo test --test it docs::` and commit it"
     );
 }
 
@@ -407,7 +403,7 @@ fn no_link_leaves_the_repository_or_points_at_nothing() {
     for p in PENDING {
         assert!(
             !root.join(p).exists(),
-            "{p} exists now: remove it from PENDING in tests/docs.rs"
+            "{p} exists now: remove it from PENDING in tests/it/docs.rs"
         );
     }
     problems.sort();

@@ -3,16 +3,12 @@
 //! first, then drain, exit 0); reloads on file change and SIGHUP, with a bad file and a
 //! start-up-only change refused; the `check` and `routes` subcommands.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/process.rs"]
-mod process;
-mod support;
-
-use process::{BIN, connect, request};
+use crate::support;
+use crate::support::process;
+use crate::support::process::{BIN, connect, request};
+use crate::support::{Behavior, Upstream, eventually_blocking, payload};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Behavior, Upstream, payload};
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -24,20 +20,11 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
-/// Polls `probe` (bounded) until it returns true.
-fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !probe() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits (bounded, off the runtime's threads) until `/readyz` on `admin` answers 200.
 async fn until_ready(admin: &str, what: &'static str) {
     let a = admin.to_owned();
     tokio::task::spawn_blocking(move || {
-        eventually(what, Duration::from_secs(10), || {
+        eventually_blocking(what, Duration::from_secs(10), || {
             get(&a, "/readyz").0 == 200
         })
     })
@@ -161,7 +148,7 @@ async fn readiness_never_follows_the_upstream_whose_health_stays_visible_at_admi
     let a = admin.clone();
     let view = tokio::task::spawn_blocking(move || {
         let mut view = serde_json::Value::Null;
-        eventually("upstream checked", Duration::from_secs(10), || {
+        eventually_blocking("upstream checked", Duration::from_secs(10), || {
             view = admin_upstreams(&a);
             default_upstream(&view)["up"] == true
         });
@@ -183,7 +170,7 @@ async fn readiness_never_follows_the_upstream_whose_health_stays_visible_at_admi
     up.on("Check", serving(ServingStatus::NotServing));
     let a = admin.clone();
     tokio::task::spawn_blocking(move || {
-        eventually("NOT_SERVING seen", Duration::from_secs(10), || {
+        eventually_blocking("NOT_SERVING seen", Duration::from_secs(10), || {
             let view = admin_upstreams(&a);
             default_upstream(&view)["members"][0]["health"]
                 .as_str()
@@ -227,7 +214,7 @@ async fn readiness_never_follows_the_upstream_whose_health_stays_visible_at_admi
     up.stop();
     let (addr, a) = (gw.addr.clone(), admin.clone());
     let (acked_down, readyz, view) = tokio::task::spawn_blocking(move || {
-        eventually("upstream seen unreachable", Duration::from_secs(10), || {
+        eventually_blocking("upstream seen unreachable", Duration::from_secs(10), || {
             default_upstream(&admin_upstreams(&a))["members"][0]["connected"] == false
         });
         let acked = every_command_gets_its_failure_policy(&addr, "stopped");
@@ -256,7 +243,7 @@ async fn readiness_never_follows_the_upstream_whose_health_stays_visible_at_admi
     );
     let a = admin.clone();
     tokio::task::spawn_blocking(move || {
-        eventually("up again", Duration::from_secs(10), || {
+        eventually_blocking("up again", Duration::from_secs(10), || {
             default_upstream(&admin_upstreams(&a))["up"] == true
         })
     })
@@ -310,7 +297,7 @@ async fn sigterm_turns_readiness_first_then_drains_the_callback_in_flight_and_ex
     let a = admin.clone();
     let (status, body) = tokio::task::spawn_blocking(move || {
         let mut last = (0, String::new());
-        eventually("readyz 503 after SIGTERM", Duration::from_secs(5), || {
+        eventually_blocking("readyz 503 after SIGTERM", Duration::from_secs(5), || {
             last = get(&a, "/readyz");
             last.0 == 503
         });
@@ -383,7 +370,7 @@ async fn a_changed_file_or_sighup_reloads_and_a_bad_file_or_a_restart_only_chang
         assert_eq!(code(), 20010);
         // 1. A good change is picked up from the file.
         write_config(&dirp, &yaml(20020, ""));
-        eventually(
+        eventually_blocking(
             "the new reject_code serves",
             Duration::from_secs(10),
             || code() == 20020,
@@ -391,7 +378,7 @@ async fn a_changed_file_or_sighup_reloads_and_a_bad_file_or_a_restart_only_chang
         assert!(log_has("configuration reloaded"));
         // 2. A bad file is refused; the old config keeps serving.
         write_config(&dirp, &yaml(20030, "no_such_key: 1\n"));
-        eventually("the bad file is refused", Duration::from_secs(10), || {
+        eventually_blocking("the bad file is refused", Duration::from_secs(10), || {
             log_has("configuration reload refused")
         });
         assert_eq!(code(), 20020, "the previous configuration keeps serving");
@@ -400,7 +387,7 @@ async fn a_changed_file_or_sighup_reloads_and_a_bad_file_or_a_restart_only_chang
             &dirp,
             &yaml(20040, "").replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1"),
         );
-        eventually(
+        eventually_blocking(
             "the listen change is named",
             Duration::from_secs(10),
             || log_has("only take effect at start-up; restart to change them: listen"),
@@ -453,7 +440,7 @@ async fn a_changed_file_or_sighup_reloads_and_a_bad_file_or_a_restart_only_chang
             &yaml2(20060, "").replace("reload: {poll_interval: 100ms}", "reload: {watch: false}"),
         );
         kill("-HUP", pid);
-        eventually("SIGHUP reloads", Duration::from_secs(10), || {
+        eventually_blocking("SIGHUP reloads", Duration::from_secs(10), || {
             code() == 20060
         });
     })
