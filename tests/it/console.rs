@@ -506,10 +506,13 @@ async fn the_console_shows_the_gateway_live_and_replays_a_dead_letter_safely() {
     }
     eprintln!("console screenshots in {}", dir.path().display());
     // Kept for a look after a failure: the temporary directory goes when the test ends.
-    assert!(
-        gw.log_text().contains("console action"),
-        "the replay is logged"
-    );
+    // The gateway's log is read from its pipe as it comes: wait for the line, do not race it.
+    crate::support::eventually(
+        "the replay's log line",
+        Duration::from_secs(10),
+        async || gw.log_text().contains("console action"),
+    )
+    .await;
 }
 
 /// `POST /admin/reload` (no browser needed): the same reload as SIGHUP, its result answered, a
@@ -581,10 +584,13 @@ async fn the_admin_reload_answers_its_result_and_a_refusals_reason() {
             metrics.contains(r#"gateway_console_actions_total{action="reload",result="ok"} 1"#),
             "{metrics}"
         );
-        let log = gw.log_text();
-        assert!(
-            log.contains("console action") && log.contains("127.0.0.1"),
-            "{log}"
+        crate::support::eventually_blocking(
+            "the reload's console action line with its source",
+            Duration::from_secs(10),
+            || {
+                let log = gw.log_text();
+                log.contains("console action") && log.contains("127.0.0.1")
+            },
         );
     })
     .await

@@ -465,7 +465,12 @@ async fn tls_with_client_certificates_and_a_certificate_that_rotates() {
     .await
     .unwrap();
     assert!(rotated, "the rotated certificate is served within 30 s");
-    assert!(gw.log_text().contains("inbound TLS certificate reloaded"));
+    crate::support::eventually(
+        "the certificate reload's log line",
+        Duration::from_secs(10),
+        async || gw.log_text().contains("inbound TLS certificate reloaded"),
+    )
+    .await;
 }
 
 /// The documented config with every control on (`config/gateway.secure.yaml`), pointed at test
