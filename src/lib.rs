@@ -18,7 +18,8 @@
 //! - [`envelope`]: the envelope and the reply safety rules (docs/commands.md), rendered once per request.
 //! - [`gateway`]: the fixed part (catalogue, spool, metrics) and the swappable snapshot of the live
 //!   part (per-command routes and policies, upstream clients, limits).
-//! - [`pipeline`]: one callback, one path, every exit a decision.
+//! - `pipeline`: one callback, one path in named stages (decode → gate → route → decide), every
+//!   exit a decision.
 //! - [`gate`]: the request-side rules (`only`, `skip`) that answer a callback without the
 //!   service; [`fields`]: the request fields they read, straight from the protobuf bytes, and
 //!   the conversation ID; `shadow`: shadow mode.
@@ -59,7 +60,7 @@ mod health;
 pub mod http;
 mod inspect;
 pub mod json;
-pub mod pipeline;
+mod pipeline;
 pub mod proto;
 pub mod reload;
 mod shadow;

@@ -22,30 +22,30 @@ use tracing::Instrument as _;
 
 /// A callback as the HTTP layer read it.
 #[derive(Debug)]
-pub struct Callback {
+pub(crate) struct Callback {
     /// The command: the last path segment.
-    pub command: String,
+    pub(crate) command: String,
     /// The full path, for the unknown-command log line.
-    pub path: String,
+    pub(crate) path: String,
     /// The URL-decoded `key` query parameter.
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// The `operationID` header, empty when absent.
-    pub header_operation_id: String,
+    pub(crate) header_operation_id: String,
     /// The W3C trace context the request brought (`traceparent`, `tracestate`), if any.
-    pub trace: Option<TraceContext>,
+    pub(crate) trace: Option<TraceContext>,
     /// When the request arrived: the log line's latency and OpenIM's budget (`openim_timeout`)
     /// count from here.
-    pub received: Instant,
+    pub(crate) received: Instant,
     /// Whether it got a `limits.max_in_flight` slot. A shed callback's body was drained, not
     /// kept; the gate's first rule answers it.
-    pub admitted: bool,
+    pub(crate) admitted: bool,
     /// The body, or why it is not available.
-    pub body: Result<Bytes, BodyError>,
+    pub(crate) body: Result<Bytes, BodyError>,
 }
 
 /// Why a callback's body is not available.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// Larger than `max_body_bytes` (`drained`: the rest was read and discarded).
     #[error("body larger than max_body_bytes ({limit}): {seen} bytes read")]
     TooLarge {
@@ -65,15 +65,15 @@ pub enum BodyError {
 }
 
 /// How a callback ended: the decision and what rendering it needs.
-pub struct Exit {
+pub(crate) struct Exit {
     /// What OpenIM will be told.
-    pub decision: Decision,
+    pub(crate) decision: Decision,
     /// The known command, the snapshot the request started with, and the request as read.
     known: Option<Known>,
     /// The operationID used in logs (header, else body).
-    pub operation_id: String,
+    pub(crate) operation_id: String,
     /// The upstream's gRPC status, when a call got one.
-    pub grpc_status: Option<tonic::Code>,
+    pub(crate) grpc_status: Option<tonic::Code>,
 }
 
 struct Known {
@@ -142,12 +142,12 @@ fn rules_read_request(entry: &CommandEntry) -> bool {
 
 impl Exit {
     /// The command, when it is known.
-    pub fn command(&self) -> Option<&'static str> {
+    pub(crate) fn command(&self) -> Option<&'static str> {
         self.known.as_ref().map(|k| k.entry.row.command)
     }
 
     /// The upstream the command is routed to, when it is known and enabled.
-    pub fn upstream(&self) -> Option<&str> {
+    pub(crate) fn upstream(&self) -> Option<&str> {
         let k = self.known.as_ref()?;
         let route = k.snapshot.route(k.entry.row.command)?;
         route.upstream.as_ref()?;
@@ -156,7 +156,7 @@ impl Exit {
 
     /// The way the callback took, for the inspector: `call <upstream>`, `spool`, `disabled`,
     /// `unknown command`, `bad input`, `shed`.
-    pub fn route(&self) -> String {
+    pub(crate) fn route(&self) -> String {
         use crate::decision::Failure;
         match &self.decision {
             Decision::Continue {
@@ -193,7 +193,7 @@ impl Exit {
     }
 
     /// The envelope: rendered here, once per request.
-    pub fn render(&self) -> Envelope {
+    pub(crate) fn render(&self) -> Envelope {
         let target = self.known.as_ref().and_then(|k| {
             k.snapshot.route(k.entry.row.command).map(|route| Target {
                 entry: k.entry,
@@ -222,7 +222,7 @@ impl Exit {
 /// Runs one callback to its decision, on `snapshot`: the one the request started with (its body
 /// was read under the same snapshot's limits), held however long the request takes. Runs in the
 /// callback's span (a child of the request's trace context) and logs the one line of the callback.
-pub async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
+pub(crate) async fn run(gw: &Gateway, snapshot: Arc<Snapshot>, cb: Callback) -> Exit {
     let span = telemetry::callback_span(&cb.command, cb.trace.as_ref());
     run_in_span(gw, snapshot, cb).instrument(span).await
 }
@@ -614,7 +614,7 @@ fn latency_ms(from: Instant) -> f64 {
 }
 
 /// The ordering key of an after-event (the catalogue row's `order_by`).
-pub fn order_key(entry: &CommandEntry, request: &DynamicMessage) -> String {
+pub(crate) fn order_key(entry: &CommandEntry, request: &DynamicMessage) -> String {
     let get = |key: &str| {
         request
             .descriptor()

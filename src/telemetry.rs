@@ -3,7 +3,7 @@
 //!
 //! - `telemetry.rs` (this file): [`init`] and its [`Telemetry`] guard (flushes spans on
 //!   shutdown), [`metrics_handle`], the span attributes of an outcome.
-//! - `telemetry/redact.rs` (a leaf): [`redact`] and the redacted texts.
+//! - `telemetry/redact.rs` (a leaf): [`redact()`] and the redacted texts.
 //! - `telemetry/words.rs` (a leaf): durations and gRPC code names as logs show them.
 //! - `telemetry/trace.rs`: W3C trace context ([`TraceContext`]), the `callback` and `delivery`
 //!   spans.
