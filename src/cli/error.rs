@@ -13,9 +13,12 @@ pub enum CliError {
     /// A call to a running gateway's admin API failed.
     #[error(transparent)]
     Admin(#[from] AdminError),
-    /// A command was called wrongly.
+    /// A command was called wrongly (a flag's value cannot be used).
     #[error("{0}")]
     Usage(String),
+    /// A running gateway answered something the command cannot use.
+    #[error("{0}")]
+    Answer(String),
     /// Writing the command's output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),

@@ -4,6 +4,8 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use super::CliError;
+
 /// Writes lines to stdout, stopping at the first error (a closed pipe: `routes | head -1`).
 pub fn print_lines(lines: impl IntoIterator<Item = String>) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -39,10 +41,10 @@ pub fn stdout_failed(e: &std::io::Error, done: ExitCode) -> ExitCode {
 }
 
 /// The bearer token in `token_file` (`--token-file`, the gateway's `admin_token_file`), if given.
-pub fn admin_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+pub fn admin_token(token_file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {
     token_file
         .map(crate::config::read_admin_token)
         .transpose()
         .map(|t| t.map(|t| t.expose().to_owned()))
-        .map_err(|e| format!("--token-file: {e}"))
+        .map_err(|e| CliError::Usage(format!("--token-file: {e}")))
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use super::CliError;
 use super::output::{admin_token, print_lines, stdout_failed};
 use crate::config::Config;
 
@@ -29,16 +30,13 @@ pub async fn run(
 }
 
 /// The running configuration of a gateway, from its `GET /admin/config`.
-async fn live_config(admin: &str, token_file: Option<&Path>) -> Result<Config, String> {
+async fn live_config(admin: &str, token_file: Option<&Path>) -> Result<Config, CliError> {
     use super::admin::AdminClient;
     let token = admin_token(token_file)?;
-    let client = AdminClient::parse(admin, token).map_err(|e| e.to_string())?;
-    let answer: serde_json::Value = client
-        .call("GET", "/admin/config", &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = AdminClient::parse(admin, token)?;
+    let answer: serde_json::Value = client.call("GET", "/admin/config", &[]).await?;
     serde_json::from_value(answer["config"].clone())
-        .map_err(|e| format!("{admin}/admin/config: not a configuration: {e}"))
+        .map_err(|e| CliError::Answer(format!("{admin}/admin/config: not a configuration: {e}")))
 }
 
 /// `routes`: the table every callback is routed by, from the same code the gateway uses.

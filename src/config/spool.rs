@@ -18,8 +18,8 @@ pub const BUFFER_DIR: &str = "redis-buffer";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
-    /// Refuse the new event with `AppendError::Full` (`crate::spool`); the gateway answers OpenIM with a clear
-    /// envelope and logs the event's operation id.
+    /// Refuse the new event (`crate::spool::AppendError::Full`); the gateway answers OpenIM
+    /// with a clear envelope and logs the event's operation id.
     #[default]
     Reject,
     /// Delete the oldest pending event (logged at error level with its delivery id) and store the

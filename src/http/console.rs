@@ -352,7 +352,37 @@ async fn spool_view(spool: Spool) -> Value {
     }
 }
 
-/// The gRPC status name a delivery error names (`… InvalidArgument: …`), if any.
+/// A dead letter's last error as the logs show it, and the gRPC status of its last attempt.
+fn last_failure(e: &crate::spool::StoredEvent) -> (Option<String>, Option<String>) {
+    // The last attempt's fault, when it is the one `last_error` words: its status and its text
+    // as the logs show it come from the data, not from reading the text.
+    let last = e
+        .history
+        .last()
+        .map(crate::spool::Attempt::fault)
+        .filter(|f| {
+            e.last_error
+                .as_deref()
+                .is_some_and(|t| t.contains(&f.text()))
+        });
+    let error = e.last_error.as_deref().map(|t| match &last {
+        Some(f) => t.replace(&f.text(), &f.log_text()),
+        // Records written before the attempt history was kept.
+        None => crate::telemetry::delivery_error(t).into_owned(),
+    });
+    let grpc_status = match &last {
+        Some(f) => f.is_status().then(|| f.code.clone()),
+        None => e
+            .last_error
+            .as_deref()
+            .and_then(status_in)
+            .map(str::to_owned),
+    };
+    (error, grpc_status)
+}
+
+/// The gRPC status name a delivery error names (`… InvalidArgument: …`), if any: for dead
+/// letters written before the attempt history was kept.
 fn status_in(text: &str) -> Option<&'static str> {
     (0..=16).map(tonic::Code::from_i32).find_map(|code| {
         let word = format!("{code:?}");
@@ -389,10 +419,7 @@ async fn dead(State(console): State<Console>, Query(q): Query<DeadQuery>) -> Res
         .map(|e| {
             let (payload, payload_error) =
                 decode_payload(catalog, &e.event.command, &e.event.payload);
-            let error = e
-                .last_error
-                .as_deref()
-                .map(|t| crate::telemetry::delivery_error(t).into_owned());
+            let (error, grpc_status) = last_failure(e);
             json!({
                 "id": e.id,
                 "delivery_id": e.delivery_id,
@@ -402,7 +429,7 @@ async fn dead(State(console): State<Console>, Query(q): Query<DeadQuery>) -> Res
                 "attempts": e.attempts,
                 "first_seen_ms": e.first_seen_ms,
                 "age_ms": now.saturating_sub(e.first_seen_ms),
-                "grpc_status": e.last_error.as_deref().and_then(status_in),
+                "grpc_status": grpc_status,
                 "last_error": error,
                 "history": e.history.iter().map(|a| json!({
                     "number": a.number,
@@ -599,6 +626,44 @@ async fn reload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letters_last_failure_comes_from_its_attempt_history() {
+        use crate::spool::{Attempt, Fault, StoredEvent};
+        let fault = Fault::status("INVALID_ARGUMENT", "no such group bob");
+        let mut e = StoredEvent {
+            id: 1,
+            delivery_id: String::new(),
+            attempts: 1,
+            first_seen_ms: 0,
+            last_error: Some(format!("permanent error on attempt 1: {fault}")),
+            history: vec![Attempt::new(1, 5, &fault)],
+            event: crate::spool::NewEvent::default(),
+        };
+        assert_eq!(
+            last_failure(&e),
+            (
+                Some("permanent error on attempt 1: InvalidArgument: <redacted>".to_owned()),
+                Some("INVALID_ARGUMENT".to_owned())
+            )
+        );
+        e.history = vec![Attempt::new(1, 5, &Fault::local("timeout", "no answer"))];
+        e.last_error = Some("gave up after 1 attempts: no answer".to_owned());
+        assert_eq!(
+            last_failure(&e),
+            (Some("gave up after 1 attempts: no answer".to_owned()), None)
+        );
+        // Written before the history was kept: read from the text.
+        e.history.clear();
+        e.last_error = Some("permanent error on attempt 1: NotFound: gone".to_owned());
+        assert_eq!(
+            last_failure(&e),
+            (
+                Some("permanent error on attempt 1: NotFound: <redacted>".to_owned()),
+                Some("NOT_FOUND".to_owned())
+            )
+        );
+    }
 
     #[test]
     fn a_delivery_error_names_its_grpc_status() {

@@ -42,23 +42,18 @@ impl Spool {
     /// beside running gateways, from anywhere): without the local buffer (a running gateway
     /// holds it), and checked to answer now. Blocking.
     pub fn open_for_operator(settings: &SpoolConfig) -> Result<Spool, SpoolError> {
-        if settings.backend == BackendKind::Redb {
-            let path = settings.path();
-            match path.try_exists() {
-                Ok(true) => {}
-                Ok(false) => return Err(SpoolError::NotFound { path }),
-                Err(source) => return Err(SpoolError::Io { path, source }),
-            }
-        }
         let spool = Self::open_with(settings, false)?;
         spool.check()?;
         Ok(spool)
     }
 
-    fn open_with(settings: &SpoolConfig, with_buffer: bool) -> Result<Spool, SpoolError> {
+    /// `for_gateway`: as the gateway opens it (a redb file is created when missing; Redis with
+    /// its local buffer), else as the operator commands do.
+    fn open_with(settings: &SpoolConfig, for_gateway: bool) -> Result<Spool, SpoolError> {
         let backend: Arc<dyn Backend> = match settings.backend {
-            BackendKind::Redb => Arc::new(RedbSpool::open(settings)?),
-            BackendKind::Redis => Arc::new(RedisSpool::open(settings, with_buffer)?),
+            BackendKind::Redb if for_gateway => Arc::new(RedbSpool::open(settings)?),
+            BackendKind::Redb => Arc::new(RedbSpool::open_existing(settings)?),
+            BackendKind::Redis => Arc::new(RedisSpool::open(settings, for_gateway)?),
         };
         Ok(Spool {
             backend,

@@ -123,6 +123,14 @@ impl Attempt {
         }
     }
 
+    /// The failure of this attempt.
+    pub fn fault(&self) -> Fault {
+        Fault {
+            code: self.code.clone(),
+            message: self.message.clone(),
+        }
+    }
+
     /// The message as the logs show it (a service's status message redacted unless
     /// `log.redact: false`).
     pub fn log_message(&self) -> &str {

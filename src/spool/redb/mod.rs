@@ -103,6 +103,17 @@ impl RedbSpool {
         Self::open_as(settings, Role::Spool)
     }
 
+    /// [`RedbSpool::open`] of a file that must exist ([`SpoolError::NotFound`] otherwise): the
+    /// operator commands create none.
+    pub(crate) fn open_existing(settings: &SpoolConfig) -> Result<RedbSpool, SpoolError> {
+        let path = settings.path();
+        match path.try_exists() {
+            Ok(true) => Self::open(settings),
+            Ok(false) => Err(SpoolError::NotFound { path }),
+            Err(source) => Err(SpoolError::Io { path, source }),
+        }
+    }
+
     /// [`RedbSpool::open`] for `role`.
     pub(crate) fn open_as(settings: &SpoolConfig, role: Role) -> Result<RedbSpool, SpoolError> {
         settings
