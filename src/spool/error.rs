@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-/// Why [`Spool::append`] did not store an event.
+/// Why [`Spool::append`](crate::spool::Spool::append) did not store an event.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     /// The spool is full and `when_full` is `reject` (or dead letters alone fill the disk budget).
@@ -68,7 +68,7 @@ pub enum SpoolError {
         /// What is wrong with it.
         detail: String,
     },
-    /// Another process (or another [`Spool`] in this one) has the file open.
+    /// Another process (or another [`Spool`](crate::spool::Spool) in this one) has the file open.
     #[error(
         "the spool file {} is already open, probably by the running gateway; stop it, or run this command against the running gateway with `--admin http://<its admin address>`",
         path.display()

@@ -10,7 +10,7 @@ use super::fault::Attempt;
 /// An after-callback to store and deliver.
 ///
 /// It keeps what OpenIM sent (the command, the payload, the ids), not where it goes: the
-/// [`Deliver`] implementation resolves the upstream, method and deadline from the current
+/// [`Deliver`](crate::spool::Deliver) implementation resolves the upstream, method and deadline from the current
 /// configuration at each attempt, so moving or renaming an upstream never strands pending events.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NewEvent {
@@ -29,7 +29,7 @@ pub struct NewEvent {
     pub trace: Option<crate::telemetry::TraceContext>,
 }
 
-/// An event as stored in the spool, handed to [`Deliver::deliver`] and returned by [`Spool::list`].
+/// An event as stored in the spool, handed to [`Deliver::deliver`](crate::spool::Deliver::deliver) and returned by [`Spool::list`](crate::spool::Spool::list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     /// Spool-local id, increasing in append order.
@@ -42,14 +42,14 @@ pub struct StoredEvent {
     pub first_seen_ms: u64,
     /// The error of the last failed attempt; for a dead letter, why it was given up.
     pub last_error: Option<String>,
-    /// The failed attempts, oldest first: the latest [`HISTORY_MAX`] since the event was stored
+    /// The failed attempts, oldest first: the latest [`HISTORY_MAX`](crate::spool::HISTORY_MAX) since the event was stored
     /// or last replayed (empty in records written before the history was kept).
     pub history: Vec<Attempt>,
     /// The event itself.
     pub event: NewEvent,
 }
 
-/// What [`Spool::append`] returns once the event is durable.
+/// What [`Spool::append`](crate::spool::Spool::append) returns once the event is durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEventRef {
     /// Spool-local id of the stored event (of the local buffer when `place` says so).
@@ -171,7 +171,7 @@ impl Select {
     }
 }
 
-/// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`]).
+/// The result of one step of a long replay or purge (see [`Spool::replay_dead_chunk`](crate::spool::Spool::replay_dead_chunk)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub struct Progress {
     /// Events replayed or purged by this step.

@@ -1,6 +1,6 @@
 //! The Redis Streams backend (`spool.backend: redis`): one spool shared by every replica.
 //!
-//! - `mod.rs` (this file): [`RedisSpool`] and its `Backend` implementation, the connections, the
+//! - `mod.rs` (this file): `RedisSpool` and its `Backend` implementation, the connections, the
 //!   health check and the fallback when Redis cannot take an event. Its settings are
 //!   `spool.redis` (`crate::config::RedisConfig`).
 //! - `scripts.rs`: the keys and the Lua scripts; every change of state is one atomic script.
