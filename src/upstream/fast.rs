@@ -115,31 +115,19 @@ impl Inner {
 
     async fn call(self: Arc<Self>, req: Request) -> Result<Response, BoxError> {
         let (mut parts, body) = req.into_parts();
-        // tonic's encoder is in memory: the one gRPC frame of a unary request, at once.
-        let data = body.collect().await?.to_bytes();
+        let data = unary_frame(body).await?;
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
         parts.uri = http::Uri::from_parts(uri)?;
-        let head = http::Request::from_parts(parts, ());
         // A connection that ended (or is going away) since it was last used refuses the stream
         // before anything is sent: then once more on a new one.
-        let mut attempt = 0;
-        let (response, mut stream) = loop {
-            attempt += 1;
-            let conn = self.connection().await?;
-            let opened = match conn.send.clone().ready().await {
-                Ok(mut send) => send.send_request(clone_head(&head), data.is_empty()),
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok(opened) => break opened,
-                // Not sent: safe to try again on a new connection, whatever the command's
-                // retry policy.
-                Err(_) if attempt == 1 => conn.closed.store(true, Ordering::Release),
-                Err(e) => return Err(e.into()),
-            }
+        let mut send = match self.connection().await?.ready().await {
+            Ok(send) => send,
+            Err(_) => self.connection().await?.ready().await?,
         };
+        let (response, mut stream) =
+            send.send_request(http::Request::from_parts(parts, ()), data.is_empty())?;
         if !data.is_empty() {
             stream.send_data(data, true)?;
         }
@@ -151,14 +139,36 @@ impl Inner {
     }
 }
 
-/// The request's head for one attempt (the body goes separately).
-fn clone_head(head: &http::Request<()>) -> http::Request<()> {
-    let mut req = http::Request::new(());
-    *req.method_mut() = head.method().clone();
-    *req.uri_mut() = head.uri().clone();
-    *req.version_mut() = head.version();
-    *req.headers_mut() = head.headers().clone();
-    req
+impl Conn {
+    /// A handle ready to open a stream; on failure the connection is marked closed, so that
+    /// the next [`Inner::connection`] makes a new one.
+    async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
+        self.send.clone().ready().await.inspect_err(|_| {
+            self.closed.store(true, Ordering::Release);
+        })
+    }
+}
+
+/// tonic's encoded unary request: its one gRPC frame (the encoder is in memory, so it is there
+/// at once), without copying when it comes as one piece.
+async fn unary_frame(mut body: tonic::body::Body) -> Result<Bytes, BoxError> {
+    let mut first = None;
+    let mut more = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            previous => {
+                if let Some(p) = previous {
+                    more.extend_from_slice(&p);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| more.freeze()))
 }
 
 /// Runs the connection until it ends or a keep-alive ping goes unanswered, then marks it closed.
