@@ -7,6 +7,7 @@
 #   bash bench/ab.sh before=/tmp/gw-old after=target/release/openim-callback-gateway
 #   ROUNDS=5 SECONDS_PER_RUN=4 CONC=1 bash bench/ab.sh a=BIN b=BIN
 #   MODE=spool SPOOL_DIR=/dev/shm/ab bash bench/ab.sh a=BIN b=BIN   # spooled AfterQuitGroup
+#   LOG_FILTER=info bash bench/ab.sh a=BIN b=BIN   # with the per-callback log line (default warn)
 #
 # MODE=before (default): callbackBeforeCreateGroupCommand, delivery to the upstream.
 # MODE=spool: callbackAfterQuitGroupCommand with delivery: spool (SPOOL_DIR, default a temporary
@@ -18,7 +19,8 @@ rounds=${ROUNDS:-3}
 secs=${SECONDS_PER_RUN:-4}
 conc=${CONC:-16}
 mode=${MODE:-before}
-(($#)) || { sed -n '2,16p' "$0" >&2; exit 2; }
+log_filter=${LOG_FILTER:-warn}
+(($#)) || { sed -n '2,17p' "$0" >&2; exit 2; }
 [[ -x $here/.bin/upstream ]] || { echo "bench/ab.sh: run bash bench/run.sh --quick once to build bench/.bin" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "bench/ab.sh: wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
@@ -49,7 +51,7 @@ run() { # label binary
   rm -rf "$spool" && mkdir -p "$spool"
   cat >"$tmp/gateway.yaml" <<EOF
 listen: 127.0.0.1:$gw
-log: {filter: warn}
+log: {filter: $log_filter}
 upstreams: {default: {endpoints: ['http://127.0.0.1:$up']}}
 spool: {dir: '$spool'}
 commands: {callbackAfterQuitGroupCommand: {delivery: $([[ $mode == spool ]] && echo spool || echo sync)}}
@@ -98,7 +100,7 @@ else:
         print(fmt(label, {k: statistics.median(r[k] for r in rs) for k in rs[0]}))
 PY
 
-echo "MODE=$mode c=$conc, $rounds rounds of ${secs} s, interleaved; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "MODE=$mode c=$conc log.filter=$log_filter, $rounds rounds of ${secs} s, interleaved; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
   for spec in "$@"; do
     run "${spec%%=*}" "${spec#*=}"

@@ -14,7 +14,8 @@
 //! It ends when the balancer is gone: the last clone of the upstream's client was dropped (a
 //! reload swapped in a new snapshot, and the old one's calls finished).
 
-use super::transport::{Balanced, Connector, Direct, Health, Key, Member, Target};
+use super::fast::FastMember;
+use super::transport::{Balanced, Connector, Direct, DirectMember, Health, Key, Member, Target};
 use super::{UpstreamError, error_chain, resolve::Resolve, tls::TlsFiles};
 use crate::config::{UpstreamConfig, UpstreamTlsConfig};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -78,6 +79,8 @@ pub(crate) struct Discovery {
     members: BTreeSet<Key>,
     /// The members' channels with their labels, for [`Direct`] and the health checks.
     channels: BTreeMap<Key, (Arc<str>, Channel)>,
+    /// Each member's way past the balancer, used while it is the only one ([`Direct`]).
+    directs: BTreeMap<Key, DirectMember>,
     direct: Direct,
     failing: HashMap<usize, Failing>,
 }
@@ -120,6 +123,7 @@ impl Discovery {
             tx,
             members: BTreeSet::new(),
             channels: BTreeMap::new(),
+            directs: BTreeMap::new(),
             direct,
             failing: HashMap::new(),
         };
@@ -185,9 +189,14 @@ impl Discovery {
     fn member(&mut self, key: Key) -> Balanced {
         let connector = self.connector(key);
         let label = connector.label.clone();
-        let channel = self.specs[key.endpoint]
-            .endpoint
-            .connect_with_connector_lazy(connector);
+        let endpoint = &self.specs[key.endpoint].endpoint;
+        let fast = FastMember::new(endpoint.uri(), connector.clone());
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        let direct = match fast {
+            Some(fast) => DirectMember::Fast(fast),
+            None => DirectMember::Channel(channel.clone()),
+        };
+        self.directs.insert(key, direct);
         self.channels.insert(key, (label, channel.clone()));
         Member::balanced(key, channel, self.health.clone())
     }
@@ -196,8 +205,8 @@ impl Discovery {
     /// exactly one.
     fn publish_members(&self) {
         self.health.set_members(self.channels.clone());
-        let only = match (self.channels.len(), self.channels.values().next()) {
-            (1, Some((_, channel))) => Some(Arc::new(channel.clone())),
+        let only = match (self.directs.len(), self.directs.values().next()) {
+            (1, Some(member)) => Some(Arc::new(member.clone())),
             _ => None,
         };
         self.direct.store(only);
@@ -310,6 +319,7 @@ impl Discovery {
         }
         for key in &removed {
             self.channels.remove(key);
+            self.directs.remove(key);
             if self.tx.send(Change::Remove(*key)).await.is_err() {
                 return;
             }

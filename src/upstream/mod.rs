@@ -10,6 +10,8 @@
 //! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
 //! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address,
 //!   and the per-member health that takes a refusing or NOT_SERVING member out of the rotation.
+//! - `fast.rs`: the fast path of a lone plaintext member, its calls written into its HTTP/2
+//!   connection from the caller's task (no buffer task, no hyper dispatch per call).
 //! - `discovery.rs`: the task per upstream that re-resolves the endpoints, probes refusing
 //!   addresses and re-reads the TLS files.
 //! - `resolve.rs`: the [`resolve::Resolve`] trait, the system resolver and the DNS one.
@@ -17,6 +19,7 @@
 
 mod call;
 mod discovery;
+mod fast;
 pub mod resilience;
 pub mod resolve;
 mod tls;

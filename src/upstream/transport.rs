@@ -15,7 +15,9 @@
 //! While an upstream has exactly one member (the usual case in a mesh: one service name, one
 //! ClusterIP or sidecar), calls go straight to its channel ([`Direct`]): the balancer has nothing
 //! to choose, and a lone member is always admitted ([`Health`]), so skipping its buffer hop (a
-//! task hand-off per call) changes nothing but the cost.
+//! task hand-off per call) changes nothing but the cost. A lone plaintext member goes further:
+//! its calls are written into its HTTP/2 connection from the caller's task (`fast.rs`), past
+//! tonic's channel and hyper's dispatch as well.
 
 use super::resolve::Resolve;
 use futures_util::TryFutureExt as _;
@@ -42,8 +44,8 @@ use tower::{BoxError, Service};
 /// Requests queued in front of the balancer (and in front of each member's connection).
 pub(crate) const BUFFER: usize = 1024;
 
-type Request = http::Request<Body>;
-type Response = http::Response<Body>;
+pub(crate) type Request = http::Request<Body>;
+pub(crate) type Response = http::Response<Body>;
 
 /// One member of an upstream's balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,9 +59,18 @@ pub(crate) struct Key {
 /// A member as the balancer holds it.
 pub(crate) type Balanced = PendingRequests<Member, CompleteOnResponse>;
 
-/// The channel of an upstream's only member while it has exactly one, else `None`; set by the
+/// The way to an upstream's only member while it has exactly one, else `None`; set by the
 /// discovery task with every change of the members.
-pub(crate) type Direct = Arc<arc_swap::ArcSwapOption<Channel>>;
+pub(crate) type Direct = Arc<arc_swap::ArcSwapOption<DirectMember>>;
+
+/// An upstream's only member, called past the balancer.
+#[derive(Clone)]
+pub(crate) enum DirectMember {
+    /// Through its tonic channel (`https://`: TLS is tonic's).
+    Channel(Channel),
+    /// Plaintext: straight into its HTTP/2 connection from the caller's task (`fast.rs`).
+    Fast(super::fast::FastMember),
+}
 
 /// The balanced, buffered client side of one upstream. Cheap to clone; every clone shares the
 /// members and their connections. When the last clone is dropped the balancer goes, and with it
@@ -69,8 +80,8 @@ pub struct Transport {
     direct: Direct,
     /// The members and their health, shared with the discovery task.
     members: Arc<Health>,
-    /// The direct channel `poll_ready` made ready, for the next `call`.
-    ready: Option<Channel>,
+    /// The direct member `poll_ready` made ready, for the next `call`.
+    ready: Option<DirectMember>,
 }
 
 impl Clone for Transport {
@@ -131,30 +142,35 @@ impl Transport {
 
 type DirectFuture =
     MapErr<tonic::transport::channel::ResponseFuture, fn(tonic::transport::Error) -> BoxError>;
+type FastFuture = BoxFuture<'static, Result<Response, BoxError>>;
 
 impl Service<Request> for Transport {
     type Response = Response;
     type Error = BoxError;
     type Future = Either<
-        DirectFuture,
+        Either<DirectFuture, FastFuture>,
         tower::buffer::future::ResponseFuture<BoxFuture<'static, Result<Response, BoxError>>>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.ready.is_none()
-            && let Some(channel) = self.direct.load().as_deref()
+            && let Some(member) = self.direct.load().as_deref()
         {
-            self.ready = Some(channel.clone());
+            self.ready = Some(member.clone());
         }
         match self.ready.as_mut() {
-            Some(channel) => channel.poll_ready(cx).map_err(Into::into),
+            Some(DirectMember::Channel(channel)) => channel.poll_ready(cx).map_err(Into::into),
+            Some(DirectMember::Fast(fast)) => fast.poll_ready(cx),
             None => self.inner.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
         match self.ready.take() {
-            Some(mut channel) => Either::Left(channel.call(req).map_err(Into::into as fn(_) -> _)),
+            Some(DirectMember::Channel(mut channel)) => Either::Left(Either::Left(
+                channel.call(req).map_err(Into::into as fn(_) -> _),
+            )),
+            Some(DirectMember::Fast(mut fast)) => Either::Left(Either::Right(fast.call(req))),
             None => Either::Right(self.inner.call(req)),
         }
     }
