@@ -15,7 +15,8 @@
 //! reload swapped in a new snapshot, and the old one's calls finished).
 
 use super::fast::FastMember;
-use super::transport::{Balanced, Connector, Direct, DirectMember, Health, Key, Member, Target};
+use super::member::{Connector, Health, Key, Target};
+use super::transport::{Balanced, Direct, DirectMember, Member};
 use super::{UpstreamError, error_chain, resolve::Resolve, tls::TlsFiles};
 use crate::config::{UpstreamConfig, UpstreamTlsConfig};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

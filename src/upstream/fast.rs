@@ -18,7 +18,7 @@
 //! which tonic maps to gRPC codes as it maps hyper's (a reset stream is `CANCELLED`, …).
 //! `https://` members keep tonic's channel (TLS).
 
-use super::transport::{Connector, Request, Response};
+use super::member::{Connector, Request, Response};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt as _;

@@ -8,8 +8,9 @@
 //! - `mod.rs` (this file): [`Upstreams`], the clients by name.
 //! - `call.rs`: [`Call`], [`CallError`] and [`UpstreamClient`], the one typed call.
 //! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
-//! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address,
-//!   and the per-member health that takes a refusing or NOT_SERVING member out of the rotation.
+//! - `member.rs`: a member's identity, the connector that dials it, and the per-member health
+//!   that takes a refusing or NOT_SERVING member out of the rotation.
+//! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address.
 //! - `fast.rs`: the fast path of a lone plaintext member, its calls written into its HTTP/2
 //!   connection from the caller's task (no buffer task, no hyper dispatch per call).
 //! - `discovery.rs`: the task per upstream that re-resolves the endpoints, probes refusing
@@ -20,15 +21,17 @@
 mod call;
 mod discovery;
 mod fast;
+mod member;
 pub mod resilience;
 pub mod resolve;
 mod tls;
 mod transport;
 
 pub use call::{Call, CallError, RawCodec, UpstreamClient, error_chain, metadata};
+pub use member::{CheckResult, ConnectError, MemberChannel, MemberCheck, MemberView};
 pub use resilience::{BreakerState, FAST_RECHECK, Refusal, Resilient, Retry};
 pub use tls::TlsError;
-pub use transport::{CheckResult, ConnectError, MemberChannel, MemberCheck, MemberView, Transport};
+pub use transport::Transport;
 
 use crate::config::{DnsConfig, UpstreamConfig};
 use resolve::Resolve;
