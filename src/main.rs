@@ -125,21 +125,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = Cli::parse();
     if let Some(Command::Proto {
         out,
         descriptor_set,
-    }) = &cli.command
+    }) = &args.command
     {
         return cli::proto::run(out.as_deref(), descriptor_set.as_deref());
     }
     let overrides = Overrides {
-        path: cli.config.clone(),
+        path: args.config.clone(),
         flags: Flags {
-            listen: cli.listen,
-            admin_listen: cli.admin_listen,
-            upstream: cli.upstream.clone(),
-            demo: cli.demo,
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            upstream: args.upstream.clone(),
+            demo: args.demo,
         },
     };
     let config = match overrides.load() {
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     // Inside the runtime: the OTLP exporter (`tracing.otlp`) runs its exports there. A
     // subcommand's stdout is its result: its log lines (a discovery task's DNS warning during
     // `check`) go to stderr.
-    let output = match cli.command {
+    let output = match args.command {
         None => openim_callback_gateway::telemetry::LogOutput::Stdout,
         Some(_) => openim_callback_gateway::telemetry::LogOutput::Stderr,
     };
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command {
+        match args.command {
             Some(Command::Check) => cli::check::run(&config),
             Some(Command::Routes {
                 json,
