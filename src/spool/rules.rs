@@ -97,6 +97,28 @@ pub(crate) struct Ids<'a> {
     pub(crate) operation_id: &'a str,
 }
 
+/// Makes attempt `number` of `ev` ([`attempt`]) and judges it ([`judge`]): what both backends'
+/// workers do with every event they take.
+pub(crate) async fn attempt_and_judge(
+    deliverer: &Arc<dyn Deliver>,
+    s: &SpoolConfig,
+    role: Role,
+    ev: StoredEvent,
+    number: u32,
+    since_ms: u64,
+) -> Verdict {
+    let delivery_id = ev.delivery_id.clone();
+    let command = ev.event.command.clone();
+    let operation_id = ev.event.operation_id.clone();
+    let outcome = attempt(deliverer, ev, number).await;
+    let ids = Ids {
+        delivery_id: &delivery_id,
+        command: &command,
+        operation_id: &operation_id,
+    };
+    judge(s, role, outcome, number, since_ms, &ids)
+}
+
 /// Judges attempt `number` (1-based) of an event stored since `since_ms` (first stored, or
 /// replayed), logging and counting it as the redb spool does. For the local buffer (`role`) an
 /// "attempt" is a move into Redis, which is only ever delivered or deferred.

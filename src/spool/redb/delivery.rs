@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::super::deliver::Deliver;
 use super::super::record::Record;
-use super::super::rules::{Ids, Verdict, judge};
+use super::super::rules::{Verdict, attempt_and_judge};
 use super::store::{self, Loaded};
 use super::writer::Cmd;
 use super::{Shared, SpoolCore};
@@ -303,24 +303,16 @@ async fn attempt(
     let since_ms = rec.since_ms;
     let mut ev = rec.into_stored(id);
     ev.attempts = number - 1;
-    let command = ev.event.command.clone();
-    let delivery_id = ev.delivery_id.clone();
-    let operation_id = ev.event.operation_id.clone();
-    let outcome = super::super::rules::attempt(&deliverer, ev, number).await;
-
-    let ids = Ids {
-        delivery_id: &delivery_id,
-        command: &command,
-        operation_id: &operation_id,
-    };
-    match judge(
+    match attempt_and_judge(
+        &deliverer,
         &inner.settings,
         inner.shared.role,
-        outcome,
+        ev,
         number,
         since_ms,
-        &ids,
-    ) {
+    )
+    .await
+    {
         Verdict::Delivered => {
             send(&inner, Cmd::Delivered { id });
             inner.shared.sched.finish(&entry);

@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::super::deliver::Deliver;
 use super::super::record::{Record, now_ms};
-use super::super::rules::{Ids, Role, Verdict, judge};
+use super::super::rules::{Role, Verdict, attempt_and_judge};
 use super::{Core, describe, scripts};
 
 /// How long one `XREADGROUP` blocks in Redis.
@@ -467,16 +467,16 @@ async fn attempt(
     let number = rec.attempts.saturating_add(1);
     let since_ms = rec.since_ms;
     let ev = core.event_of(id, rec.clone());
-    let command = ev.event.command.clone();
-    let delivery_id = ev.delivery_id.clone();
-    let operation_id = ev.event.operation_id.clone();
-    let outcome = super::super::rules::attempt(&deliverer, ev, number).await;
-    let ids = Ids {
-        delivery_id: &delivery_id,
-        command: &command,
-        operation_id: &operation_id,
-    };
-    let outcome = match judge(&core.settings, Role::Spool, outcome, number, since_ms, &ids) {
+    let verdict = attempt_and_judge(
+        &deliverer,
+        &core.settings,
+        Role::Spool,
+        ev,
+        number,
+        since_ms,
+    )
+    .await;
+    let outcome = match verdict {
         Verdict::Delivered => Outcome::Done,
         Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
         Verdict::Dead { attempt, reason } => {
