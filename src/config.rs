@@ -67,6 +67,67 @@ impl From<Duration> for Dur {
     }
 }
 
+/// How many serving workers run the callback port (`workers`): `auto`, one per CPU this process
+/// may use (its cgroup quota included), or a count. Each is a thread with its own runtime and
+/// its own connection to each plaintext upstream member (`http/serve.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// One per CPU this process may use.
+    #[default]
+    Auto,
+    /// This many.
+    Count(usize),
+}
+
+impl Workers {
+    /// The number of serving workers, at least 1.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Auto => crate::worker::available(),
+            Self::Count(n) => n.max(1),
+        }
+    }
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Count(i64),
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        let wrong =
+            || serde::de::Error::custom("expected `auto` or a number of workers (1 or more)");
+        let count = |n: Option<usize>| n.filter(|n| *n >= 1).map(Self::Count).ok_or_else(wrong);
+        match Written::deserialize(d)? {
+            Written::Count(n) => count(usize::try_from(n).ok()),
+            Written::Text(t) if t.trim() == "auto" => Ok(Self::Auto),
+            Written::Text(t) => count(t.trim().parse().ok()),
+            Written::Other(_) => Err(wrong()),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +190,8 @@ pub struct Config {
     /// (`/admin/upstreams`, `gateway_upstream_up`; never readiness). While an upstream is down
     /// or its breaker is not closed it is checked every 200 ms.
     pub health_check_interval: Start<Dur>,
+    /// Serving workers of the callback port: `auto` (one per CPU) or a count.
+    pub workers: Start<Workers>,
     /// The resolver of upstream host names.
     pub dns: DnsConfig,
     /// Traces: W3C trace context and the OTLP exporter.
@@ -163,6 +226,7 @@ impl Default for Config {
             shutdown_grace: Start::from(Dur(Duration::from_secs(30))),
             shutdown_delay: Start::from(Dur(Duration::from_secs(2))),
             health_check_interval: Start::from(Dur(Duration::from_secs(5))),
+            workers: Start::from(Workers::Auto),
             dns: DnsConfig::default(),
             tracing: Start::from(TracingConfig::default()),
             reload: Start::from(ReloadConfig::default()),
@@ -954,6 +1018,44 @@ mod tests {
         assert_eq!(s.timeout.0, Duration::from_secs(3));
         assert_eq!(s.on_failure, FailurePolicy::Continue);
         assert_eq!(s.delivery, Delivery::Spool);
+    }
+
+    #[test]
+    fn workers_is_auto_or_a_count() {
+        const UP: &str = "upstreams: {default: {endpoints: ['http://127.0.0.1:1']}}\n";
+        assert_eq!(*Config::default().workers, Workers::Auto);
+        assert!(Workers::Auto.count() >= 1);
+        let c = Config::from_yaml(&format!("{UP}workers: 3\n")).expect("a count");
+        assert_eq!((*c.workers, c.workers.count()), (Workers::Count(3), 3));
+        let c = Config::from_yaml(&format!("{UP}workers: auto\n")).expect("auto");
+        assert_eq!(*c.workers, Workers::Auto);
+        // An environment variable arrives as text.
+        let c = Config::from_yaml(&format!("{UP}workers: '2'\n")).expect("a count as text");
+        assert_eq!(*c.workers, Workers::Count(2));
+        for wrong in [
+            "workers: 0\n",
+            "workers: many\n",
+            "workers: -1\n",
+            "workers: 1.5\n",
+        ] {
+            let e = Config::from_yaml(&format!("{UP}{wrong}"))
+                .expect_err(wrong)
+                .to_string();
+            assert!(
+                e.contains("workers") && e.contains("`auto` or a number of workers"),
+                "{wrong}: {e}"
+            );
+        }
+        // It reads back as written (`check` prints the effective settings).
+        assert_eq!(
+            serde_json::to_value(
+                Config::from_yaml(&format!("{UP}workers: 4\n"))
+                    .expect("4")
+                    .workers
+            )
+            .expect("json"),
+            serde_json::json!(4)
+        );
     }
 
     #[test]

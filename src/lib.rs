@@ -68,6 +68,7 @@ pub mod spool;
 pub mod stats;
 pub mod telemetry;
 pub mod upstream;
+pub mod worker;
 
 use crate::config::{Config, UpstreamConfig};
 use crate::gateway::Gateway;
@@ -155,6 +156,7 @@ pub async fn run_reloadable(
         tls,
         shutdown_grace: config.shutdown_grace.0,
         shutdown_delay: config.shutdown_delay.0,
+        workers: config.workers.count(),
     };
     let _health = AbortOnDrop(tokio::spawn(checks::run_checks(
         gateway.clone(),

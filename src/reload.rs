@@ -266,7 +266,11 @@ mod tests {
         assert!(restart_only_changes(&a, &b).is_empty());
         *b.listen = "127.0.0.1:1".parse().unwrap();
         b.spool.dir = "/elsewhere".into();
-        assert_eq!(restart_only_changes(&a, &b), vec!["listen", "spool"]);
+        *b.workers = crate::config::Workers::Count(3);
+        assert_eq!(
+            restart_only_changes(&a, &b),
+            vec!["listen", "spool", "workers"]
+        );
         // A start-only key inside a live section, and a live key beside it.
         let mut c = a.clone();
         c.limits.max_in_flight = 7;

@@ -1,5 +1,11 @@
 //! The accept loop for both ports: the callback port OpenIM reaches (optionally TLS) and, when
-//! `admin_listen` is set, the operators' port. Per connection: the `max_connections` cap, the
+//! `admin_listen` is set, the operators' port.
+//!
+//! The callback port is served by `workers` serving workers: a thread each, with a
+//! single-threaded runtime that accepts from the shared listening socket, runs its connections'
+//! callbacks and drives its own upstream connections (`crate::worker`, `upstream/fast.rs`), so
+//! that a callback never waits for a wake-up from another thread. The admin port, the spool and
+//! the health checks stay on the shared runtime. Per connection: the `max_connections` cap, the
 //! idle / header-read timeouts and lingering close of `conn.rs`, hyper's header count and size
 //! limits, and the peer address for the auth layer. One shutdown signal stops both ports:
 //! readiness goes first (`/readyz` 503 for `shutdown_delay`, so the mesh stops sending), then the
@@ -47,6 +53,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// How long readiness is 503 before the listeners close.
     pub shutdown_delay: Duration,
+    /// Serving workers of the callback port (`workers`, at least 1).
+    pub workers: usize,
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish on both ports.
@@ -81,10 +89,12 @@ pub async fn serve(
                 tls: None,
                 ..options.clone()
             };
+            let slots = Arc::new(Semaphore::new(*plain.limits.max_connections));
             tasks.push(tokio::spawn(accept_loop(
                 admin,
                 admin_router(gw),
                 plain,
+                slots,
                 stop_rx.clone(),
             )));
             callback_router(gw)
@@ -100,7 +110,7 @@ pub async fn serve(
         tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at {scheme}://{addr}/callbackExample");
     }
     gw.health().set_listening();
-    let served = accept_loop(ports.callback, callback, options, stop_rx).await;
+    let served = serve_workers(ports.callback, callback, options, stop_rx).await;
     signal.abort();
     for task in tasks {
         match task.await {
@@ -112,15 +122,66 @@ pub async fn serve(
     served
 }
 
+/// Runs the callback port's serving workers until `stop` and their connections finished. Each
+/// accepts from its own handle on the one listening socket (whichever worker is free takes the
+/// next connection); `max_connections` is one cap over all of them.
+async fn serve_workers(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let slots = Arc::new(Semaphore::new(*options.limits.max_connections));
+    let workers = options.workers.max(1);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for index in 1..=workers {
+        let listener = listener.try_clone()?;
+        let (router, options, slots, stop) =
+            (router.clone(), options.clone(), slots.clone(), stop.clone());
+        let done = done_tx.clone();
+        // The worker's log lines and spans belong to the subscriber of the thread that starts it
+        // (tests install one per test).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || {
+                let _log = tracing::dispatcher::set_default(&dispatch);
+                crate::worker::enter(index);
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            accept_loop(listener, router, options, slots, stop).await
+                        })
+                    });
+                // Sent once the runtime is gone, with every task it still held.
+                let _ = done.send(served);
+            })?;
+    }
+    drop(done_tx);
+    drop(listener);
+    let mut served = Ok(());
+    while let Some(result) = done_rx.recv().await {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "a serving worker stopped");
+            served = Err(e);
+        }
+    }
+    served
+}
+
 /// Accepts connections on one port until `stop`, then waits for its connections to finish.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     options: ServeOptions,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let limits = &options.limits;
-    let slots = Arc::new(Semaphore::new(*limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

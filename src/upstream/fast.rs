@@ -17,6 +17,12 @@
 //! same), and a new connection after the old one ended. Its errors reach tonic as `h2::Error`s,
 //! which tonic maps to gRPC codes as it maps hyper's (a reset stream is `CANCELLED`, …).
 //! `https://` members keep tonic's channel (TLS).
+//!
+//! One connection per serving worker (`crate::worker`): each worker's single-threaded runtime
+//! drives its own connection to the member, so a callback's HTTP task and its upstream call's
+//! connection task run on one thread and wake each other without crossing threads (Envoy's
+//! workers own their upstream connections the same way). Other threads (spool delivery, health
+//! checks) share the connection of worker 0.
 
 use super::member::{Connector, Request, Response};
 use bytes::Bytes;
@@ -37,6 +43,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Connections a member keeps at most: one per serving worker; workers beyond this many share
+/// them (a connection serves any thread; only the wake-ups cross threads then).
+const SLOTS: usize = 16;
 
 /// One plaintext member's connection, shared by every call; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +57,13 @@ struct Inner {
     connector: Connector,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// A connection per serving worker, by [`crate::worker::current`].
+    slots: [Slot; SLOTS],
+}
+
+/// One worker's connection to the member.
+#[derive(Default)]
+struct Slot {
     /// The open connection, if any.
     conn: arc_swap::ArcSwapOption<Conn>,
     /// One connection attempt at a time.
@@ -72,21 +88,21 @@ impl FastMember {
                 connector,
                 scheme: http::uri::Scheme::HTTP,
                 authority: uri.authority()?.clone(),
-                conn: arc_swap::ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
+                slots: std::array::from_fn(|_| Slot::default()),
             }),
         })
     }
 }
 
 impl Inner {
-    /// The open connection, connecting when there is none (or it ended).
+    /// The current worker's open connection, connecting when there is none (or it ended).
     async fn connection(&self) -> Result<Arc<Conn>, BoxError> {
-        if let Some(conn) = self.open() {
+        let slot = &self.slots[crate::worker::current() % SLOTS];
+        if let Some(conn) = slot.open() {
             return Ok(conn);
         }
-        let _one = self.connecting.lock().await;
-        if let Some(conn) = self.open() {
+        let _one = slot.connecting.lock().await;
+        if let Some(conn) = slot.open() {
             return Ok(conn);
         }
         let io = self
@@ -102,17 +118,22 @@ impl Inner {
             .handshake::<_, Bytes>(io)
             .await?;
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(connection, closed.clone()));
+        // On this worker's runtime: the connection's task runs beside its callers.
+        tokio::spawn(drive(connection, ClosedOnDrop(closed.clone())));
         let conn = Arc::new(Conn { send, closed });
-        self.conn.store(Some(conn.clone()));
+        slot.conn.store(Some(conn.clone()));
         Ok(conn)
     }
+}
 
+impl Slot {
     fn open(&self) -> Option<Arc<Conn>> {
         let conn = self.conn.load_full()?;
         (!conn.closed.load(Ordering::Acquire)).then_some(conn)
     }
+}
 
+impl Inner {
     async fn call(self: Arc<Self>, req: Request) -> Result<Response, BoxError> {
         let (mut parts, body) = req.into_parts();
         let data = unary_frame(body).await?;
@@ -171,10 +192,21 @@ async fn unary_frame(mut body: tonic::body::Body) -> Result<Bytes, BoxError> {
     Ok(first.unwrap_or_else(|| more.freeze()))
 }
 
-/// Runs the connection until it ends or a keep-alive ping goes unanswered, then marks it closed.
+/// Marks a connection closed when its task ends: when the connection ended, and when the task
+/// was dropped with its runtime (a serving worker that stopped).
+struct ClosedOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Runs the connection until it ends or a keep-alive ping goes unanswered; `closed` marks it
+/// closed then.
 async fn drive(
     mut connection: h2::client::Connection<tokio::net::TcpStream, Bytes>,
-    closed: Arc<AtomicBool>,
+    closed: ClosedOnDrop,
 ) {
     let ping = connection.ping_pong();
     tokio::select! {
@@ -187,7 +219,7 @@ async fn drive(
             tracing::debug!("upstream connection did not answer a keep-alive ping: closed");
         }
     }
-    closed.store(true, Ordering::Release);
+    drop(closed);
 }
 
 /// Pings every [`KEEP_ALIVE`]; returns when a ping is not answered in time.
@@ -260,5 +292,114 @@ impl Service<Request> for FastMember {
 
     fn call(&mut self, req: Request) -> Self::Future {
         Box::pin(self.inner.clone().call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::member::{Health, Key, Target};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A real HTTP/2 server on 127.0.0.1:0 that counts its connections and answers every
+    /// request with an empty gRPC OK.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(io).await else {
+                        return;
+                    };
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("head");
+                        if let Ok(mut stream) = respond.send_response(head, false) {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = stream.send_trailers(trailers);
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    fn member(addr: std::net::SocketAddr) -> FastMember {
+        let connector = Connector {
+            target: Target::Addr(addr),
+            key: Key {
+                endpoint: 0,
+                addr: Some(addr),
+            },
+            label: "test".into(),
+            timeout: Duration::from_secs(2),
+            health: Arc::new(Health::new("test")),
+        };
+        let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
+        FastMember::new(&uri, connector).expect("plaintext member")
+    }
+
+    /// `calls` unary calls through `member` from serving worker `index`, on a runtime of its own
+    /// thread (as `http/serve.rs` runs a worker); the runtime is gone when this returns.
+    fn calls_from_worker(member: &FastMember, index: usize, calls: usize) {
+        let member = member.clone();
+        std::thread::spawn(move || {
+            crate::worker::enter(index);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                for _ in 0..calls {
+                    let req = http::Request::post("/pkg.Service/Method")
+                        .body(tonic::body::Body::new(http_body_util::Full::new(
+                            Bytes::from_static(&[0, 0, 0, 0, 0]),
+                        )))
+                        .expect("request");
+                    let answer = member.clone().call(req).await.expect("answered");
+                    assert_eq!(answer.status(), http::StatusCode::OK);
+                }
+            });
+        })
+        .join()
+        .expect("worker thread");
+    }
+
+    #[tokio::test]
+    async fn each_worker_calls_through_its_own_connection_and_a_stopped_one_reconnects() {
+        let (addr, connections) = counting_server().await;
+        let member = member(addr);
+        let m = member.clone();
+        tokio::task::spawn_blocking(move || {
+            calls_from_worker(&m, 1, 3);
+            calls_from_worker(&m, 2, 3);
+        })
+        .await
+        .expect("workers");
+        // Worker 1's runtime is gone with its connection's task: worker 1 again connects anew
+        // instead of using the connection nobody drives.
+        let m = member.clone();
+        tokio::task::spawn_blocking(move || calls_from_worker(&m, 1, 2))
+            .await
+            .expect("worker 1 again");
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        // Threads that are not serving workers share worker 0's connection.
+        for _ in 0..2 {
+            let req = http::Request::post("/pkg.Service/Method")
+                .body(tonic::body::Body::empty())
+                .expect("request");
+            member.clone().call(req).await.expect("answered");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 4);
     }
 }
