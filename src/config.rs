@@ -26,7 +26,7 @@ pub use spool::{
     BUFFER_DIR, BackendKind, Durability, FILE_NAME, FullPolicy, RedisConfig, SpoolConfig,
     SpoolConfigError, Unreachable, redact_url,
 };
-pub use start::{Start, live_view, start_only_changes};
+pub use start::{Start, live_view, start_only_changes, walk_differences};
 
 pub use mesh::{
     BreakerConfig, DnsConfig, OtlpConfig, OtlpProtocol, ReloadConfig, RetryConfig, TracingConfig,

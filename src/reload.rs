@@ -97,38 +97,18 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<String> {
 /// The keys (dotted paths, list items by index) whose values differ between two configurations,
 /// compared as the JSON they serialise to (secrets compare equal: both are `<redacted>`).
 pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
-    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-        use serde_json::Value;
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_owned()
-            } else {
-                format!("{path}.{k}")
-            }
-        };
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let null = Value::Null;
-                    walk(
-                        &join(k),
-                        x.get(k).unwrap_or(&null),
-                        y.get(k).unwrap_or(&null),
-                        out,
-                    );
-                }
-            }
-            _ if a == b => {}
-            _ => out.push(path.to_owned()),
-        }
-    }
     let (a, b) = (
         serde_json::to_value(a).unwrap_or_default(),
         serde_json::to_value(b).unwrap_or_default(),
     );
     let mut out = Vec::new();
-    walk("", &a, &b, &mut out);
+    crate::config::walk_differences(&a, &b, &mut |keys, a, b| {
+        let inside = a.is_object() && b.is_object();
+        if !inside {
+            out.push(keys.join("."));
+        }
+        inside
+    });
     out
 }
 
@@ -256,6 +236,23 @@ fn fingerprint(path: Option<&std::path::Path>) -> Option<(Option<SystemTime>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_keys_names_each_leaf_and_each_added_or_changed_entry() {
+        let a = Config::default();
+        assert!(changed_keys(&a, &a.clone()).is_empty());
+        let mut b = a.clone();
+        b.defaults.timeout = crate::config::Dur(Duration::from_millis(700));
+        b.bots = vec!["bot".to_owned()];
+        b.upstreams.insert(
+            "svc.ns".to_owned(),
+            crate::config::UpstreamConfig::single("http://127.0.0.1:1".to_owned()),
+        );
+        assert_eq!(
+            changed_keys(&a, &b),
+            vec!["bots", "defaults.timeout", "upstreams.svc.ns"]
+        );
+    }
 
     #[test]
     fn listen_and_spool_dir_are_restart_only_timeouts_are_not() {

@@ -67,50 +67,68 @@ pub fn live_view<T: Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or_default()
 }
 
+/// Walks two JSON trees side by side and calls `at(keys, a, b)` at each place where they
+/// differ: the top, and each key (the union of both sides' keys, in order; a missing one is
+/// null) of two differing objects that `at` asked to look into by returning true. `keys` is the
+/// path from the top. What a reload changes (`crate::reload::changed_keys`) and which of it is
+/// start-only ([`start_only_changes`]) are both this walk.
+pub fn walk_differences<'v>(
+    a: &'v serde_json::Value,
+    b: &'v serde_json::Value,
+    at: &mut dyn FnMut(&[&'v str], &serde_json::Value, &serde_json::Value) -> bool,
+) {
+    use serde_json::Value;
+    static NULL: Value = Value::Null;
+    fn walk<'v>(
+        keys: &mut Vec<&'v str>,
+        a: &'v Value,
+        b: &'v Value,
+        at: &mut dyn FnMut(&[&'v str], &Value, &Value) -> bool,
+    ) {
+        if a == b || !at(keys, a, b) {
+            return;
+        }
+        if let (Value::Object(x), Value::Object(y)) = (a, b) {
+            let names: std::collections::BTreeSet<&'v str> =
+                x.keys().chain(y.keys()).map(String::as_str).collect();
+            for name in names {
+                keys.push(name);
+                walk(
+                    keys,
+                    x.get(name).unwrap_or(&NULL),
+                    y.get(name).unwrap_or(&NULL),
+                    at,
+                );
+                keys.pop();
+            }
+        }
+    }
+    walk(&mut Vec::new(), a, b, at);
+}
+
 /// The start-only keys (dotted paths to each [`Start`] value) whose values differ between `a`
 /// and `b`.
 pub fn start_only_changes<T: Serialize>(a: &T, b: &T) -> Vec<String> {
     use serde_json::Value;
-    fn walk(
-        path: &str,
-        (full_a, full_b): (&Value, &Value),
-        (live_a, live_b): (&Value, &Value),
-        out: &mut Vec<String>,
-    ) {
-        if full_a == full_b {
-            return;
-        }
-        // Masked on both sides while the values differ: a start-only key.
-        if live_a.is_null() && live_b.is_null() {
-            out.push(path.to_owned());
-            return;
-        }
-        if let (Value::Object(fa), Value::Object(fb)) = (full_a, full_b) {
-            let null = Value::Null;
-            let keys: std::collections::BTreeSet<&String> = fa.keys().chain(fb.keys()).collect();
-            for k in keys {
-                let path = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let at = |v: &'_ Value| v.get(k.as_str()).cloned().unwrap_or(Value::Null);
-                walk(
-                    &path,
-                    (fa.get(k).unwrap_or(&null), fb.get(k).unwrap_or(&null)),
-                    (&at(live_a), &at(live_b)),
-                    out,
-                );
-            }
-        }
-    }
     let full = (
         serde_json::to_value(a).unwrap_or_default(),
         serde_json::to_value(b).unwrap_or_default(),
     );
     let live = (live_view(a), live_view(b));
+    let masked = |live: &Value, keys: &[&str]| {
+        keys.iter()
+            .try_fold(live, |v, k| v.get(k))
+            .is_none_or(Value::is_null)
+    };
     let mut out = Vec::new();
-    walk("", (&full.0, &full.1), (&live.0, &live.1), &mut out);
+    walk_differences(&full.0, &full.1, &mut |keys, _, _| {
+        // Masked on both sides while the values differ: a start-only key.
+        if masked(&live.0, keys) && masked(&live.1, keys) {
+            out.push(keys.join("."));
+            return false;
+        }
+        true
+    });
     out
 }
 

@@ -107,7 +107,7 @@ pub async fn serve(
         } else {
             "http"
         };
-        tracing::info!(%addr, "openim-callback-gateway listening; point OpenIM's webhooks.yml url at {scheme}://{addr}/callbackExample");
+        tracing::info!(%addr, workers = options.workers.max(1), "openim-callback-gateway listening; point OpenIM's webhooks.yml url at {scheme}://{addr}/callbackExample");
     }
     gw.health().set_listening();
     let served = serve_workers(ports.callback, callback, options, stop_rx).await;
