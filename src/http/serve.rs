@@ -2,10 +2,12 @@
 //! `admin_listen` is set, the operators' port.
 //!
 //! The callback port is served by `workers` serving workers: a thread each, with a
-//! single-threaded runtime that accepts from the shared listening socket, runs its connections'
-//! callbacks and drives its own upstream connections (`crate::worker`, `upstream/fast.rs`), so
-//! that a callback never waits for a wake-up from another thread. The admin port, the spool and
-//! the health checks stay on the shared runtime. Per connection: the `max_connections` cap, the
+//! single-threaded runtime that runs its connections' callbacks and drives its own upstream
+//! connections (`crate::worker`, `upstream/fast.rs`), so that a callback never waits for a
+//! wake-up from another thread. The accept loop hands each new connection to the worker with the
+//! fewest open ones (a hand-off per connection, not per callback: OpenIM keeps its connections
+//! alive). The admin port, the spool and the health checks stay on the shared runtime. Per
+//! connection: the `max_connections` cap, the
 //! idle / header-read timeouts and lingering close of `conn.rs`, hyper's header count and size
 //! limits, and the peer address for the auth layer. One shutdown signal stops both ports:
 //! readiness goes first (`/readyz` 503 for `shutdown_delay`, so the mesh stops sending), then the
@@ -27,10 +29,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt as _;
 
 /// The bound listeners: the callback port, and the admin port when it is separate.
@@ -89,14 +92,14 @@ pub async fn serve(
                 tls: None,
                 ..options.clone()
             };
-            let slots = Arc::new(Semaphore::new(*plain.limits.max_connections));
-            tasks.push(tokio::spawn(accept_loop(
-                admin,
-                admin_router(gw),
-                plain,
-                slots,
-                stop_rx.clone(),
-            )));
+            let stop = stop_rx.clone();
+            let router = admin_router(gw);
+            tasks.push(tokio::spawn(async move {
+                let server = ConnServer::new(router, &plain);
+                let accepted = accept_loop(admin, &plain.limits, stop, |c| server.spawn(c)).await;
+                server.finish(plain.shutdown_grace).await;
+                accepted
+            }));
             callback_router(gw)
         }
         None => app(gw),
@@ -122,27 +125,25 @@ pub async fn serve(
     served
 }
 
-/// Runs the callback port's serving workers until `stop` and their connections finished. Each
-/// accepts from its own handle on the one listening socket (whichever worker is free takes the
-/// next connection); `max_connections` is one cap over all of them.
+/// Runs the callback port until `stop`: the accept loop here, each connection handed to the
+/// serving worker with the fewest open connections; then waits for every worker to finish its
+/// connections (within `shutdown_grace`) and stop.
 async fn serve_workers(
     listener: TcpListener,
     router: Router,
     options: ServeOptions,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let slots = Arc::new(Semaphore::new(*options.limits.max_connections));
-    let workers = options.workers.max(1);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    for index in 1..=workers {
-        let listener = listener.try_clone()?;
-        let (router, options, slots, stop) =
-            (router.clone(), options.clone(), slots.clone(), stop.clone());
-        let done = done_tx.clone();
-        // The worker's log lines and spans belong to the subscriber of the thread that starts it
+    let mut workers = Vec::new();
+    for index in 1..=options.workers.max(1) {
+        let (conns_tx, conns) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (router, options, done) = (router.clone(), options.clone(), done_tx.clone());
+        // The worker's log lines and spans go to the subscriber of the thread that starts it
         // (tests install one per test).
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let worker_open = open.clone();
         std::thread::Builder::new()
             .name(format!("gateway-worker-{index}"))
             .spawn(move || {
@@ -151,49 +152,83 @@ async fn serve_workers(
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            accept_loop(listener, router, options, slots, stop).await
-                        })
+                    .map(|runtime| {
+                        runtime.block_on(run_worker(conns, worker_open, router, options));
                     });
                 // Sent once the runtime is gone, with every task it still held.
                 let _ = done.send(served);
             })?;
+        workers.push(Worker {
+            conns: conns_tx,
+            open,
+        });
     }
     drop(done_tx);
-    drop(listener);
-    let mut served = Ok(());
+    let accepted = accept_loop(listener, &options.limits, stop, |conn| {
+        // The least loaded worker; the first of equals, so that they fill in turn.
+        if let Some(w) = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        {
+            w.open.fetch_add(1, Ordering::Relaxed);
+            let _ = w.conns.send(conn);
+        }
+    })
+    .await;
+    // Closing the hand-off channels tells the workers to finish their connections and stop.
+    drop(workers);
+    let mut served = accepted;
     while let Some(result) = done_rx.recv().await {
         if let Err(e) = result {
-            tracing::error!(error = %e, "a serving worker stopped");
+            tracing::error!(error = %e, "a serving worker could not start");
             served = Err(e);
         }
     }
     served
 }
 
-/// Accepts connections on one port until `stop`, then waits for its connections to finish.
-async fn accept_loop(
-    listener: TcpListener,
+/// A serving worker, as the accept loop sees it.
+struct Worker {
+    /// Where its new connections go.
+    conns: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    /// Its open connections.
+    open: Arc<AtomicUsize>,
+}
+
+/// One serving worker's runtime: serves the connections handed to it until the accept loop
+/// stops, then lets them finish within `shutdown_grace`.
+async fn run_worker(
+    mut conns: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    open: Arc<AtomicUsize>,
     router: Router,
     options: ServeOptions,
-    slots: Arc<Semaphore>,
+) {
+    let server = ConnServer::new(router, &options);
+    while let Some(conn) = conns.recv().await {
+        let open = open.clone();
+        server.spawn_then(conn, move || {
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    server.finish(options.shutdown_grace).await;
+}
+
+/// An accepted connection with its slot under `max_connections`.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Accepts connections on one port until `stop`, each within the `max_connections` cap, and
+/// gives each to `serve`.
+async fn accept_loop(
+    listener: TcpListener,
+    limits: &LimitsConfig,
     mut stop: watch::Receiver<bool>,
+    mut serve: impl FnMut(Accepted),
 ) -> std::io::Result<()> {
-    let limits = &options.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .keep_alive(true)
-        .max_headers(*limits.max_headers)
-        .max_buf_size(*limits.max_header_bytes);
-    let builder = Arc::new(builder);
-    let timeouts = Timeouts {
-        idle: limits.idle_timeout.0,
-        header: limits.header_read_timeout.0,
-    };
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(*limits.max_connections));
     loop {
         // A free connection slot first: at the cap, new connections wait in the accept queue.
         let permit = tokio::select! {
@@ -219,18 +254,82 @@ async fn accept_loop(
             metrics::counter!("gateway_limit_total", "limit" => "max_connections").increment(1);
         }
         let _ = stream.set_nodelay(true);
+        match stream.into_std() {
+            Ok(stream) => serve(Accepted {
+                stream,
+                peer,
+                permit,
+            }),
+            Err(e) => tracing::warn!(%peer, error = %e, "accepted connection unusable"),
+        }
+    }
+    Ok(())
+}
+
+/// Serves connections on the runtime it runs on: hyper's HTTP/1 and HTTP/2 with the limits,
+/// the timeouts of `conn.rs`, TLS when set, and a graceful end.
+struct ConnServer {
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
+    graceful: GracefulShutdown,
+}
+
+impl ConnServer {
+    fn new(router: Router, options: &ServeOptions) -> Self {
+        let limits = &options.limits;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(true)
+            .max_headers(*limits.max_headers)
+            .max_buf_size(*limits.max_header_bytes);
+        Self {
+            router,
+            builder: Arc::new(builder),
+            timeouts: Timeouts {
+                idle: limits.idle_timeout.0,
+                header: limits.header_read_timeout.0,
+            },
+            tls: options.tls.clone(),
+            handshake_timeout: limits.header_read_timeout.0,
+            graceful: GracefulShutdown::new(),
+        }
+    }
+
+    fn spawn(&self, conn: Accepted) {
+        self.spawn_then(conn, || {});
+    }
+
+    /// Serves `conn` in a task of its own, then runs `ended`.
+    fn spawn_then(&self, conn: Accepted, ended: impl FnOnce() + Send + 'static) {
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = conn;
         let clock = ConnClock::new();
         let service = ConnService {
-            router: router.clone(),
+            router: self.router.clone(),
             peer,
             clock: clock.clone(),
         };
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = options.tls.clone();
-        let handshake_timeout = limits.header_read_timeout.0;
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let tls = self.tls.clone();
+        let (timeouts, handshake_timeout) = (self.timeouts, self.handshake_timeout);
         tokio::spawn(async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "accepted connection unusable");
+                    ended();
+                    return;
+                }
+            };
             metrics::gauge!("gateway_connections_open").increment(1.0);
             match tls {
                 None => {
@@ -255,20 +354,22 @@ async fn accept_loop(
                 }
             }
             metrics::gauge!("gateway_connections_open").decrement(1.0);
+            ended();
         });
     }
-    drop(listener);
-    let grace = options.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            shutdown_grace = %crate::telemetry::human_duration(grace),
-            "connections still open after shutdown_grace; closing them"
-        );
+
+    /// Waits for the connections to finish, at most `grace`.
+    async fn finish(self, grace: Duration) {
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                shutdown_grace = %crate::telemetry::human_duration(grace),
+                "connections still open after shutdown_grace; closing them"
+            );
+        }
     }
-    Ok(())
 }
 
 /// Resolves once the shutdown signal was given (the guard of `wait_for` is not held across).

@@ -638,3 +638,54 @@ async fn the_discovery_task_ends_with_the_last_client() {
     )
     .await;
 }
+
+/// The callback port's serving workers (`workers`, `http/serve.rs`) share out OpenIM's
+/// keep-alive connections (each new one goes to the worker with the fewest), and each worker
+/// calls a plaintext member on an HTTP/2 connection of its own (`upstream/fast.rs`).
+#[tokio::test]
+async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
+    let up = Upstream::start().await;
+    let cfg = config(&up.uri(), "workers: 2\nshutdown_delay: 0s\n");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(openim_callback_gateway::run(cfg, listener, async {
+        let _ = stopped.await;
+    }));
+    let body = payload(CREATE);
+    let answers = tokio::task::spawn_blocking(move || {
+        // Four connections open together, then two callbacks on each, in turn.
+        let mut conns: Vec<_> = (0..4).map(|_| process::connect(&addr)).collect();
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            for conn in &mut conns {
+                answers.push(process::post(
+                    conn,
+                    &format!("/callbackExample/{CREATE}"),
+                    &body,
+                ));
+            }
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 8);
+    for (status, json) in &answers {
+        assert_eq!((*status, json), (200, &allow()));
+    }
+    let calls = up.calls();
+    assert_eq!(calls.len(), 8, "every callback reached the upstream");
+    let peers: std::collections::BTreeSet<SocketAddr> =
+        calls.iter().map(|c| c.peer.expect("a TCP peer")).collect();
+    assert_eq!(
+        peers.len(),
+        2,
+        "one upstream connection per serving worker, both workers serving: {peers:?}"
+    );
+    let _ = stop.send(());
+    gateway
+        .await
+        .expect("the gateway task")
+        .expect("a clean stop");
+}

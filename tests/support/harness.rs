@@ -45,6 +45,8 @@ pub(crate) struct Call {
     pub(crate) metadata: MetadataMap,
     /// The encoded request.
     pub(crate) body: Bytes,
+    /// The gateway's end of the connection the call came on.
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 impl Call {
@@ -96,6 +98,7 @@ struct Handler {
     state: Arc<Mutex<State>>,
     path: String,
     authority: String,
+    peer: Option<SocketAddr>,
 }
 
 impl tonic::server::UnaryService<Bytes> for Handler {
@@ -107,6 +110,7 @@ impl tonic::server::UnaryService<Bytes> for Handler {
         let state = self.state.clone();
         let path = self.path.clone();
         let authority = self.authority.clone();
+        let peer = self.peer;
         Box::pin(async move {
             let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
             let (metadata, _, body) = request.into_parts();
@@ -123,6 +127,7 @@ impl tonic::server::UnaryService<Bytes> for Handler {
                         authority,
                         metadata,
                         body,
+                        peer,
                     });
                 }
                 s.behaviors.get(&rpc).cloned()
@@ -198,11 +203,16 @@ impl Upstream {
                     .authority()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
+                let peer = req
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(tonic::transport::server::TcpConnectInfo::remote_addr);
                 let mut grpc = tonic::server::Grpc::new(RawCodec);
                 let handler = Handler {
                     state,
                     path,
                     authority,
+                    peer,
                 };
                 let resp = grpc.unary(handler, req).await;
                 Ok::<_, Infallible>(resp.map(Body::new))
