@@ -171,7 +171,11 @@ async fn serve_workers(
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
         {
             w.open.fetch_add(1, Ordering::Relaxed);
-            let _ = w.conns.send(conn);
+            if let Err(lost) = w.conns.send(conn) {
+                // Its runtime ended (it could not start): the connection closes unserved, and
+                // the count that stays up keeps the next ones away from it.
+                tracing::error!(peer = %lost.0.peer, "a serving worker is gone; connection closed");
+            }
         }
     })
     .await;
