@@ -50,9 +50,10 @@ fn main() {
          log: {{filter: warn}}"
     ))
     .unwrap();
-    // The binary's subscriber: log lines filtered at warn, the OpenTelemetry layer behind the
-    // callback's span (its trace context goes to the upstream).
-    openim_callback_gateway::telemetry::init_logging(&config.log);
+    // The binary's subscriber: log lines filtered at warn (for the log's writer thread), the
+    // OpenTelemetry layer behind the callback's span (its trace context goes to the upstream).
+    let _telemetry = openim_callback_gateway::telemetry::init(&config.log, &config.tracing)
+        .expect("telemetry starts");
     let gw = Gateway::new(&config, None).expect("gateway builds");
     let router = openim_callback_gateway::http::app(&gw);
 
