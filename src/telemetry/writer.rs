@@ -288,11 +288,21 @@ mod tests {
         let dropped = writer.dropped();
         assert!(dropped > 0 && dropped < n as u64, "{dropped} dropped");
         drop(stalled);
+        // Unstalled: what was kept is written; then the queue takes lines again.
+        let kept = n - usize::try_from(dropped).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while out.text().lines().count() < kept {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kept lines are written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         log(&writer, "after\n");
         drop(guard);
         let got = out.text();
         let lines: Vec<&str> = got.lines().collect();
-        assert_eq!(lines.len() as u64, n as u64 - dropped + 1, "the lines kept, then the next one");
+        assert_eq!(lines.len(), kept + 1, "the lines kept, then the next one");
         let numbers: Vec<usize> = lines[..lines.len() - 1]
             .iter()
             .map(|l| l.parse().unwrap())
