@@ -7,7 +7,8 @@
 //! - `telemetry/words.rs` (a leaf): durations and gRPC code names as logs show them.
 //! - `telemetry/trace.rs`: W3C trace context ([`TraceContext`]), the `callback` and `delivery`
 //!   spans.
-//! - `telemetry/export.rs`: the tracer provider and the OTLP exporter (`tracing.otlp`).
+//! - `telemetry/export.rs`: the tracer provider and the OTLP exporter (`tracing.otlp`), only
+//!   when exporting.
 //! - `telemetry/writer.rs` (a leaf): the log's writer thread (lines written off the request's
 //!   thread, in order; dropped and counted when stdout stalls).
 
@@ -74,10 +75,11 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber once (later calls leave it as it is and return an inert
 /// guard): log lines in `log.format` filtered by `log.filter` (`RUST_LOG` wins), written to
-/// stdout by a thread of their own ([`LogOutput::Stdout`]; keep the guard), and
-/// the OpenTelemetry layer that turns the `callback` and `delivery` spans into real spans,
-/// exported when `tracing.otlp` is set. The spans exist whatever the log filter says, so trace
-/// context is propagated to the upstreams with or without an exporter.
+/// stdout by a thread of their own ([`LogOutput::Stdout`]; keep the guard), and with
+/// `tracing.otlp` set the OpenTelemetry layer that turns the `callback` and `delivery` spans
+/// into real spans and exports them. The spans exist whatever the log filter says, so trace
+/// context is propagated to the upstreams with or without an exporter (without one, the
+/// context is made without OpenTelemetry spans: nothing would read them).
 ///
 /// With `tracing.otlp` set it must run inside a tokio runtime, which then carries the exports.
 pub fn init(log: &LogConfig, tracing: &TracingConfig) -> Result<Telemetry, TelemetryError> {
@@ -154,16 +156,34 @@ pub fn init_to(
             .with_filter(filter)
             .boxed(),
     };
-    let provider = export::provider(tracing)?;
-    let otel = trace::layer(&provider);
+    // Without an exporter no OpenTelemetry span would ever be read: the gateway makes the
+    // context it propagates itself (`telemetry/trace.rs`), at a fraction of the cost.
+    let provider = match &tracing.otlp {
+        Some(otlp) => Some(export::provider(tracing, otlp)?),
+        None => None,
+    };
+    let exporting = provider.is_some();
+    // One or the other, boxed rather than two `Option` layers: a `None` layer counts as
+    // enabling every span and event of every crate, which the registry would then record.
+    let traces = match &provider {
+        Some(provider) => trace::layer(provider).boxed(),
+        None => trace::propagation_layer().boxed(),
+    };
     let installed = tracing_subscriber::registry()
         .with(fmt)
-        .with(otel)
+        .with(traces)
         .try_init()
         .is_ok();
+    if installed {
+        trace::set_mode(if exporting {
+            trace::Mode::Export
+        } else {
+            trace::Mode::Propagate
+        });
+    }
     // Not installed (a subscriber was there first): the writer thread ends with its guard.
     Ok(Telemetry {
-        provider: installed.then_some(provider),
+        provider: provider.filter(|_| installed),
         log: guard.filter(|_| installed),
     })
 }
@@ -188,6 +208,10 @@ pub fn record_outcome(
     failed: bool,
 ) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if trace::mode() == trace::Mode::Propagate {
+        // No OpenTelemetry span to put them on.
+        return;
+    }
     if !operation_id.is_empty() {
         span.set_attribute("operation_id", operation_id.to_owned());
     }
@@ -204,6 +228,9 @@ pub fn record_outcome(
 /// an error status unless delivered.
 pub fn record_delivery(span: &tracing::Span, status: Option<tonic::Code>, outcome: &'static str) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if trace::mode() == trace::Mode::Propagate {
+        return;
+    }
     if let Some(code) = status {
         span.set_attribute("grpc_status", grpc_code_name(code));
     }
