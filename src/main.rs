@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         let _rt = runtime.enter();
         openim_callback_gateway::telemetry::init_to(&config.log, &config.tracing, output)
     };
-    let telemetry = match telemetry {
+    let mut telemetry = match telemetry {
         Ok(t) => t,
         Err(e) => {
             eprintln!("openim-callback-gateway: invalid configuration: {e}");
@@ -225,6 +225,10 @@ fn main() -> ExitCode {
         }
     });
     // The runtime's workers still run: the last batch of spans is exported on them.
+    telemetry.shutdown_traces();
+    // Then the tasks still running stop (what they log on the way out is queued), and the log
+    // lines still queued are written: the last line of every exit reaches stdout.
+    drop(runtime);
     telemetry.shutdown();
     code
 }

@@ -560,7 +560,6 @@ fn log(
         .map(|_| route.settings.upstream.as_str());
     let latency_ms = latency_ms(received);
     let grpc_status_name = grpc_status.map(telemetry::grpc_code_name);
-    let trace_id = telemetry::trace_id(&span);
     let failure_label = failure.map(Failure::label);
     let delivery_id = spooled.map(|s| s.delivery_id.as_str());
     let error = failure.map(crate::decision::failure_text);
@@ -581,7 +580,8 @@ fn log(
                 outcome,
                 latency_ms,
                 grpc_status = grpc_status_name,
-                trace_id = trace_id.as_deref(),
+                // Read from the span only when the line is written.
+                trace_id = telemetry::trace_id(&span).as_deref(),
                 failure = failure_label,
                 error = error.as_deref(),
                 err_code,

@@ -261,6 +261,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Histogram,
         "Time of one delivery attempt, by command.",
     ),
+    (
+        "gateway_log_lines_dropped_total",
+        Kind::Counter,
+        "Log lines dropped because stdout did not take them fast enough (the log's queue was full): never waited for, so a stalled log cannot slow the callbacks.",
+    ),
 ];
 
 /// The recorder with the buckets set.
@@ -283,4 +288,6 @@ pub fn describe() {
         }
     }
     metrics::gauge!("gateway_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Shown at 0 from the start, so that an alert on it has a series to watch.
+    metrics::counter!("gateway_log_lines_dropped_total").increment(0);
 }

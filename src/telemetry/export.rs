@@ -1,12 +1,12 @@
-//! The tracer provider behind the spans, and the OTLP exporter `tracing.otlp` switches on.
+//! The tracer provider behind the spans when `tracing.otlp` is set, and its OTLP exporter.
 //!
-//! Without `tracing.otlp` the provider has no exporter: spans get real ids (so the context the
-//! upstreams receive is a real one) and are dropped when they end. With it, ended spans are
-//! batched and sent by the SDK's batch thread; each export runs on the gateway's tokio runtime
-//! (both transports need one), so the provider must be built inside it.
+//! Ended spans are batched and sent by the SDK's batch thread; each export runs on the gateway's
+//! tokio runtime (both transports need one), so the provider must be built inside it. Without
+//! `tracing.otlp` there is no provider: the context the upstreams receive is made by
+//! `telemetry/trace.rs`.
 
 use super::TelemetryError;
-use crate::config::{OtlpProtocol, TracingConfig};
+use crate::config::{OtlpConfig, OtlpProtocol, TracingConfig};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
@@ -16,23 +16,21 @@ use std::time::Duration;
 /// Deadline of one export request.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The provider for `tracing`. New traces are sampled at `sample_ratio` when exporting (always
-/// otherwise, so that the services' own tracing decides); an incoming parent's decision wins.
-pub(super) fn provider(tracing: &TracingConfig) -> Result<SdkTracerProvider, TelemetryError> {
+/// The provider for `tracing` exporting to `otlp`. New traces are sampled at `sample_ratio`; an
+/// incoming parent's decision wins.
+pub(super) fn provider(
+    tracing: &TracingConfig,
+    otlp: &OtlpConfig,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(tracing.service_name.clone())
         .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
-    let Some(otlp) = &tracing.otlp else {
-        return Ok(builder
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
-            .build());
-    };
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         TelemetryError::Exporter("the exporter needs a tokio runtime to run in".into())
     })?;
     let exporter = exporter(&otlp.endpoint, otlp.protocol)?;
-    Ok(builder
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             otlp.sample_ratio,
         ))))

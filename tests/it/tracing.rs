@@ -436,6 +436,53 @@ async fn json_log_lines_are_flat_objects_with_the_callback_fields() {
     assert!(!lines[0].contains("zebra-7731"));
 }
 
+/// The log's writer thread loses nothing: every callback's line arrives, in the order the
+/// callbacks were answered, the last one included when SIGTERM follows right after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_arrives_in_order_and_the_last_ones_at_sigterm() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "upstreams: {{default: {{endpoints: ['{}']}}}}\ndefaults: {{delivery: sync}}\n",
+        up.uri()
+    );
+    let mut gw = start(dir.path(), &yaml);
+    let n = 300;
+    let ids: Vec<String> = (0..n).map(|i| format!("op-{i:04}")).collect();
+    let mut conn = process::connect(&gw.addr);
+    for id in &ids {
+        let r = process::request(
+            &mut conn,
+            "POST",
+            &format!("/callbackExample/{SEND}"),
+            &[("operationID", id)],
+            &payload(SEND),
+        )
+        .unwrap();
+        assert_eq!(r.json(), allow());
+    }
+    // At once: the last lines are still queued for the writer thread.
+    let pid = gw.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the gateway exits after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The process has exited; its stdout is read to the end by the test's reader thread.
+    let lines = callback_lines(&gw, n);
+    let logged: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let start = l.find("operation_id=\"").expect("an operation_id") + 14;
+            l[start..start + 7].to_owned()
+        })
+        .collect();
+    assert_eq!(logged, ids, "every line, in order");
+}
+
 /// Spans an OTLP/HTTP receiver got: `(resource attributes, span)`.
 type Received = Arc<
     Mutex<
