@@ -67,7 +67,7 @@ fn key(buf: &mut &[u8]) -> Option<(u32, u32)> {
 
 /// Reads one value of wire type `wire` (not a group).
 fn raw<'b>(wire: u32, buf: &mut &'b [u8]) -> Option<Raw<'b>> {
-    fn take<'b, const N: usize>(buf: &mut &'b [u8]) -> Option<[u8; N]> {
+    fn take<const N: usize>(buf: &mut &[u8]) -> Option<[u8; N]> {
         let (head, rest) = buf.split_first_chunk::<N>()?;
         *buf = rest;
         Some(*head)
