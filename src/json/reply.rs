@@ -92,6 +92,10 @@ struct Scan<'b>(&'b [u8]);
 impl<'b> Iterator for Scan<'b> {
     type Item = (u32, Raw<'b>);
     fn next(&mut self) -> Option<Self::Item> {
+        // Not past the end: prost's error on an empty buffer is an allocation.
+        if self.0.is_empty() {
+            return None;
+        }
         let (number, wire) = key(&mut self.0)?;
         Some((number, raw(wire, &mut self.0)?))
     }
@@ -107,7 +111,9 @@ fn packable(kind: Kind) -> bool {
 fn elements<'b>(kind: Kind, raw: Raw<'b>, mut each: impl FnMut(Raw<'b>)) {
     match raw {
         Raw::Len(mut packed) if packable(kind) => {
-            while let Some(r) = self::raw(kind.wire(), &mut packed) {
+            while !packed.is_empty()
+                && let Some(r) = self::raw(kind.wire(), &mut packed)
+            {
                 each(r);
             }
         }
