@@ -4,10 +4,10 @@
 //! The reference reads the reply into a `DynamicMessage` (`prost_reflect`), applies the command's
 //! safety rules on it (`crate::envelope`), encodes it as a `serde_json` map ([`super::encode`]) and
 //! serialises the map: a tree per reply and an allocation per key. A [`ReplyWriter`] is compiled
-//! once per reply type (the shared [`super::plan`]) and writes the members straight from the
-//! protobuf bytes, in declaration order, with the same keys, number formats and escaping as the
-//! map's serialisation; the rules' reads ([`ReplyWriter::has`], [`ReplyWriter::string`], …) and
-//! edits ([`Edit`]) work on the bytes too.
+//! once per reply type (from the field plan it shares with the transcoder, `json/plan.rs`) and
+//! writes the members straight from the protobuf bytes, in declaration order, with the same keys,
+//! number formats and escaping as the map's serialisation; the rules' reads
+//! ([`ReplyWriter::has`], [`ReplyWriter::string`], …) and edits ([`Edit`]) work on the bytes too.
 //!
 //! [`ReplyWriter::takes`] accepts only bytes that `DynamicMessage::decode` reads the same way
 //! (it uses prost's own varint, key and length rules): anything it does not handle identically in
