@@ -44,7 +44,10 @@ body = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
 PY
 up=$(port)
-"$here/.bin/upstream" -addr "127.0.0.1:$up" -reply "$reply" >"$tmp/upstream.log" 2>&1 &
+# Only a modify needs the flag: an upstream built before it keeps working for the default.
+up_flags=()
+[[ $reply == empty ]] || up_flags=(-reply "$reply")
+"$here/.bin/upstream" -addr "127.0.0.1:$up" "${up_flags[@]}" >"$tmp/upstream.log" 2>&1 &
 pids+=($!)
 gw=$(port)
 url=http://127.0.0.1:$gw/$cmd
