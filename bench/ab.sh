@@ -8,8 +8,10 @@
 #   ROUNDS=5 SECONDS_PER_RUN=4 CONC=1 bash bench/ab.sh a=BIN b=BIN
 #   MODE=spool SPOOL_DIR=/dev/shm/ab bash bench/ab.sh a=BIN b=BIN   # spooled AfterQuitGroup
 #   LOG_FILTER=info bash bench/ab.sh a=BIN b=BIN   # with the per-callback log line (default warn)
+#   REPLY=modify bash bench/ab.sh a=BIN b=BIN   # the upstream answers a modify (default empty)
 #
-# MODE=before (default): callbackBeforeCreateGroupCommand, delivery to the upstream.
+# MODE=before (default): callbackBeforeCreateGroupCommand, delivery to the upstream; REPLY=modify
+# makes the upstream answer it with the sample reply (three override fields) instead of an empty one.
 # MODE=spool: callbackAfterQuitGroupCommand with delivery: spool (SPOOL_DIR, default a temporary
 # directory; /dev/shm leaves the disk's sync latency out), CPU per event including its delivery.
 # Prints one line per run and the medians per binary.
@@ -20,7 +22,8 @@ secs=${SECONDS_PER_RUN:-4}
 conc=${CONC:-16}
 mode=${MODE:-before}
 log_filter=${LOG_FILTER:-warn}
-(($#)) || { sed -n '2,17p' "$0" >&2; exit 2; }
+reply=${REPLY:-empty}
+(($#)) || { sed -n '2,20p' "$0" >&2; exit 2; }
 [[ -x $here/.bin/upstream ]] || { echo "bench/ab.sh: run bash bench/run.sh --quick once to build bench/.bin" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "bench/ab.sh: wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
@@ -41,7 +44,10 @@ body = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
 PY
 up=$(port)
-"$here/.bin/upstream" -addr "127.0.0.1:$up" >"$tmp/upstream.log" 2>&1 &
+# Only a modify needs the flag: an upstream built before it keeps working for the default.
+up_flags=()
+[[ $reply == empty ]] || up_flags=(-reply "$reply")
+"$here/.bin/upstream" -addr "127.0.0.1:$up" "${up_flags[@]}" >"$tmp/upstream.log" 2>&1 &
 pids+=($!)
 gw=$(port)
 url=http://127.0.0.1:$gw/$cmd
@@ -100,7 +106,7 @@ else:
         print(fmt(label, {k: statistics.median(r[k] for r in rs) for k in rs[0]}))
 PY
 
-echo "MODE=$mode c=$conc log.filter=$log_filter, $rounds rounds of ${secs} s, interleaved; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "MODE=$mode REPLY=$reply c=$conc log.filter=$log_filter, $rounds rounds of ${secs} s, interleaved; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= rounds; r++)); do
   for spec in "$@"; do
     run "${spec%%=*}" "${spec#*=}"

@@ -59,27 +59,63 @@ fn codec(c: &mut Criterion) {
         });
     }
     group.throughput(Throughput::Elements(1));
-    let entry = catalog.get("callbackBeforeCreateGroupCommand").unwrap();
-    let sample = support::sample_reply("callbackBeforeCreateGroupCommand").unwrap();
-    let reply = envelope::read_reply(entry, sample.as_object().unwrap()).message;
     let policy = decision::Policy {
         on_failure: decision::FailurePolicy::Continue,
         reject_code: 20001,
         reject_message: String::new(),
         allow_offline_push_info: false,
     };
-    let reply = bytes::Bytes::from(reply.encode_to_vec());
-    group.bench_function("decide+envelope/callbackBeforeCreateGroupCommand", |b| {
-        b.iter(|| {
-            let d = decision::decide(entry, Ok(reply.clone()), &policy);
-            let target = envelope::Target {
-                entry,
-                request: None,
-                policy: &policy,
-            };
-            black_box(envelope::render(&d, Some(target)).to_bytes())
-        })
-    });
+    // A reply to the answer: the tree (the reply as a `DynamicMessage`, the rules on it, a JSON
+    // map, its serialisation) against the one pass (the envelope written from the reply's bytes),
+    // for an empty reply (allow), the sample reply (a modify) and, for the echo rule, SetGroupInfo's.
+    for (name, cmd, modify) in [
+        ("empty", "callbackBeforeCreateGroupCommand", false),
+        ("modify", "callbackBeforeCreateGroupCommand", true),
+        ("modify+echo", "callbackBeforeSetGroupInfoCommand", true),
+    ] {
+        let entry = catalog.get(cmd).unwrap();
+        let reply = if modify {
+            let sample = support::sample_reply(cmd).unwrap();
+            envelope::read_reply(entry, sample.as_object().unwrap())
+                .message
+                .encode_to_vec()
+        } else {
+            Vec::new()
+        };
+        let reply = bytes::Bytes::from(reply);
+        let request = json::decode(&entry.request(), &support::payload(cmd))
+            .unwrap()
+            .message;
+        let target = envelope::Target {
+            entry,
+            request: Some(&request),
+            policy: &policy,
+        };
+        let tree = {
+            let d = decision::decide_by_tree(entry, Ok(reply.clone()), &policy);
+            envelope::render(&d, Some(target)).to_bytes()
+        };
+        let one = envelope::answer(
+            &decision::decide(entry, Ok(reply.clone()), &policy),
+            Some(target),
+        );
+        assert!(
+            one.one_pass && one.bytes == tree,
+            "{name}: the paths differ"
+        );
+        group.bench_function(format!("reply/tree/{name}"), |b| {
+            b.iter(|| {
+                let d = decision::decide_by_tree(entry, Ok(black_box(reply.clone())), &policy);
+                black_box(envelope::render(&d, Some(target)).to_bytes())
+            })
+        });
+        group.bench_function(format!("reply/one-pass/{name}"), |b| {
+            b.iter(|| {
+                let d = decision::decide(entry, Ok(black_box(reply.clone())), &policy);
+                black_box(envelope::answer(&d, Some(target)).bytes)
+            })
+        });
+    }
     group.finish();
 }
 

@@ -528,6 +528,8 @@ pub struct CommandEntry {
     pub rejection: Option<FieldDescriptor>,
     /// The request type compiled for the one-pass JSON → protobuf path.
     pub transcoder: crate::json::Transcoder,
+    /// The reply type compiled for the one-pass protobuf → envelope path.
+    pub reply: crate::json::ReplyWriter,
 }
 
 impl CommandEntry {
@@ -674,6 +676,7 @@ fn resolve(
     Ok(CommandEntry {
         row,
         transcoder: crate::json::Transcoder::new(&method.input()),
+        reply: crate::json::ReplyWriter::new(&method.output()),
         method,
         path,
         phase,

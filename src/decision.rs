@@ -87,13 +87,37 @@ pub enum Reason {
     Shadow,
 }
 
+/// A service's OK reply without a rejection, as its decision keeps it for the envelope.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// The upstream's bytes, which the one-pass writer takes: the envelope is written from them
+    /// (`crate::envelope::answer`), no tree built.
+    Encoded(Bytes),
+    /// Read by the tree path (bytes the one-pass writer hands back).
+    Decoded(DynamicMessage),
+}
+
+impl Reply {
+    /// The reply as a message of the command's reply type (decoded here for [`Reply::Encoded`],
+    /// which decodes: the one-pass writer took it).
+    pub fn message(&self, entry: &CommandEntry) -> std::borrow::Cow<'_, DynamicMessage> {
+        match self {
+            Self::Decoded(m) => std::borrow::Cow::Borrowed(m),
+            Self::Encoded(b) => std::borrow::Cow::Owned(
+                DynamicMessage::decode(entry.response(), b.as_ref())
+                    .unwrap_or_else(|_| DynamicMessage::new(entry.response())),
+            ),
+        }
+    }
+}
+
 /// What OpenIM will be told: the end of every path of a callback.
 #[derive(Debug)]
 pub enum Decision {
     /// Let the operation go on, with the service's modifications if any.
     Continue {
         /// The service's reply, whose set fields become overrides.
-        reply: Option<DynamicMessage>,
+        reply: Option<Reply>,
         /// Why.
         reason: Reason,
     },
@@ -204,10 +228,25 @@ pub fn delivery_status(code: tonic::Code) -> DeliveryStatus {
 }
 
 /// Decides the answer to OpenIM for a synchronous call's result (the README's status table, "The contract").
+///
+/// A reply the one-pass writer takes ([`crate::json::ReplyWriter::takes`]) is kept as its bytes
+/// ([`Reply::Encoded`]), its rejection read from them; any other goes the tree path,
+/// [`decide_by_tree`], which is the reference and names what is wrong with a bad reply.
 pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &Policy) -> Decision {
-    let code_or_default = |code: i32| {
-        if code > 0 { code } else { policy.reject_code }
-    };
+    if let Ok(bytes) = &result
+        && let Some(decision) = replied_one_pass(entry, bytes, policy)
+    {
+        return decision;
+    }
+    decide_by_tree(entry, result, policy)
+}
+
+/// [`decide`] by the tree: the reply decoded into a `DynamicMessage` ([`Reply::Decoded`]).
+pub fn decide_by_tree(
+    entry: &CommandEntry,
+    result: Result<Bytes, CallError>,
+    policy: &Policy,
+) -> Decision {
     let status = match result {
         Ok(bytes) => {
             let reply = match DynamicMessage::decode(entry.response(), bytes) {
@@ -238,15 +277,10 @@ pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &P
                         .get_field_by_name("code")
                         .and_then(|v| v.as_i32())
                         .unwrap_or_default();
-                    Decision::Reject {
-                        code: code_or_default(code),
-                        message: text("message"),
-                        detail: text("detail"),
-                        failure: None,
-                    }
+                    rejected(code, text("message"), text("detail"), policy)
                 }
                 _ => Decision::Continue {
-                    reply: Some(reply),
+                    reply: Some(Reply::Decoded(reply)),
                     reason: Reason::Replied,
                 },
             };
@@ -265,16 +299,52 @@ pub fn decide(entry: &CommandEntry, result: Result<Bytes, CallError>, policy: &P
             } else {
                 status.message().to_owned()
             };
-            Decision::Reject {
-                code: code_or_default(detail.as_ref().map_or(0, |d| d.code)),
+            rejected(
+                detail.as_ref().map_or(0, |d| d.code),
                 message,
-                detail: detail.map(|d| d.detail).unwrap_or_default(),
-                failure: None,
-            }
+                detail.map(|d| d.detail).unwrap_or_default(),
+                policy,
+            )
         }
         SyncStatus::Continue => Decision::continue_for(Reason::Unimplemented),
         SyncStatus::Fail => fail(Failure::Call(CallError::Status(status)), policy),
     }
+}
+
+/// A rejection by the service: a code <= 0 becomes the configured default (OpenIM shows those as
+/// error 500).
+fn rejected(code: i32, message: String, detail: String, policy: &Policy) -> Decision {
+    Decision::Reject {
+        code: if code > 0 { code } else { policy.reject_code },
+        message,
+        detail,
+        failure: None,
+    }
+}
+
+/// An OK reply read in one pass, without a tree; `None` when the one-pass writer hands the bytes
+/// back.
+fn replied_one_pass(entry: &CommandEntry, bytes: &Bytes, policy: &Policy) -> Option<Decision> {
+    let writer = &entry.reply;
+    if !writer.takes(bytes) {
+        return None;
+    }
+    let rejection = entry
+        .rejection
+        .as_ref()
+        .and_then(|f| writer.field_by_number(f.number()))
+        .and_then(|f| writer.message(bytes, f));
+    Some(match rejection {
+        // The contract's `Rejection`, checked by the writer: prost reads it as the tree does.
+        Some(r) => {
+            let r = RejectionDetail::decode(r).ok()?;
+            rejected(r.code, r.message, r.detail, policy)
+        }
+        None => Decision::Continue {
+            reply: Some(Reply::Encoded(bytes.clone())),
+            reason: Reason::Replied,
+        },
+    })
 }
 
 /// The spool's verdict on one delivery attempt's result.
@@ -601,15 +671,19 @@ mod tests {
         ];
         for (name, result, policy, expected) in table {
             let decision = decide(entry, result, &policy);
-            let env = render(
-                &decision,
-                Some(Target {
-                    entry,
-                    request: None,
-                    policy: &policy,
-                }),
-            );
+            let target = Target {
+                entry,
+                request: None,
+                policy: &policy,
+            };
+            let sent = crate::envelope::answer(&decision, Some(target));
+            let env = render(&decision, Some(target));
             assert_eq!(Json::Object(env.body), expected, "{name}");
+            assert_eq!(
+                serde_json::from_slice::<Json>(&sent.bytes).ok(),
+                Some(expected),
+                "{name}"
+            );
         }
     }
 

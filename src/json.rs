@@ -13,7 +13,10 @@
 //!
 //! The hot path does not build the tree: [`Transcoder`] streams a body straight into the request's
 //! protobuf bytes under the same rules, and hands anything it cannot treat identically in one pass
-//! (any field error, a key given twice) back to [`decode`], which stays the reference.
+//! (any field error, a key given twice) back to [`decode`], which stays the reference. The answer
+//! goes the same way back: [`ReplyWriter`] writes a reply's protobuf bytes as the envelope's
+//! members in one pass, and hands what it cannot write identically back to the tree
+//! (`DynamicMessage` and [`encode`]).
 
 use base64::Engine as _;
 use prost_reflect::{
@@ -21,7 +24,10 @@ use prost_reflect::{
 };
 use serde_json::{Map, Number, Value as Json};
 
+mod plan;
+pub mod reply;
 mod transcode;
+pub use reply::ReplyWriter;
 pub use transcode::{Transcoded, Transcoder};
 
 /// The result of decoding one OpenIM body.

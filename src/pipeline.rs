@@ -2,12 +2,12 @@
 //! decode → gate ([`crate::gate`]) → route (spool | call) → decide. Each stage is a small
 //! function that leaves the flight for the next or ends it with a [`Decision`]. Every exit, bad
 //! input and unknown commands included, is an [`Exit`] holding a `Decision`; the HTTP layer
-//! renders it once (`crate::envelope::render`) and counts it.
+//! writes it once (`crate::envelope::answer`) and counts it.
 
 use crate::catalog::{CommandEntry, OrderBy, Phase};
 use crate::config::Delivery;
 use crate::decision::{self, Decision, Failure, Reason};
-use crate::envelope::{Envelope, Target};
+use crate::envelope::{Answer, Target};
 use crate::gateway::{CallIds, CommandRoute, Gateway, Snapshot};
 use crate::json;
 use crate::spool;
@@ -192,8 +192,8 @@ impl Exit {
         }
     }
 
-    /// The envelope: rendered here, once per request.
-    pub(crate) fn render(&self) -> Envelope {
+    /// The envelope: written here, once per request.
+    pub(crate) fn render(&self) -> Answer {
         let target = self.known.as_ref().and_then(|k| {
             k.snapshot.route(k.entry.row.command).map(|route| Target {
                 entry: k.entry,
@@ -205,7 +205,7 @@ impl Exit {
                 policy: &route.policy,
             })
         });
-        let env = crate::envelope::render(&self.decision, target);
+        let env = crate::envelope::answer(&self.decision, target);
         if let Some(command) = self.command() {
             for fix in &env.fixes {
                 if fix.dropped {

@@ -35,7 +35,7 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let result = upstream.call(command, call, Retry::Never).await;
         let decision = decision::decide(entry, result, &policy);
-        let verdict = verdict(&decision);
+        let verdict = verdict(entry, &decision);
         metrics::counter!("gateway_shadow_verdicts_total", "command" => command, "verdict" => verdict)
             .increment(1);
         let (err_code, err_msg) = match &decision {
@@ -65,13 +65,13 @@ pub(crate) fn spawn(
 }
 
 /// What the service's answer would have done.
-pub(crate) fn verdict(decision: &Decision) -> &'static str {
+pub(crate) fn verdict(entry: &CommandEntry, decision: &Decision) -> &'static str {
     match decision {
         Decision::Reject { failure: None, .. } => "rejected",
         d if d.failure().is_some() => "failed",
         Decision::Continue {
             reply: Some(reply), ..
-        } if reply.fields().next().is_some() => "modified",
+        } if reply.message(entry).fields().next().is_some() => "modified",
         _ => "continue",
     }
 }

@@ -1,6 +1,8 @@
 // Command upstream is the benchmark's trivial gRPC upstream: GroupCallbackService's
 // BeforeCreateGroup and AfterQuitGroup return an empty reply at once, everything else is
-// UNIMPLEMENTED. It serves grpc.health.v1 (SERVING) so the gateway's readiness checks pass, and,
+// UNIMPLEMENTED. With -reply modify, BeforeCreateGroup answers the sample reply of
+// callbackBeforeCreateGroupCommand instead (groupID, groupName, needVerification set): a modify,
+// whose override fields the gateway writes into the envelope. It serves grpc.health.v1 (SERVING) so the gateway's readiness checks pass, and,
 // with -stats, a tiny HTTP endpoint GET /count answering {"before":N,"after":M} (the calls served),
 // which the harness reads to measure spool delivery.
 package main
@@ -23,12 +25,24 @@ import (
 
 var before, after atomic.Int64
 
+// modify: BeforeCreateGroup answers a modify instead of an empty reply (-reply modify).
+var modify bool
+
+func ptr[T any](v T) *T { return &v }
+
 type groups struct {
 	pb.UnimplementedGroupCallbackServiceServer
 }
 
 func (groups) BeforeCreateGroup(context.Context, *pb.BeforeCreateGroupRequest) (*pb.BeforeCreateGroupResponse, error) {
 	before.Add(1)
+	if modify {
+		return &pb.BeforeCreateGroupResponse{
+			GroupId:          ptr("phoenix-2024"),
+			GroupName:        ptr("Project Phoenix [internal]"),
+			NeedVerification: ptr(int32(1)),
+		}, nil
+	}
 	return &pb.BeforeCreateGroupResponse{}, nil
 }
 
@@ -40,7 +54,15 @@ func (groups) AfterQuitGroup(context.Context, *pb.AfterQuitGroupRequest) (*pb.Af
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "gRPC listen address")
 	stats := flag.String("stats", "", "optional HTTP address for GET /count")
+	reply := flag.String("reply", "empty", "BeforeCreateGroup's reply: empty (allow) or modify (the sample reply)")
 	flag.Parse()
+	switch *reply {
+	case "empty":
+	case "modify":
+		modify = true
+	default:
+		log.Fatalf("-reply is empty or modify, not %q", *reply)
+	}
 
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {

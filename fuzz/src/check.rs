@@ -19,11 +19,17 @@
 //!   `OnlyIfInRequest` keys only when the request had them, `JsonObjectString` keys only as a string
 //!   holding a JSON object, `EntriesRequire` lists only with entries that carry their key,
 //!   `EchoFromRequest` keys always when the request had them;
-//! - the decision is the one design §2 gives for the reply or status.
+//! - the decision is the one design §2 gives for the reply or status;
+//! - the one-pass answer (`decision::decide` + `envelope::answer`: the envelope written from the
+//!   reply's bytes) is byte for byte the tree's (`decision::decide_by_tree` + `envelope::render`:
+//!   a `DynamicMessage`, the rules on it, a JSON map), with the same fixes; and bytes the one-pass
+//!   writer takes are bytes the tree decodes.
 
 use bytes::Bytes;
 use openim_callback_gateway::catalog::{Catalog, CommandEntry, Phase, REJECTION_FIELD, Rule};
-use openim_callback_gateway::decision::{self, Decision, Failure, FailurePolicy, Policy, Reason};
+use openim_callback_gateway::decision::{
+    self, Decision, Failure, FailurePolicy, Policy, Reason, Reply,
+};
 use openim_callback_gateway::envelope::{self, Envelope, Target};
 use openim_callback_gateway::json;
 use openim_callback_gateway::upstream::CallError;
@@ -183,6 +189,7 @@ pub fn decode(h: &Harness, data: &[u8]) {
                 };
                 let env = envelope::render(&d, Some(target));
                 check_answer(entry, None, &p, &d, &env);
+                same_answer(&d, &d, target);
             }
         }
         Ok(decoded) => {
@@ -212,8 +219,59 @@ pub fn decode(h: &Harness, data: &[u8]) {
             };
             let env = envelope::render(&d, Some(target));
             check_answer(entry, Some(msg), &p, &d, &env);
+            same_answer(&d, &d, target);
         }
     }
+}
+
+/// The one-pass answer of `fast` (`decision::decide`) is the tree's answer of `tree`
+/// (`decision::decide_by_tree`) for the same call result: the same envelope bytes, the same
+/// fixes, the same outcome. Returns whether the one pass wrote it.
+pub fn same_answer(fast: &Decision, tree: &Decision, target: Target<'_>) -> bool {
+    assert_eq!(
+        fast.outcome(),
+        tree.outcome(),
+        "one pass and tree decide alike"
+    );
+    let one = envelope::answer(fast, Some(target));
+    let reference = envelope::render(tree, Some(target));
+    assert_eq!(
+        String::from_utf8_lossy(&one.bytes),
+        String::from_utf8_lossy(&reference.to_bytes()),
+        "one-pass envelope and tree envelope differ (one pass: {})",
+        one.one_pass
+    );
+    assert_eq!(one.fixes, reference.fixes, "one-pass and tree fixes differ");
+    one.one_pass
+}
+
+/// The one-pass path against the tree path for one OK reply: both decisions and both answers
+/// (see [`same_answer`]); bytes the one-pass writer takes must be bytes the tree decodes.
+/// Returns whether the answer was written in one pass.
+pub fn one_pass_is_the_tree(entry: &CommandEntry, reply: &[u8], target: Target<'_>) -> bool {
+    let takes = entry.reply.takes(reply);
+    if takes {
+        assert!(
+            DynamicMessage::decode(entry.response(), reply).is_ok(),
+            "the one-pass writer took bytes the tree refuses: {reply:?}"
+        );
+    }
+    let bytes = Bytes::copy_from_slice(reply);
+    let fast = decision::decide(entry, Ok(bytes.clone()), target.policy);
+    let tree = decision::decide_by_tree(entry, Ok(bytes), target.policy);
+    if takes {
+        assert!(
+            !matches!(
+                fast,
+                Decision::Continue {
+                    reply: Some(Reply::Decoded(_)),
+                    ..
+                }
+            ),
+            "a reply the writer takes is kept encoded"
+        );
+    }
+    same_answer(&fast, &tree, target)
 }
 
 /// Target `reply`: `[command, policy, reply bytes…]`. The bytes are the upstream's OK reply.
@@ -263,7 +321,10 @@ pub fn reply(h: &Harness, data: &[u8]) {
                 else {
                     panic!("a reply without a rejection must continue with it: {d:?}");
                 };
-                assert_eq!(json::encode(got, &[]), json::encode(&reply, &[]));
+                assert_eq!(
+                    json::encode(&got.message(entry), &[]),
+                    json::encode(&reply, &[])
+                );
             }
         },
     }
@@ -274,6 +335,7 @@ pub fn reply(h: &Harness, data: &[u8]) {
     };
     let env = envelope::render(&d, Some(target));
     check_answer(entry, Some(request), &p, &d, &env);
+    one_pass_is_the_tree(entry, rest, target);
 }
 
 /// Target `status`: `[command, policy, code, message length, message…, details…]`. The upstream
@@ -324,6 +386,7 @@ pub fn status(h: &Harness, data: &[u8]) {
     };
     let env = envelope::render(&d, Some(target));
     check_answer(entry, Some(request), &p, &d, &env);
+    same_answer(&d, &d, target);
 }
 
 /// `d` is the failure policy's answer for a failure labelled `label`.
@@ -427,7 +490,7 @@ fn check_overrides(
     entry: &CommandEntry,
     request: Option<&DynamicMessage>,
     policy: &Policy,
-    reply: Option<&DynamicMessage>,
+    reply: Option<&Reply>,
     obj: &Map<String, Json>,
 ) {
     let overrides: Vec<&String> = obj
@@ -449,8 +512,11 @@ fn check_overrides(
             .unwrap_or_else(|| panic!("override `{k}` is not a key of {}", resp.name()));
         assert_ne!(f.name(), REJECTION_FIELD, "rejection is not an OpenIM key");
     }
-    let empty = DynamicMessage::new(resp.clone());
-    let reply = reply.unwrap_or(&empty);
+    let reply = reply.map_or_else(
+        || DynamicMessage::new(resp.clone()),
+        |r| r.message(entry).into_owned(),
+    );
+    let reply = &reply;
     let req_has = |key: &str| {
         request.is_some_and(|r| {
             r.descriptor()
@@ -598,6 +664,27 @@ pub fn seeds(h: &Harness, payloads: &Path) -> Vec<(&'static str, String, Vec<u8>
                 input.extend_from_slice(&reply);
                 out.push(("reply", format!("{command}-{policy_byte}"), input));
             }
+            // The same reply as another encoder may write it: its fields in reverse order and an
+            // unknown field (127, a varint); with an empty request (policy bit 2).
+            let message = envelope::read_reply(entry, obj).message;
+            let mut input = vec![h.reply_byte(command), 4];
+            let mut fields: Vec<_> = message.fields().collect();
+            fields.reverse();
+            for (f, v) in fields {
+                let mut one = DynamicMessage::new(message.descriptor());
+                one.set_field(&f, v.clone());
+                input.extend_from_slice(&one.encode_to_vec());
+            }
+            input.extend_from_slice(&[0xf8, 0x07, 0x01]);
+            out.push(("reply", format!("{command}-reordered-4"), input));
+        }
+        if entry.phase == Phase::Before {
+            // The empty reply: allow, the common answer.
+            out.push((
+                "reply",
+                format!("{command}-empty-0"),
+                vec![h.reply_byte(command), 0],
+            ));
         }
         if entry.phase == Phase::Before {
             // A rejection by status with a Rejection in the details, and an INTERNAL error.

@@ -158,8 +158,7 @@ async fn callback(
     let inspect = snapshot.inspect.clone();
     let exit = pipeline::run(&gw, snapshot, cb).await;
     drop(permit);
-    let env = exit.render();
-    let env_bytes = env.to_bytes();
+    let env_bytes = exit.render().bytes;
     gw.inspector().record(
         &inspect,
         crate::inspect::Seen {

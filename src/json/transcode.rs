@@ -16,10 +16,11 @@
 //! tests check that on every real payload and on variants of each.
 
 use super::Path;
+use super::plan::{FieldPlan, Kind, Plan, Shape};
 use base64::Engine as _;
-use prost_reflect::{EnumDescriptor, MessageDescriptor};
+use prost_reflect::MessageDescriptor;
 use serde::de::{self, DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 /// A body transcoded to the request message's protobuf encoding.
@@ -36,95 +37,14 @@ pub struct Transcoded {
 /// The request type's fields, compiled once from its descriptor.
 #[derive(Debug, Clone)]
 pub struct Transcoder {
-    /// Index 0 is the root message; nested types follow, each once (recursion allowed).
-    messages: Vec<MessagePlan>,
-    enums: Vec<EnumDescriptor>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct MessagePlan {
-    /// In declaration order: the case-insensitive fallback takes the first match, like
-    /// [`super::field_for_key`].
-    fields: Vec<FieldPlan>,
-    /// (JSON name, index into `fields`), sorted by name.
-    by_name: Vec<(Box<str>, usize)>,
-}
-
-#[derive(Debug, Clone)]
-struct FieldPlan {
-    number: u32,
-    json_name: Box<str>,
-    shape: Shape,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Shape {
-    /// `presence`: written even when it holds the default (`optional`, messages).
-    Single {
-        kind: Kind,
-        presence: bool,
-    },
-    List {
-        kind: Kind,
-        packed: bool,
-    },
-    Map {
-        key: Kind,
-        value: Kind,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Double,
-    Float,
-    Int32,
-    Int64,
-    Uint32,
-    Uint64,
-    Sint32,
-    Sint64,
-    Fixed32,
-    Fixed64,
-    Sfixed32,
-    Sfixed64,
-    Bool,
-    String,
-    Bytes,
-    /// Index into `Transcoder::enums`.
-    Enum(usize),
-    /// Index into `Transcoder::messages`.
-    Message(usize),
-}
-
-impl Kind {
-    /// Integers and enums: what a JSON integer, or a string holding one, can fill.
-    fn integral(self) -> bool {
-        !matches!(
-            self,
-            Kind::Double | Kind::Float | Kind::String | Kind::Bytes | Kind::Bool | Kind::Message(_)
-        )
-    }
-
-    /// The protobuf wire type.
-    fn wire(self) -> u32 {
-        match self {
-            Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => 1,
-            Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => 5,
-            Kind::String | Kind::Bytes | Kind::Message(_) => 2,
-            _ => 0,
-        }
-    }
+    plan: Plan,
 }
 
 impl Transcoder {
     /// Compiles the transcoder of a request type.
     pub fn new(desc: &MessageDescriptor) -> Self {
-        let mut b = Builder::default();
-        b.message(desc);
         Self {
-            messages: b.messages,
-            enums: b.enums,
+            plan: Plan::new(desc),
         }
     }
 
@@ -152,98 +72,13 @@ impl Transcoder {
     }
 
     fn field(&self, msg: usize, key: &str) -> Option<&FieldPlan> {
-        let plan = &self.messages[msg];
+        let plan = &self.plan.messages[msg];
         match plan.by_name.binary_search_by(|(name, _)| (**name).cmp(key)) {
             Ok(i) => Some(&plan.fields[plan.by_name[i].1]),
             Err(_) => plan
                 .fields
                 .iter()
                 .find(|f| f.json_name.eq_ignore_ascii_case(key)),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Builder {
-    messages: Vec<MessagePlan>,
-    by_type: HashMap<String, usize>,
-    enums: Vec<EnumDescriptor>,
-    enum_by_type: HashMap<String, usize>,
-}
-
-impl Builder {
-    fn message(&mut self, desc: &MessageDescriptor) -> usize {
-        if let Some(&i) = self.by_type.get(desc.full_name()) {
-            return i;
-        }
-        let i = self.messages.len();
-        self.messages.push(MessagePlan::default());
-        self.by_type.insert(desc.full_name().to_owned(), i);
-        let fields: Vec<FieldPlan> = desc
-            .fields()
-            .map(|f| {
-                let shape = match f.kind() {
-                    prost_reflect::Kind::Message(entry) if f.is_map() => Shape::Map {
-                        key: self.kind(entry.map_entry_key_field().kind()),
-                        value: self.kind(entry.map_entry_value_field().kind()),
-                    },
-                    kind if f.is_list() => Shape::List {
-                        kind: self.kind(kind),
-                        packed: f.is_packed(),
-                    },
-                    kind => Shape::Single {
-                        kind: self.kind(kind),
-                        presence: f.supports_presence(),
-                    },
-                };
-                FieldPlan {
-                    number: f.number(),
-                    json_name: f.json_name().into(),
-                    shape,
-                }
-            })
-            .collect();
-        let mut by_name: Vec<(Box<str>, usize)> = fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.json_name.clone(), i))
-            .collect();
-        by_name.sort();
-        self.messages[i] = MessagePlan { fields, by_name };
-        i
-    }
-
-    fn kind(&mut self, kind: prost_reflect::Kind) -> Kind {
-        use prost_reflect::Kind as K;
-        match kind {
-            K::Double => Kind::Double,
-            K::Float => Kind::Float,
-            K::Int32 => Kind::Int32,
-            K::Int64 => Kind::Int64,
-            K::Uint32 => Kind::Uint32,
-            K::Uint64 => Kind::Uint64,
-            K::Sint32 => Kind::Sint32,
-            K::Sint64 => Kind::Sint64,
-            K::Fixed32 => Kind::Fixed32,
-            K::Fixed64 => Kind::Fixed64,
-            K::Sfixed32 => Kind::Sfixed32,
-            K::Sfixed64 => Kind::Sfixed64,
-            K::Bool => Kind::Bool,
-            K::String => Kind::String,
-            K::Bytes => Kind::Bytes,
-            K::Message(m) => Kind::Message(self.message(&m)),
-            K::Enum(e) => {
-                let i = match self.enum_by_type.get(e.full_name()) {
-                    Some(&i) => i,
-                    None => {
-                        self.enum_by_type
-                            .insert(e.full_name().to_owned(), self.enums.len());
-                        self.enums.push(e);
-                        self.enums.len() - 1
-                    }
-                };
-                Kind::Enum(i)
-            }
         }
     }
 }
@@ -779,7 +614,7 @@ impl<'de> Visitor<'de> for ScalarSeed<'_> {
                 .parse::<f64>()
                 .map(Scalar::Float)
                 .map_err(|e| e.to_string()),
-            Kind::Enum(e) => self.t.enums[e]
+            Kind::Enum(e) => self.t.plan.enums[e]
                 .get_value_by_name(v)
                 .map(|value| Scalar::Int(i128::from(value.number())))
                 .ok_or_else(|| "not an enum value".to_owned()),
