@@ -392,7 +392,7 @@ async fn admin_config_shows_the_live_configuration_and_what_a_reload_changed() {
             "{live}"
         );
         assert_eq!(live["config"]["defaults"]["timeout"], "1s", "{live}");
-        let log = gw.log_text();
+        let log = gw.log_with("configuration reloaded", 1);
         assert!(
             log.lines()
                 .any(|l| l.contains("configuration reloaded") && l.contains("defaults.timeout")),

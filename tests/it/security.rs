@@ -104,7 +104,7 @@ async fn path_secrets_and_header_admit_openim_and_refuse_everyone_else() {
         metrics.contains(r#"gateway_auth_refused_total{reason="header"} 2"#),
         "{metrics}"
     );
-    let log = gw.log_text();
+    let log = gw.log_with("callback refused by inbound auth", 4);
     assert!(log.contains("callback refused by inbound auth"), "{log}");
     assert!(
         log.contains("source=127.0.0.1"),

@@ -265,7 +265,7 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
             "{user}: every delivery carries the event's one id: {seen:?}"
         );
     }
-    let log = b.log_text();
+    let log = b.log_with("took over an event whose consumer stopped", 1);
     assert!(
         log.contains("took over an event whose consumer stopped"),
         "the survivor reclaimed the killed replica's events:\n{}",
@@ -310,22 +310,6 @@ async fn two_gateways_share_redis_survive_kill_9_of_one_and_a_redis_restart() {
     assert_ne!(code, Some(0));
     assert!(err.contains("cannot connect"), "{err}");
     drop(dir);
-}
-
-/// The log of `gw` once it has `n` lines containing `marker` (the lines arrive through a pipe).
-fn log_with(gw: &process::Gateway, marker: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = gw.log_text();
-        if log.lines().filter(|l| l.contains(marker)).count() >= n {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} lines with {marker:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The delivery ids on the log lines containing `marker`.
@@ -395,7 +379,7 @@ async fn redis_down_local_buffers_survive_kill_9_sync_delivers_now_with_its_id_r
         // sync: delivered during the callback, with its delivery id.
         let sync = gateway("sync");
         assert_eq!(callback(&sync, "sync-user"), (200, allow()));
-        let sync_log = log_with(&sync, "delivered synchronously", 1);
+        let sync_log = sync.log_with("delivered synchronously", 1);
         drop(sync);
         // reject: refused, stored nowhere.
         let reject = gateway("reject");
@@ -444,7 +428,7 @@ async fn redis_down_local_buffers_survive_kill_9_sync_delivers_now_with_its_id_r
 
     // The local gateway is killed (-9) with its buffer full while Redis is still down, and
     // starts again on the same disk.
-    let logged = logged_id(&log_with(&local, "local buffer", 3), "local buffer");
+    let logged = logged_id(&local.log_with("local buffer", 3), "local buffer");
     assert_eq!(logged.len(), 3, "{}", local.log_text());
     drop(local);
     let local = tokio::task::spawn_blocking(move || {

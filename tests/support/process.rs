@@ -23,6 +23,24 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The log once it has `n` lines containing `marker`: a line arrives a few milliseconds after
+    /// what logged it (the gateway's log writer thread, then the pipe), so a test that looks for
+    /// the line of something it just did waits for it. Fails after 10 s.
+    pub(crate) fn log_with(&self, marker: &str, n: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.lines().filter(|l| l.contains(marker)).count() >= n {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} lines with {marker:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The address of the admin port, from its log line (when `admin_listen` is set).
     pub(crate) fn admin_addr(&self) -> Option<String> {
         self.logs
