@@ -63,6 +63,59 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) sched: Sched,
+    /// Delivered events to delete, on their way to the writer without a message of their own.
+    pub(crate) delivered: Delivered,
+}
+
+/// The ids of delivered events waiting for the writer's next transaction. Adding them wakes the
+/// writer thread only when it sleeps without looking again by itself: while deliveries run it
+/// looks every [`writer::LINGER`], and the deletes usually share the next append's transaction
+/// without a wake-up of their own.
+#[derive(Default)]
+pub(crate) struct Delivered {
+    ids: Mutex<Vec<u64>>,
+    /// The writer sleeps until a message comes.
+    sleeping: AtomicBool,
+}
+
+impl Delivered {
+    /// Adds delivered ids; `true`: the writer sleeps, send it [`Cmd::Wake`].
+    pub(crate) fn add(&self, ids: impl IntoIterator<Item = u64>) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ids);
+        // SeqCst with the writer's store before it looks at `ids` (in `Writer::wait`): either it
+        // sees these ids, or this sees it sleeping.
+        self.sleeping.swap(false, Ordering::SeqCst)
+    }
+
+    /// The ids added since the last call.
+    pub(crate) fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// The writer is about to sleep until a message comes; `false`: ids wait, do not sleep.
+    fn sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.is_empty() {
+            return true;
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The writer is awake.
+    fn awake(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
 }
 
 struct SpoolCore {
@@ -134,6 +187,7 @@ impl RedbSpool {
             in_flight: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             sched,
+            delivered: Delivered::default(),
         });
         let db = Arc::new(opened.db);
         let (tx, rx) = std::sync::mpsc::channel();
