@@ -826,22 +826,22 @@ fn a_crash_between_a_delivery_and_its_delete_delivers_the_event_again() {
         .unwrap();
     assert!(!out.status.success(), "the child aborts");
     let text = String::from_utf8(out.stdout).unwrap();
-    let acked: HashMap<u64, String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("ACK ")?.split_once(' '))
+    // What follows `tag` on each line that has it (the harness's own words may precede it).
+    let tagged = |tag: &'static str| {
+        text.lines()
+            .filter_map(move |l| l.find(tag).map(|i| &l[i + tag.len()..]))
+    };
+    let acked: HashMap<u64, String> = tagged("ACK ")
+        .filter_map(|rest| rest.split_once(' '))
         .map(|(id, did)| (id.parse().unwrap(), did.to_owned()))
         .collect();
     assert_eq!(acked.len(), 64);
-    let crashed: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CRASH "))
+    let crashed: u64 = tagged("CRASH ")
+        .next()
         .expect("the child died in the delivery")
         .parse()
         .unwrap();
-    let before: HashSet<u64> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("DELIVERED ")?.parse().ok())
-        .collect();
+    let before: HashSet<u64> = tagged("DELIVERED ").filter_map(|id| id.parse().ok()).collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
