@@ -765,7 +765,11 @@ fn kill_9_loses_no_acknowledged_event() {
         // out, acknowledged or not.
         let next = spool.append(event("callbackAfterCrash", 0)).await.unwrap();
         let highest = delivered.keys().chain(acked.keys()).max().copied().unwrap();
-        assert!(next.id > highest, "id {} reused (highest {highest})", next.id);
+        assert!(
+            next.id > highest,
+            "id {} reused (highest {highest})",
+            next.id
+        );
         close(spool).await;
     });
 }
@@ -841,7 +845,9 @@ fn a_crash_between_a_delivery_and_its_delete_delivers_the_event_again() {
         .expect("the child died in the delivery")
         .parse()
         .unwrap();
-    let before: HashSet<u64> = tagged("DELIVERED ").filter_map(|id| id.parse().ok()).collect();
+    let before: HashSet<u64> = tagged("DELIVERED ")
+        .filter_map(|id| id.parse().ok())
+        .collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1149,7 +1155,11 @@ async fn a_backlog_goes_out_in_batches_and_one_failure_costs_only_its_event() {
         spool.stats().pending == 0 && spool.stats().in_flight == 0
     })
     .await;
-    assert_eq!(peak.load(Ordering::SeqCst), 8, "`workers` at once, never more");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        8,
+        "`workers` at once, never more"
+    );
     let mut attempts: HashMap<u32, Vec<u32>> = HashMap::new();
     for c in fake.calls() {
         attempts.entry(c.n).or_default().push(c.attempt);

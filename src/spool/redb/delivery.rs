@@ -103,9 +103,21 @@ impl Sched {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a stored event behind the others of its key; `rec`: the record just committed,
-    /// kept for the first attempt if the event is ready at once and few are carried.
+    /// Queues a stored event behind the others of its key and wakes the dispatcher.
     pub(crate) fn enqueue(&self, id: u64, key: Option<String>, rec: Option<Record>) {
+        self.enqueue_quietly(id, key, rec);
+        self.kick();
+    }
+
+    /// Wakes the dispatcher: something may be ready.
+    pub(crate) fn kick(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Queues a stored event behind the others of its key, without waking the dispatcher (the
+    /// caller does: [`Sched::kick`]); `rec`: the record just committed, kept for the first
+    /// attempt if the event is ready at once and few are carried.
+    pub(crate) fn enqueue_quietly(&self, id: u64, key: Option<String>, rec: Option<Record>) {
         let carry = || {
             let Some(rec) = rec else {
                 return Carried::default();
@@ -141,8 +153,6 @@ impl Sched {
                 }
             }
         }
-        drop(st);
-        self.notify.notify_one();
     }
 
     /// The entry is done (delivered, dead, or gone): its key's next event becomes ready.

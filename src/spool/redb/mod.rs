@@ -146,6 +146,30 @@ impl Drop for SpoolCore {
     }
 }
 
+/// An appender waiting for the writer's answer. The writer queues an appended event for delivery
+/// without waking the dispatcher while its appender waits: the appender wakes it once answered
+/// (from its own task: no wake-up across threads), or when dropped after the answer was sent;
+/// the writer does it when the answer finds nobody.
+struct Answer<'a> {
+    rx: oneshot::Receiver<Result<StoredEventRef, AppendError>>,
+    answered: bool,
+    sched: &'a Sched,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // Closed first: from here either the answer is in (the event is queued) or the writer's
+        // send fails and the writer wakes the dispatcher.
+        self.rx.close();
+        if matches!(self.rx.try_recv(), Ok(Ok(_))) {
+            self.sched.kick();
+        }
+    }
+}
+
 impl RedbSpool {
     /// Opens (or creates) the spool in `settings.dir` and starts its writer thread. Every event
     /// pending in the file is queued for delivery, which begins with [`RedbSpool::start`].
@@ -270,7 +294,18 @@ impl RedbSpool {
             .tx
             .send(Cmd::Append { rec, reply })
             .map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+        let mut answer = Answer {
+            rx,
+            answered: false,
+            sched: &self.inner.shared.sched,
+        };
+        let result = (&mut answer.rx).await;
+        answer.answered = true;
+        if matches!(result, Ok(Ok(_))) {
+            // Stored and queued: the dispatcher learns of it from this task, on this thread.
+            answer.sched.kick();
+        }
+        result.map_err(|_| AppendError::Closed)?
     }
 
     /// Starts delivery: a dispatcher task that runs attempts on at most `workers` tasks. Every
@@ -361,7 +396,7 @@ impl RedbSpool {
             which: Which::Dead,
             select: select.clone(),
             after,
-            max: max.max(1),
+            max,
         })
     }
 
@@ -378,7 +413,7 @@ impl RedbSpool {
             which,
             select: Select::command(command),
             after,
-            max: max.max(1),
+            max,
         })
     }
 

@@ -78,19 +78,13 @@ impl Cmd {
     fn can_linger(&self) -> bool {
         matches!(
             self,
-            Cmd::Wake
-                | Cmd::Attempted { .. }
-                | Cmd::Dead { .. }
-                | Cmd::Quarantine { .. }
+            Cmd::Wake | Cmd::Attempted { .. } | Cmd::Dead { .. } | Cmd::Quarantine { .. }
         )
     }
 }
 
-/// What woke the writer.
-enum Woken {
-    Cmd(Cmd),
-    /// Delivered events wait to be deleted.
-    Delivered,
+/// Why the writer woke without a command.
+enum Idle {
     /// Changes committed without a sync are due for one.
     Flush,
     /// Every sender is gone.
@@ -202,13 +196,12 @@ impl Writer {
     pub(crate) fn run(mut self) {
         loop {
             let first = match self.wait() {
-                Woken::Cmd(cmd) => cmd,
-                Woken::Delivered => Cmd::Wake,
-                Woken::Flush => {
+                Ok(cmd) => cmd,
+                Err(Idle::Flush) => {
                     self.commit_batch(Vec::new(), true);
                     continue;
                 }
-                Woken::Closed => break,
+                Err(Idle::Closed) => break,
             };
             let mut batch = vec![first];
             self.drain(&mut batch);
@@ -241,22 +234,23 @@ impl Writer {
         self.commit_batch(Vec::new(), true);
     }
 
-    /// Waits for work: a message, delivered events to delete, or the time to sync.
+    /// Waits for work: a message, delivered events to delete ([`Cmd::Wake`]), or the time to
+    /// sync.
     ///
     /// While deliveries run (or are about to) their deletes arrive without a message: the writer
     /// looks again every [`LINGER`]. Otherwise it sleeps until a message comes, and a delivery
     /// reported meanwhile wakes it ([`super::Delivered::add`]).
-    fn wait(&self) -> Woken {
+    fn wait(&self) -> Result<Cmd, Idle> {
         let delivered = &self.shared.delivered;
         loop {
-            let expecting = self.shared.in_flight.load(Ordering::SeqCst) > 0
-                || self.shared.sched.has_ready();
+            let expecting =
+                self.shared.in_flight.load(Ordering::SeqCst) > 0 || self.shared.sched.has_ready();
             if expecting {
                 if !delivered.is_empty() {
-                    return Woken::Delivered;
+                    return Ok(Cmd::Wake);
                 }
             } else if !delivered.sleep() {
-                return Woken::Delivered;
+                return Ok(Cmd::Wake);
             }
             let to_sync = self
                 .unsynced_since
@@ -269,21 +263,18 @@ impl Writer {
             };
             let got = match timeout {
                 Some(t) => self.rx.recv_timeout(t),
-                None => self
-                    .rx
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             delivered.awake();
             match got {
-                Ok(cmd) => return Woken::Cmd(cmd),
-                Err(RecvTimeoutError::Disconnected) => return Woken::Closed,
+                Ok(cmd) => return Ok(cmd),
+                Err(RecvTimeoutError::Disconnected) => return Err(Idle::Closed),
                 Err(RecvTimeoutError::Timeout) => {
                     if self
                         .unsynced_since
                         .is_some_and(|since| since.elapsed() >= FLUSH_EVERY)
                     {
-                        return Woken::Flush;
+                        return Err(Idle::Flush);
                     }
                 }
             }
@@ -350,8 +341,12 @@ impl Writer {
                     metrics::counter!("gateway_spool_dropped_total", "command" => command.clone())
                         .increment(1);
                 }
+                // Appended events are announced to the dispatcher by their appenders, from their
+                // own tasks (`super::Answer`); the writer does it for replayed events and for an
+                // appender that stopped waiting.
+                let mut kick = fx.enqueue.iter().any(|(_, _, rec)| rec.is_none());
                 for (id, key, rec) in fx.enqueue {
-                    self.shared.sched.enqueue(id, key, rec);
+                    self.shared.sched.enqueue_quietly(id, key, rec);
                 }
                 for reply in fx.replies {
                     match reply {
@@ -363,7 +358,9 @@ impl Writer {
                                 };
                                 metrics::counter!(name, "command" => command).increment(1);
                             }
-                            let _ = tx.send(result);
+                            if tx.send(result).is_err() {
+                                kick = true;
+                            }
                         }
                         Reply::Chunk(tx, result) => {
                             let _ = tx.send(result);
@@ -372,6 +369,9 @@ impl Writer {
                             let _ = tx.send(());
                         }
                     }
+                }
+                if kick {
+                    self.shared.sched.kick();
                 }
             }
             Err(e) => {
