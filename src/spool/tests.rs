@@ -1358,7 +1358,7 @@ fn settings_parse_durations_and_refuse_unknown_fields() {
     assert_eq!(d.dir, PathBuf::from("data/spool"));
     assert_eq!(
         (d.max_events, d.max_bytes, d.workers),
-        (1_000_000, 1 << 30, 16)
+        (1_000_000, 1 << 30, 64)
     );
     assert_eq!(d.max_age, Duration::from_secs(86_400));
     assert!(d.validate().is_ok());
