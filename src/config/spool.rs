@@ -81,7 +81,7 @@ impl Default for SpoolConfig {
             max_events: 1_000_000,
             max_bytes: 1 << 30,
             when_full: FullPolicy::Reject,
-            workers: 16,
+            workers: 64,
             max_attempts: 20,
             max_age: Duration::from_secs(24 * 3600),
             backoff_initial: Duration::from_millis(200),

@@ -34,14 +34,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn list(&self, which: Which, limit: usize) -> Result<Vec<StoredEvent>, SpoolError>;
     /// Pending events or dead letters, of one command if given.
     fn count(&self, which: Which, command: Option<&str>) -> Result<u64, SpoolError>;
-    /// One step of a replay of dead letters.
+    /// One step of a replay of dead letters: at most `max` (at least 1: the facade clamps it).
     fn replay_dead_chunk(
         &self,
         select: &Select,
         after: Option<u64>,
         max: usize,
     ) -> Result<Progress, SpoolError>;
-    /// One step of a purge.
+    /// One step of a purge: at most `max` (at least 1: the facade clamps it).
     fn purge_chunk(
         &self,
         which: Which,

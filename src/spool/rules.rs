@@ -4,10 +4,12 @@
 //! metric names are the same for redb and Redis. Also the words and metric of an event refused
 //! because the spool is full ([`note_rejected`]).
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use humantime::format_duration;
 
 use super::deliver::{Deliver, DeliveryResult};
@@ -38,29 +40,40 @@ pub(crate) fn rounded(d: Duration) -> humantime::FormattedDuration {
 /// precise error is normally the one recorded.
 const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
-/// One attempt `number` of `ev`, in its own task (a panicking deliverer costs one attempt, not
-/// the event's key) and under the deliverer's deadline plus [`DEADLINE_SLACK`].
+/// One attempt `number` of `ev`, with a panic caught (a panicking deliverer costs one attempt,
+/// not the event's key) and under the deliverer's deadline plus [`DEADLINE_SLACK`]. It runs in
+/// the caller's task, so that a worker can run several attempts at once without a task (and a
+/// wake-up) per attempt.
 pub(crate) async fn attempt(
     deliverer: &Arc<dyn Deliver>,
     ev: StoredEvent,
     number: u32,
 ) -> DeliveryResult {
     let timeout = deliverer.deadline(&ev);
-    let d = deliverer.clone();
-    let mut call = tokio::spawn(async move { d.deliver(&ev, number).await });
-    match tokio::time::timeout(timeout + DEADLINE_SLACK, &mut call).await {
+    // The deliverer is called inside the future, so a panic in the call itself is caught too.
+    let call = AssertUnwindSafe(async { deliverer.deliver(&ev, number).await }).catch_unwind();
+    match tokio::time::timeout(timeout + DEADLINE_SLACK, call).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => DeliveryResult::Retry(Fault::local(
+        Ok(Err(panic)) => DeliveryResult::Retry(Fault::local(
             "task_failed",
-            format!("the delivery task failed: {e}"),
+            format!("the delivery task failed: {}", panic_text(&*panic)),
         )),
-        Err(_) => {
-            call.abort();
-            DeliveryResult::Retry(Fault::local(
-                "timeout",
-                format!("no answer within the deadline of {}", rounded(timeout)),
-            ))
-        }
+        Err(_) => DeliveryResult::Retry(Fault::local(
+            "timeout",
+            format!("no answer within the deadline of {}", rounded(timeout)),
+        )),
+    }
+}
+
+/// What a caught panic says, as tokio words a panicked task.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned());
+    match msg {
+        Some(m) => format!("panicked with message {m:?}"),
+        None => "panicked".to_owned(),
     }
 }
 

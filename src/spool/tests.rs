@@ -761,6 +761,124 @@ fn kill_9_loses_no_acknowledged_event() {
         for (id, did) in &acked {
             assert_eq!(&delivered[id], did, "delivery id of {id} changed");
         }
+        // Ids are reserved ahead in blocks: after the crash they continue above every id given
+        // out, acknowledged or not.
+        let next = spool.append(event("callbackAfterCrash", 0)).await.unwrap();
+        let highest = delivered.keys().chain(acked.keys()).max().copied().unwrap();
+        assert!(
+            next.id > highest,
+            "id {} reused (highest {highest})",
+            next.id
+        );
+        close(spool).await;
+    });
+}
+
+const DELIVERY_CHILD_ENV: &str = "SPOOL_TEST_DELIVERY_CRASH_DIR";
+
+/// The delivery whose process dies before the spool records it, in
+/// `a_crash_between_a_delivery_and_its_delete_delivers_the_event_again`.
+const CRASH_AT: u32 = 10;
+
+/// Not a test on its own: the child process of
+/// `a_crash_between_a_delivery_and_its_delete_delivers_the_event_again`. It stores 64 events,
+/// then delivers them and aborts inside the delivery of event [`CRASH_AT`], after the upstream
+/// has it and before the spool hears of it.
+#[test]
+fn delivery_crash_child() {
+    let Some(dir) = std::env::var_os(DELIVERY_CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let spool = Spool::open(&settings(Path::new(&dir))).unwrap();
+        for r in join_all((0..64).map(|n| spool.append(event("callbackAfterCrash", n)))).await {
+            let r = r.unwrap();
+            println!("ACK {} {}", r.id, r.delivery_id);
+        }
+        let fake = Fake::new(|ev, _| {
+            println!("DELIVERED {}", ev.id);
+            if n_of(ev) == CRASH_AT {
+                println!("CRASH {}", ev.id);
+                std::process::abort();
+            }
+            DeliveryResult::Delivered
+        });
+        start(&spool, &fake);
+        // Bounded: the abort ends this process long before.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+#[test]
+fn a_crash_between_a_delivery_and_its_delete_delivers_the_event_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &test_name("delivery_crash_child"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DELIVERY_CHILD_ENV, dir.path())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child aborts");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // What follows `tag` on each line that has it (the harness's own words may precede it).
+    let tagged = |tag: &'static str| {
+        text.lines()
+            .filter_map(move |l| l.find(tag).map(|i| &l[i + tag.len()..]))
+    };
+    let acked: HashMap<u64, String> = tagged("ACK ")
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(id, did)| (id.parse().unwrap(), did.to_owned()))
+        .collect();
+    assert_eq!(acked.len(), 64);
+    let crashed: u64 = tagged("CRASH ")
+        .next()
+        .expect("the child died in the delivery")
+        .parse()
+        .unwrap();
+    let before: HashSet<u64> = tagged("DELIVERED ")
+        .filter_map(|id| id.parse().ok())
+        .collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let spool = Spool::open(&settings(dir.path())).unwrap();
+        let fake = Fake::new(|_, _| DeliveryResult::Delivered);
+        start(&spool, &fake);
+        wait_until("delivery after the crash", || spool.stats().pending == 0).await;
+        let after: HashMap<u64, String> = fake
+            .calls()
+            .into_iter()
+            .map(|c| (c.id, c.delivery_id))
+            .collect();
+        assert!(
+            after.contains_key(&crashed),
+            "the event delivered when the process died is delivered again"
+        );
+        assert_eq!(after[&crashed], acked[&crashed], "with its delivery id");
+        // The others: delivered before the crash (their deletes durable or not: a lost one is
+        // delivered again) or after it, each with its own id.
+        for (id, did) in &after {
+            assert_eq!(Some(did), acked.get(id), "delivery id of {id}");
+        }
+        let lost: Vec<_> = acked
+            .keys()
+            .filter(|id| !before.contains(id) && !after.contains_key(id))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged, never delivered: {lost:?}");
         close(spool).await;
     });
 }
@@ -997,6 +1115,68 @@ async fn different_keys_and_unordered_events_run_concurrently() {
     close(spool).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_out_in_batches_and_one_failure_costs_only_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&SpoolConfig {
+        workers: 8,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    // A backlog first: the dispatcher finds every event ready at once.
+    for n in 0..40 {
+        spool.append(event("callbackAfterX", n)).await.unwrap();
+    }
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let (r, p) = (running.clone(), peak.clone());
+    let fake = Fake::new_async(move |ev, attempt| {
+        match (n_of(ev), attempt) {
+            (5, 1) => panic!("deliverer bug (expected by the test)"),
+            (7, 1) => return Box::pin(async { DeliveryResult::Retry(fault("UNAVAILABLE")) }),
+            (9, 1) => return Box::pin(async { DeliveryResult::Permanent(fault("INVALID")) }),
+            _ => {}
+        }
+        let (r, p) = (r.clone(), p.clone());
+        Box::pin(async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            // Bounded: a batch's attempts run at once, so the others arrive meanwhile.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while p.load(Ordering::SeqCst) < 8 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            r.fetch_sub(1, Ordering::SeqCst);
+            DeliveryResult::Delivered
+        })
+    });
+    start(&spool, &fake);
+    wait_until("delivery", || {
+        spool.stats().pending == 0 && spool.stats().in_flight == 0
+    })
+    .await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        8,
+        "`workers` at once, never more"
+    );
+    let mut attempts: HashMap<u32, Vec<u32>> = HashMap::new();
+    for c in fake.calls() {
+        attempts.entry(c.n).or_default().push(c.attempt);
+    }
+    assert_eq!(attempts.len(), 40, "every event attempted");
+    for (n, made) in &attempts {
+        let expected: &[u32] = match n {
+            5 | 7 => &[1, 2],
+            _ => &[1],
+        };
+        assert_eq!(made, expected, "attempts of event {n}");
+    }
+    assert_eq!(spool.stats().dead, 1, "the permanent failure");
+    assert_eq!(spool.list(Which::Dead, 10).unwrap()[0].attempts, 1);
+    close(spool).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad files and records
 
@@ -1178,7 +1358,7 @@ fn settings_parse_durations_and_refuse_unknown_fields() {
     assert_eq!(d.dir, PathBuf::from("data/spool"));
     assert_eq!(
         (d.max_events, d.max_bytes, d.workers),
-        (1_000_000, 1 << 30, 16)
+        (1_000_000, 1 << 30, 64)
     );
     assert_eq!(d.max_age, Duration::from_secs(86_400));
     assert!(d.validate().is_ok());

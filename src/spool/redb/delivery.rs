@@ -14,6 +14,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
@@ -100,9 +103,21 @@ impl Sched {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a stored event behind the others of its key; `rec`: the record just committed,
-    /// kept for the first attempt if the event is ready at once and few are carried.
+    /// Queues a stored event behind the others of its key and wakes the dispatcher.
     pub(crate) fn enqueue(&self, id: u64, key: Option<String>, rec: Option<Record>) {
+        self.enqueue_quietly(id, key, rec);
+        self.kick();
+    }
+
+    /// Wakes the dispatcher: something may be ready.
+    pub(crate) fn kick(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Queues a stored event behind the others of its key, without waking the dispatcher (the
+    /// caller does: [`Sched::kick`]); `rec`: the record just committed, kept for the first
+    /// attempt if the event is ready at once and few are carried.
+    pub(crate) fn enqueue_quietly(&self, id: u64, key: Option<String>, rec: Option<Record>) {
         let carry = || {
             let Some(rec) = rec else {
                 return Carried::default();
@@ -138,8 +153,6 @@ impl Sched {
                 }
             }
         }
-        drop(st);
-        self.notify.notify_one();
     }
 
     /// The entry is done (delivered, dead, or gone): its key's next event becomes ready.
@@ -178,21 +191,43 @@ impl Sched {
         self.notify.notify_one();
     }
 
-    /// The next ready entry, or when the next timer is due.
-    fn take(&self, now: Instant) -> (Option<Ticket>, Option<Instant>) {
+    /// Up to `max` ready entries (due timers first become ready), or when the next timer is due.
+    fn take(&self, now: Instant, max: usize) -> (Vec<Ticket>, Option<Instant>) {
         let mut st = self.lock();
         while st.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
             if let Some(Reverse(t)) = st.timers.pop() {
                 st.ready.push_back(t.entry);
             }
         }
-        let entry = st.ready.pop_front();
-        (entry, st.timers.peek().map(|Reverse(t)| t.due))
+        let n = max.min(st.ready.len());
+        let entries = st.ready.drain(..n).collect();
+        (entries, st.timers.peek().map(|Reverse(t)| t.due))
+    }
+
+    /// Whether an entry is ready to start.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.lock().ready.is_empty()
+    }
+
+    /// Puts entries taken but not started back at the front, in their order.
+    fn untake(&self, entries: Vec<Ticket>) {
+        let mut st = self.lock();
+        for entry in entries.into_iter().rev() {
+            st.ready.push_front(entry);
+        }
+        drop(st);
+        self.notify.notify_one();
     }
 }
 
-/// The dispatcher: takes ready entries and runs each attempt on its own task, at most `workers`
-/// at a time. Holds the spool weakly so that dropping the last handle ends it.
+/// Most attempts one worker task runs at once: the events ready together, up to the free
+/// `workers` slots, go out together (one task, their calls pipelined on the upstream's
+/// connection) and their deletes reach the writer in one message.
+pub(crate) const BATCH_MAX: usize = 64;
+
+/// The dispatcher: takes ready entries, as many as there are free slots (at most `workers`
+/// attempts run at a time), and runs them together on one worker task ([`run_batch`]). Holds the
+/// spool weakly so that dropping the last handle ends it.
 pub(crate) async fn dispatch(
     weak: Weak<SpoolCore>,
     shared: Arc<Shared>,
@@ -211,10 +246,13 @@ pub(crate) async fn dispatch(
             },
             _ = stop.changed() => return,
         };
-        let entry = loop {
-            let (entry, next_due) = shared.sched.take(Instant::now());
-            if let Some(entry) = entry {
-                break entry;
+        let mut permits = vec![permit];
+        let entries = loop {
+            // The slots free now, each taken only for an entry that is ready.
+            let max = BATCH_MAX.min(1 + sem.available_permits());
+            let (entries, next_due) = shared.sched.take(Instant::now(), max);
+            if !entries.is_empty() {
+                break entries;
             }
             // A notification sent after `take` is kept by `Notify`, so none is lost.
             let notified = shared.sched.notify.notified();
@@ -230,15 +268,26 @@ pub(crate) async fn dispatch(
                 _ = stop.changed() => return,
             }
         };
+        while permits.len() < entries.len() {
+            match sem.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut entries = entries;
+        if permits.len() < entries.len() {
+            shared.sched.untake(entries.split_off(permits.len()));
+        }
         let Some(inner) = weak.upgrade() else { return };
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let in_flight = InFlight(shared.clone());
-        tokio::spawn(attempt(
-            inner,
-            deliverer.clone(),
-            entry,
-            (permit, in_flight),
-        ));
+        let batch: Vec<_> = entries
+            .into_iter()
+            .zip(permits)
+            .map(|(entry, permit)| {
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                (entry, (permit, InFlight(shared.clone())))
+            })
+            .collect();
+        tokio::spawn(run_batch(inner, deliverer.clone(), batch));
     }
 }
 
@@ -251,13 +300,50 @@ impl Drop for InFlight {
     }
 }
 
+/// An attempt's slot: released however the attempt ends.
+type Slot = (OwnedSemaphorePermit, InFlight);
+
+/// Runs the attempts of a batch at once. The events delivered by the time the task looks again
+/// are handed to the writer together (`Shared::delivered`, a wake-up only when the writer
+/// sleeps), before their keys move on ([`Sched::finish`]), so that a key's deletes reach the
+/// writer in the key's order.
+async fn run_batch(inner: Arc<SpoolCore>, deliverer: Arc<dyn Deliver>, batch: Vec<(Ticket, Slot)>) {
+    let mut running: FuturesUnordered<_> = batch
+        .into_iter()
+        .map(|(entry, slot)| attempt(&inner, &deliverer, entry, slot))
+        .collect();
+    let mut delivered = Vec::new();
+    while let Some(done) = running.next().await {
+        delivered.extend(done);
+        // Whatever else has finished meanwhile shares the message.
+        while let Some(Some(done)) = running.next().now_or_never() {
+            delivered.extend(done);
+        }
+        if delivered.is_empty() {
+            continue;
+        }
+        if inner
+            .shared
+            .delivered
+            .add(delivered.iter().map(|(entry, _)| entry.id))
+        {
+            send(&inner, Cmd::Wake);
+        }
+        for (entry, slot) in delivered.drain(..) {
+            inner.shared.sched.finish(&entry);
+            drop(slot);
+        }
+    }
+}
+
+/// One attempt; a delivered event is handed back (with its slot) for the batch's delete, every
+/// other outcome is recorded here.
 async fn attempt(
-    inner: Arc<SpoolCore>,
-    deliverer: Arc<dyn Deliver>,
+    inner: &SpoolCore,
+    deliverer: &Arc<dyn Deliver>,
     entry: Ticket,
-    // Released however the attempt ends.
-    _slot: (OwnedSemaphorePermit, InFlight),
-) {
+    slot: Slot,
+) -> Option<(Ticket, Slot)> {
     let id = entry.id;
     let mut entry = entry;
     let carried = entry.carried.0.take().and_then(|(rec, generation)| {
@@ -278,7 +364,7 @@ async fn attempt(
         Ok(Ok(Loaded::Found(rec))) => rec,
         Ok(Ok(Loaded::Missing)) => {
             inner.shared.sched.finish(&entry);
-            return;
+            return None;
         }
         Ok(Ok(Loaded::Undecodable(error))) => {
             tracing::error!(
@@ -288,12 +374,18 @@ async fn attempt(
             );
             metrics::counter!("gateway_spool_dead_total", "command" => "<undecodable>", "reason" => "undecodable")
                 .increment(1);
-            send(&inner, Cmd::Quarantine { id, error });
+            send(inner, Cmd::Quarantine { id, error });
             inner.shared.sched.finish(&entry);
-            return;
+            return None;
         }
-        Ok(Err(e)) => return read_failed(&inner, entry, &e),
-        Err(e) => return read_failed(&inner, entry, &e),
+        Ok(Err(e)) => {
+            read_failed(inner, entry, &e);
+            return None;
+        }
+        Err(e) => {
+            read_failed(inner, entry, &e);
+            return None;
+        }
     };
     let number = entry
         .attempts
@@ -304,7 +396,7 @@ async fn attempt(
     let mut ev = rec.into_stored(id);
     ev.attempts = number - 1;
     match attempt_and_judge(
-        &deliverer,
+        deliverer,
         &inner.settings,
         inner.shared.role,
         ev,
@@ -313,15 +405,12 @@ async fn attempt(
     )
     .await
     {
-        Verdict::Delivered => {
-            send(&inner, Cmd::Delivered { id });
-            inner.shared.sched.finish(&entry);
-        }
+        Verdict::Delivered => return Some((entry, slot)),
         // The attempt did not happen: its number is not used up.
         Verdict::Defer(wait) => inner.shared.sched.retry(entry, Instant::now() + wait),
         Verdict::Dead { attempt, reason } => {
             send(
-                &inner,
+                inner,
                 Cmd::Dead {
                     id,
                     attempt,
@@ -336,7 +425,7 @@ async fn attempt(
             wait,
         } => {
             let attempts = attempt.number;
-            send(&inner, Cmd::Attempted { id, attempt, error });
+            send(inner, Cmd::Attempted { id, attempt, error });
             let entry = Ticket {
                 attempts: Some(attempts),
                 ..entry
@@ -344,6 +433,8 @@ async fn attempt(
             inner.shared.sched.retry(entry, Instant::now() + wait);
         }
     }
+    drop(slot);
+    None
 }
 
 fn read_failed(inner: &SpoolCore, entry: Ticket, e: &dyn std::fmt::Display) {

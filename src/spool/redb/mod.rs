@@ -63,6 +63,59 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) sched: Sched,
+    /// Delivered events to delete, on their way to the writer without a message of their own.
+    pub(crate) delivered: Delivered,
+}
+
+/// The ids of delivered events waiting for the writer's next transaction. Adding them wakes the
+/// writer thread only when it sleeps without looking again by itself: while deliveries run it
+/// looks every [`writer::LINGER`], and the deletes usually share the next append's transaction
+/// without a wake-up of their own.
+#[derive(Default)]
+pub(crate) struct Delivered {
+    ids: Mutex<Vec<u64>>,
+    /// The writer sleeps until a message comes.
+    sleeping: AtomicBool,
+}
+
+impl Delivered {
+    /// Adds delivered ids; `true`: the writer sleeps, send it [`Cmd::Wake`].
+    pub(crate) fn add(&self, ids: impl IntoIterator<Item = u64>) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(ids);
+        // SeqCst with the writer's store before it looks at `ids` (in `Writer::wait`): either it
+        // sees these ids, or this sees it sleeping.
+        self.sleeping.swap(false, Ordering::SeqCst)
+    }
+
+    /// The ids added since the last call.
+    pub(crate) fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// The writer is about to sleep until a message comes; `false`: ids wait, do not sleep.
+    fn sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if self.is_empty() {
+            return true;
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The writer is awake.
+    fn awake(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
 }
 
 struct SpoolCore {
@@ -89,6 +142,30 @@ impl Drop for SpoolCore {
             .take();
         if handle.is_some_and(|h| h.join().is_err()) {
             tracing::error!(path = %self.shared.path.display(), "spool writer thread panicked");
+        }
+    }
+}
+
+/// An appender waiting for the writer's answer. The writer queues an appended event for delivery
+/// without waking the dispatcher while its appender waits: the appender wakes it once answered
+/// (from its own task: no wake-up across threads), or when dropped after the answer was sent;
+/// the writer does it when the answer finds nobody.
+struct Answer<'a> {
+    rx: oneshot::Receiver<Result<StoredEventRef, AppendError>>,
+    answered: bool,
+    sched: &'a Sched,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        // Closed first: from here either the answer is in (the event is queued) or the writer's
+        // send fails and the writer wakes the dispatcher.
+        self.rx.close();
+        if matches!(self.rx.try_recv(), Ok(Ok(_))) {
+            self.sched.kick();
         }
     }
 }
@@ -134,6 +211,7 @@ impl RedbSpool {
             in_flight: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             sched,
+            delivered: Delivered::default(),
         });
         let db = Arc::new(opened.db);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -216,7 +294,18 @@ impl RedbSpool {
             .tx
             .send(Cmd::Append { rec, reply })
             .map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+        let mut answer = Answer {
+            rx,
+            answered: false,
+            sched: &self.inner.shared.sched,
+        };
+        let result = (&mut answer.rx).await;
+        answer.answered = true;
+        if matches!(result, Ok(Ok(_))) {
+            // Stored and queued: the dispatcher learns of it from this task, on this thread.
+            answer.sched.kick();
+        }
+        result.map_err(|_| AppendError::Closed)?
     }
 
     /// Starts delivery: a dispatcher task that runs attempts on at most `workers` tasks. Every
@@ -307,7 +396,7 @@ impl RedbSpool {
             which: Which::Dead,
             select: select.clone(),
             after,
-            max: max.max(1),
+            max,
         })
     }
 
@@ -324,7 +413,7 @@ impl RedbSpool {
             which,
             select: Select::command(command),
             after,
-            max: max.max(1),
+            max,
         })
     }
 

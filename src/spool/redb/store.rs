@@ -2,8 +2,9 @@
 //! clear errors, reads.
 //!
 //! Tables: `meta` (format marker, the random instance id, the next event id), `pending` and `dead`
-//! (event id -> [`Record`]). Ids only grow, also across restarts (`next_id` is committed with
-//! every append), so a delivery id is never reused.
+//! (event id -> [`Record`]). Ids only grow, also across restarts (`next_id` is committed a block
+//! of ids ahead of the ids given out, in the transaction of the append that first needs the
+//! block), so a delivery id is never reused.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;

@@ -1,12 +1,14 @@
 //! The one thread that owns the spool's write transactions: group commit, the full-spool policy,
 //! attempt counts, deletes, dead letters, replays and purges.
 //!
-//! It takes every command queued at the moment (up to `batch_max`) into one transaction. A batch
-//! with an append, a flush or a close commits with `Durability::Immediate` (one disk sync for all
-//! of it); a batch of deletes and attempt counts alone first waits up to [`LINGER`] for an append
-//! to share its transaction, else commits without a sync, and is synced by the next durable
-//! commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters
-//! published and new events queued for delivery only after the commit.
+//! It takes every command queued at the moment (up to `batch_max`) into one transaction, with
+//! the deletes of every event delivered since the last one (`Shared::delivered`: the workers
+//! hand them over without a message while the writer looks by itself, see `Writer::wait`). A
+//! batch with an append, a flush or a close commits with `Durability::Immediate` (one disk sync
+//! for all of it); a batch of deletes and attempt counts alone first waits up to [`LINGER`] for
+//! an append to share its transaction, else commits without a sync, and is synced by the next
+//! durable commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters published and
+//! new events queued for delivery only after the commit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,8 +46,8 @@ pub(crate) enum Cmd {
         rec: Record,
         reply: oneshot::Sender<Result<StoredEventRef, AppendError>>,
     },
-    /// Delivered: delete it.
-    Delivered { id: u64 },
+    /// Delivered events wait in `Shared::delivered`, and the writer sleeps: look at them.
+    Wake,
     /// A retryable failure: persist the attempt (count, history) and the error.
     Attempted {
         id: u64,
@@ -69,19 +71,24 @@ pub(crate) enum Cmd {
 }
 
 /// How long a batch of deletes and attempt counts waits for an append to share its commit.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Cmd {
     /// Whether nobody waits on it: a delete, an attempt count, a dead letter.
     fn can_linger(&self) -> bool {
         matches!(
             self,
-            Cmd::Delivered { .. }
-                | Cmd::Attempted { .. }
-                | Cmd::Dead { .. }
-                | Cmd::Quarantine { .. }
+            Cmd::Wake | Cmd::Attempted { .. } | Cmd::Dead { .. } | Cmd::Quarantine { .. }
         )
     }
+}
+
+/// Why the writer woke without a command.
+enum Idle {
+    /// Changes committed without a sync are due for one.
+    Flush,
+    /// Every sender is gone.
+    Closed,
 }
 
 /// Counters as of the last commit, and what the current transaction changes.
@@ -91,7 +98,14 @@ struct Counts {
     dead: u64,
     bytes: u64,
     next_id: u64,
+    /// The `next_id` stored in the file: ids below it may have been given out. Stored a block
+    /// ([`ID_BLOCK`]) ahead, so that an append rarely writes the meta table too.
+    reserved: u64,
 }
+
+/// Ids reserved in the file at a time. A restart continues at the reserved mark, skipping the
+/// ids of the block not given out: ids only grow, so no delivery id is ever reused.
+const ID_BLOCK: u64 = 1024;
 
 enum Reply {
     Append(
@@ -163,6 +177,7 @@ impl Writer {
             dead: shared.dead.load(Ordering::Relaxed),
             bytes: shared.bytes.load(Ordering::Relaxed),
             next_id,
+            reserved: next_id,
         };
         Writer {
             db,
@@ -180,22 +195,13 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         loop {
-            let first = match self.unsynced_since {
-                Some(since) => match self
-                    .rx
-                    .recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed()))
-                {
-                    Ok(cmd) => cmd,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.commit_batch(Vec::new(), true);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(cmd) => cmd,
-                    Err(_) => break,
-                },
+            let first = match self.wait() {
+                Ok(cmd) => cmd,
+                Err(Idle::Flush) => {
+                    self.commit_batch(Vec::new(), true);
+                    continue;
+                }
+                Err(Idle::Closed) => break,
             };
             let mut batch = vec![first];
             self.drain(&mut batch);
@@ -225,8 +231,53 @@ impl Writer {
                 return;
             }
         }
-        if self.unsynced_since.is_some() {
-            self.commit_batch(Vec::new(), true);
+        self.commit_batch(Vec::new(), true);
+    }
+
+    /// Waits for work: a message, delivered events to delete ([`Cmd::Wake`]), or the time to
+    /// sync.
+    ///
+    /// While deliveries run (or are about to) their deletes arrive without a message: the writer
+    /// looks again every [`LINGER`]. Otherwise it sleeps until a message comes, and a delivery
+    /// reported meanwhile wakes it ([`super::Delivered::add`]).
+    fn wait(&self) -> Result<Cmd, Idle> {
+        let delivered = &self.shared.delivered;
+        loop {
+            let expecting =
+                self.shared.in_flight.load(Ordering::SeqCst) > 0 || self.shared.sched.has_ready();
+            if expecting {
+                if !delivered.is_empty() {
+                    return Ok(Cmd::Wake);
+                }
+            } else if !delivered.sleep() {
+                return Ok(Cmd::Wake);
+            }
+            let to_sync = self
+                .unsynced_since
+                .map(|since| FLUSH_EVERY.saturating_sub(since.elapsed()));
+            let timeout = match (to_sync, expecting) {
+                (Some(left), true) => Some(left.min(LINGER)),
+                (Some(left), false) => Some(left),
+                (None, true) => Some(LINGER),
+                (None, false) => None,
+            };
+            let got = match timeout {
+                Some(t) => self.rx.recv_timeout(t),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            delivered.awake();
+            match got {
+                Ok(cmd) => return Ok(cmd),
+                Err(RecvTimeoutError::Disconnected) => return Err(Idle::Closed),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self
+                        .unsynced_since
+                        .is_some_and(|since| since.elapsed() >= FLUSH_EVERY)
+                    {
+                        return Err(Idle::Flush);
+                    }
+                }
+            }
         }
     }
 
@@ -290,8 +341,12 @@ impl Writer {
                     metrics::counter!("gateway_spool_dropped_total", "command" => command.clone())
                         .increment(1);
                 }
+                // Appended events are announced to the dispatcher by their appenders, from their
+                // own tasks (`super::Answer`); the writer does it for replayed events and for an
+                // appender that stopped waiting.
+                let mut kick = fx.enqueue.iter().any(|(_, _, rec)| rec.is_none());
                 for (id, key, rec) in fx.enqueue {
-                    self.shared.sched.enqueue(id, key, rec);
+                    self.shared.sched.enqueue_quietly(id, key, rec);
                 }
                 for reply in fx.replies {
                     match reply {
@@ -303,7 +358,9 @@ impl Writer {
                                 };
                                 metrics::counter!(name, "command" => command).increment(1);
                             }
-                            let _ = tx.send(result);
+                            if tx.send(result).is_err() {
+                                kick = true;
+                            }
                         }
                         Reply::Chunk(tx, result) => {
                             let _ = tx.send(result);
@@ -312,6 +369,9 @@ impl Writer {
                             let _ = tx.send(());
                         }
                     }
+                }
+                if kick {
+                    self.shared.sched.kick();
                 }
             }
             Err(e) => {
@@ -352,7 +412,15 @@ impl Writer {
     ) -> Result<(), redb::Error> {
         let mut pending = txn.open_table(PENDING)?;
         let mut dead = txn.open_table(DEAD)?;
-        let next_id_before = c.next_id;
+        // The deliveries reported so far. A retry's attempt count sent before an event's
+        // delivery may come after its delete: it then finds nothing to update.
+        for id in self.shared.delivered.take() {
+            if let Some(old) = pending.remove(id)? {
+                c.pending -= 1;
+                c.bytes = c.bytes.saturating_sub(entry_bytes(old.value().len()));
+                fx.changed = true;
+            }
+        }
         for cmd in batch {
             match cmd {
                 Cmd::Append { rec, reply } => {
@@ -361,13 +429,7 @@ impl Writer {
                     let result = self.append(&mut pending, rec, c, fx);
                     fx.replies.push(Reply::Append(reply, result?, command));
                 }
-                Cmd::Delivered { id } => {
-                    if let Some(old) = pending.remove(id)? {
-                        c.pending -= 1;
-                        c.bytes = c.bytes.saturating_sub(entry_bytes(old.value().len()));
-                        fx.changed = true;
-                    }
-                }
+                Cmd::Wake => {}
                 Cmd::Attempted { id, attempt, error } => {
                     let Some(mut rec) = decode_at(&pending, id)? else {
                         continue;
@@ -432,9 +494,19 @@ impl Writer {
                 }
             }
         }
-        if c.next_id != next_id_before {
+        // Closing stores the exact next id, so that ids continue without a gap after a clean
+        // stop; only a crash skips the rest of a block.
+        let reserved = if fx.close {
+            c.next_id
+        } else if c.next_id > c.reserved {
+            c.next_id.saturating_add(ID_BLOCK)
+        } else {
+            c.reserved
+        };
+        if reserved != c.reserved {
+            c.reserved = reserved;
             let mut meta = txn.open_table(META)?;
-            meta.insert(KEY_NEXT_ID, c.next_id.to_le_bytes().as_slice())?;
+            meta.insert(KEY_NEXT_ID, reserved.to_le_bytes().as_slice())?;
         }
         Ok(())
     }
