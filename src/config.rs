@@ -89,15 +89,6 @@ impl Workers {
     }
 }
 
-impl std::fmt::Display for Workers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Count(n) => write!(f, "{n}"),
-        }
-    }
-}
-
 impl Serialize for Workers {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {

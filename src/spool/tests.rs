@@ -132,6 +132,30 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The runtime a crash test reopens its spool on, after the child process died.
+fn crash_recovery_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Opens the spool in `dir` again after a crash, delivers everything pending to a fake that
+/// accepts all, and returns the spool with what was delivered (event id -> delivery id).
+async fn reopen_and_deliver_all(dir: &Path) -> (Spool, HashMap<u64, String>) {
+    let spool = Spool::open(&settings(dir)).unwrap();
+    let fake = Fake::new(|_, _| DeliveryResult::Delivered);
+    start(&spool, &fake);
+    wait_until("delivery after the crash", || spool.stats().pending == 0).await;
+    let delivered = fake
+        .calls()
+        .into_iter()
+        .map(|c| (c.id, c.delivery_id))
+        .collect();
+    (spool, delivered)
+}
+
 fn start(spool: &Spool, fake: &Arc<Fake>) {
     let d: Arc<dyn Deliver> = fake.clone();
     spool.start(d);
@@ -738,21 +762,8 @@ fn kill_9_loses_no_acknowledged_event() {
         record(line, &mut acked);
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let spool = Spool::open(&settings(dir.path())).unwrap();
-        let fake = Fake::new(|_, _| DeliveryResult::Delivered);
-        start(&spool, &fake);
-        wait_until("delivery after the crash", || spool.stats().pending == 0).await;
-        let delivered: HashMap<u64, String> = fake
-            .calls()
-            .into_iter()
-            .map(|c| (c.id, c.delivery_id))
-            .collect();
+    crash_recovery_runtime().block_on(async {
+        let (spool, delivered) = reopen_and_deliver_all(dir.path()).await;
         let missing: Vec<_> = acked
             .keys()
             .filter(|id| !delivered.contains_key(id))
@@ -849,21 +860,8 @@ fn a_crash_between_a_delivery_and_its_delete_delivers_the_event_again() {
         .filter_map(|id| id.parse().ok())
         .collect();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let spool = Spool::open(&settings(dir.path())).unwrap();
-        let fake = Fake::new(|_, _| DeliveryResult::Delivered);
-        start(&spool, &fake);
-        wait_until("delivery after the crash", || spool.stats().pending == 0).await;
-        let after: HashMap<u64, String> = fake
-            .calls()
-            .into_iter()
-            .map(|c| (c.id, c.delivery_id))
-            .collect();
+    crash_recovery_runtime().block_on(async {
+        let (spool, after) = reopen_and_deliver_all(dir.path()).await;
         assert!(
             after.contains_key(&crashed),
             "the event delivered when the process died is delivered again"

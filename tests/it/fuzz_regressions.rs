@@ -416,20 +416,25 @@ fn statuses_with_any_code_message_and_details() {
     }
 }
 
-/// A bounded mutation-fuzz pass for CI (the coverage-guided libFuzzer runs live in `fuzz/`):
-/// every seed of every target, mutated at random (bit flips, byte edits, truncation, splices of
-/// another seed, JSON-ish tokens), through the same checks. `FUZZ_SEED` reproduces a run (the
-/// seed is printed); `FUZZ_ITERATIONS` sets its length.
-#[test]
-fn bounded_mutation_pass_over_the_seeds() {
-    let seed = std::env::var("FUZZ_SEED")
+/// `FUZZ_SEED`, else one from the clock (the tests print it, so a run can be reproduced).
+fn fuzz_seed() -> u64 {
+    std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        });
+        })
+}
+
+/// A bounded mutation-fuzz pass for CI (the coverage-guided libFuzzer runs live in `fuzz/`):
+/// every seed of every target, mutated at random (bit flips, byte edits, truncation, splices of
+/// another seed, JSON-ish tokens), through the same checks. `FUZZ_SEED` reproduces a run (the
+/// seed is printed); `FUZZ_ITERATIONS` sets its length.
+#[test]
+fn bounded_mutation_pass_over_the_seeds() {
+    let seed = fuzz_seed();
     let iterations: usize = std::env::var("FUZZ_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -636,14 +641,7 @@ fn the_reply_writer_writes_every_sample_reply_as_the_tree_does() {
 #[test]
 fn the_reply_writer_writes_generated_replies_as_the_tree_does() {
     use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
-    let seed = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = fuzz_seed();
     println!("generated replies: FUZZ_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     const STRINGS: &[&str] = &[
