@@ -4,15 +4,19 @@
 //!   [`Backend`] implementation.
 //! - `store.rs`: the on-disk format (redb tables of [`Record`]s), opening with clear errors, reads.
 //! - `writer.rs`: the one thread that owns write transactions: group commit, limits, dead letters.
+//! - `journal.rs`: the append journal that makes a batch of appends durable with one write.
 //! - `delivery.rs`: the scheduler (ordering keys, retry timers) and the delivery workers.
 //!
 //! The same type, in the role of a buffer ([`Role::Buffer`]), is the Redis backend's local
 //! buffer for Redis outages.
 //!
 //! [`RedbSpool::append`] hands the event to the writer thread, which puts every event queued at
-//! that moment (up to `batch_max`) into one redb write transaction committed with
-//! `Durability::Immediate`: one disk sync for the whole batch. Only then does `append` return, so
-//! an acknowledged event survives `kill -9`. The writer then queues the event id for delivery.
+//! that moment (up to `batch_max`) into one redb write transaction, and writes the batch's new
+//! records to the journal as one frame with one disk sync (`journal.rs`); the redb commit itself
+//! is not synced. Only then does `append` return, so an acknowledged event survives `kill -9` and
+//! power loss: opening the spool replays the journal. At least every [`FLUSH_EVERY`] (and for any
+//! change other than appends) a durable redb commit, a checkpoint, makes the journal's contents
+//! redundant and starts it over. The writer then queues the event id for delivery.
 //! Delivery workers read the event, call the [`Deliver`] implementation with a deadline, and
 //! report back as the shared rules (`super::rules`) say: success deletes the event, a retryable
 //! failure persists the attempt and schedules a retry, a permanent failure or exhausted attempts
@@ -22,6 +26,7 @@
 //! synced at the latest [`FLUSH_EVERY`] later.
 
 mod delivery;
+mod journal;
 pub(super) mod store;
 mod writer;
 
@@ -222,6 +227,7 @@ impl RedbSpool {
             settings,
             opened.instance,
             opened.next_id,
+            opened.journal,
         );
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())

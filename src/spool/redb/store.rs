@@ -1,10 +1,11 @@
 //! The redb backend's on-disk format (redb tables holding protobuf [`Record`]s), opening with
 //! clear errors, reads.
 //!
-//! Tables: `meta` (format marker, the random instance id, the next event id), `pending` and `dead`
-//! (event id -> [`Record`]). Ids only grow, also across restarts (`next_id` is committed a block
-//! of ids ahead of the ids given out, in the transaction of the append that first needs the
-//! block), so a delivery id is never reused.
+//! Tables: `meta` (format marker, the random instance id, the next event id, the journal epoch),
+//! `pending` and `dead` (event id -> [`Record`]). Ids only grow, also across restarts (`next_id`
+//! is committed a block of ids ahead of the ids given out, in the transaction of the append that
+//! first needs the block, and the journal's records count too), so a delivery id is never reused.
+//! Opening replays the append journal (`journal.rs`) into the tables first.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -18,6 +19,7 @@ use redb::{
 use super::super::error::SpoolError;
 use super::super::event::{StoredEvent, Which};
 use super::super::record::{Record, RecordHead, matches, undecodable};
+use super::journal::{self, Journal};
 use crate::config::SpoolConfig;
 
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -36,6 +38,8 @@ const FORMAT: &[u8] = b"openim-callback-gateway spool v1";
 const KEY_FORMAT: &str = "format";
 const KEY_INSTANCE: &str = "instance";
 pub(crate) const KEY_NEXT_ID: &str = "next_id";
+/// The journal epoch whose frames are not yet in a durable commit (`journal.rs`).
+pub(crate) const KEY_JOURNAL_EPOCH: &str = "journal_epoch";
 
 /// redb page cache: the spool is mostly written and read once, so keep it modest.
 const CACHE_BYTES: usize = 64 << 20;
@@ -57,6 +61,8 @@ pub(crate) struct Opened {
     pub(crate) bytes: u64,
     /// Pending ids in append order with their ordering keys.
     pub(crate) entries: Vec<(u64, Option<String>)>,
+    /// The append journal, its epoch committed.
+    pub(crate) journal: Journal,
 }
 
 /// Opens or creates the spool file, checks it, and reads what is pending.
@@ -97,7 +103,56 @@ pub(crate) fn open(settings: &SpoolConfig) -> Result<Opened, SpoolError> {
         InitError::NotOurs(detail) => corrupt(detail),
         InitError::Redb(e) => storage_or_corrupt(&path, e),
     })?;
-    scan(db, instance).map_err(|e| storage_or_corrupt(&path, e))
+    let journal = replay_journal(&db, &path)?;
+    scan(db, instance, journal).map_err(|e| storage_or_corrupt(&path, e))
+}
+
+/// Puts the journal's acknowledged appends that the store lost (an unclean stop) back in
+/// `pending`, and commits the journal's next epoch durably: from then on the journal starts over.
+fn replay_journal(db: &Database, path: &Path) -> Result<Journal, SpoolError> {
+    let journal_path = journal::path_for(path);
+    let io = |source| SpoolError::Io {
+        path: journal_path.clone(),
+        source,
+    };
+    let epoch = {
+        let txn = db.begin_read().map_err(|e| storage_or_corrupt(path, e.into()))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|e| storage_or_corrupt(path, e.into()))?;
+        meta.get(KEY_JOURNAL_EPOCH)
+            .map_err(|e| storage_or_corrupt(path, e.into()))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let (journal, records) = Journal::open(&journal_path, epoch).map_err(io)?;
+    let restore = || -> Result<usize, redb::Error> {
+        let txn = db.begin_write()?;
+        let mut restored = 0;
+        {
+            let mut pending = txn.open_table(PENDING)?;
+            let dead = txn.open_table(DEAD)?;
+            for (id, bytes) in &records {
+                if pending.get(*id)?.is_none() && dead.get(*id)?.is_none() {
+                    pending.insert(*id, bytes.as_slice())?;
+                    restored += 1;
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_JOURNAL_EPOCH, journal.epoch().to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(restored)
+    };
+    let restored = restore().map_err(|e| storage_or_corrupt(path, e))?;
+    if restored > 0 {
+        tracing::warn!(
+            path = %journal.path().display(),
+            restored,
+            "spool: acknowledged events restored from the journal after an unclean stop"
+        );
+    }
+    Ok(journal)
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> SpoolError {
@@ -209,7 +264,7 @@ fn init(db: &Database) -> Result<String, InitError> {
     Ok(instance)
 }
 
-fn scan(db: Database, instance: String) -> Result<Opened, redb::Error> {
+fn scan(db: Database, instance: String, journal: Journal) -> Result<Opened, redb::Error> {
     let (mut pending, mut dead, mut bytes, mut max_id, mut meta_next) = (0u64, 0u64, 0u64, 0u64, 1);
     let mut entries = Vec::new();
     {
@@ -252,6 +307,7 @@ fn scan(db: Database, instance: String) -> Result<Opened, redb::Error> {
         dead,
         bytes,
         entries,
+        journal,
     })
 }
 

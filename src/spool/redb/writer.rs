@@ -4,11 +4,13 @@
 //! It takes every command queued at the moment (up to `batch_max`) into one transaction, with
 //! the deletes of every event delivered since the last one (`Shared::delivered`: the workers
 //! hand them over without a message while the writer looks by itself, see `Writer::wait`). A
-//! batch with an append, a flush or a close commits with `Durability::Immediate` (one disk sync
-//! for all of it); a batch of deletes and attempt counts alone first waits up to [`LINGER`] for
-//! an append to share its transaction, else commits without a sync, and is synced by the next
-//! durable commit or at most [`FLUSH_EVERY`] later. Waiters are answered, counters published and
-//! new events queued for delivery only after the commit.
+//! batch with appends writes their records to the journal as one synced frame (`journal.rs`)
+//! and commits without a sync of its own. A checkpoint commits with `Durability::Immediate` and
+//! starts the journal's next epoch: a flush ([`FLUSH_EVERY`] after the first unsynced change), a
+//! close, an operator's purge or replay, a full spool dropping its oldest, or a journal that is
+//! full. A batch of deletes and attempt counts alone first waits up to [`LINGER`] for an append
+//! to share its transaction, else commits without a sync. Waiters are answered, counters
+//! published and new events queued for delivery only after the commit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,7 +28,8 @@ use super::super::event::{
 use super::super::fault::Attempt;
 use super::super::record::{Record, now_ms};
 use super::super::rules::{Role, note_rejected};
-use super::store::{DEAD, KEY_NEXT_ID, META, PENDING, entry_bytes};
+use super::journal::Journal;
+use super::store::{DEAD, KEY_JOURNAL_EPOCH, KEY_NEXT_ID, META, PENDING, entry_bytes};
 use super::{FLUSH_EVERY, Shared};
 use crate::config::{FullPolicy, SpoolConfig};
 
@@ -128,7 +131,10 @@ struct Effects {
     enqueue: Vec<(u64, Option<String>, Option<Record>)>,
     /// (delivery id, command, operation id) of events deleted by `drop_oldest`.
     dropped: Vec<(String, String, String)>,
-    durable: bool,
+    /// (id, record bytes) of the events appended, for the journal.
+    journal: Vec<(u64, Vec<u8>)>,
+    /// Commit durably and start the journal's next epoch.
+    checkpoint: bool,
     close: bool,
     changed: bool,
     /// Pending events were removed undelivered (dropped or purged): carried records are stale.
@@ -159,8 +165,9 @@ pub(crate) struct Writer {
     batch_max: usize,
     instance: String,
     counts: Counts,
-    /// Set while committed changes wait for a disk sync.
+    /// Set while committed changes wait for a checkpoint.
     unsynced_since: Option<Instant>,
+    journal: Journal,
 }
 
 impl Writer {
@@ -171,6 +178,7 @@ impl Writer {
         settings: &SpoolConfig,
         instance: String,
         next_id: u64,
+        journal: Journal,
     ) -> Writer {
         let counts = Counts {
             pending: shared.pending.load(Ordering::Relaxed),
@@ -190,6 +198,7 @@ impl Writer {
             instance,
             counts,
             unsynced_since: None,
+            journal,
         }
     }
 
@@ -294,13 +303,14 @@ impl Writer {
     /// Applies `batch` in one transaction and commits it; returns whether to stop.
     fn commit_batch(&mut self, batch: Vec<Cmd>, force_sync: bool) -> bool {
         let mut fx = Effects {
-            durable: force_sync
+            checkpoint: force_sync
                 || self
                     .unsynced_since
                     .is_some_and(|since| since.elapsed() >= FLUSH_EVERY),
             ..Effects::default()
         };
         let mut counts = self.counts;
+        let mut journaled = false;
         let result = self
             .db
             .begin_write()
@@ -311,9 +321,21 @@ impl Writer {
                     // Before the commit: an attempt that still sees the old generation
                     // delivers an event that was not yet removed.
                     self.shared.sched.note_removal();
+                    // Durably: a replay of the journal must not bring the event back.
+                    fx.checkpoint = true;
                 }
-                if !fx.durable && txn.set_durability(Durability::None).is_err() {
-                    fx.durable = true;
+                if !fx.checkpoint && !fx.journal.is_empty() {
+                    // The appends' durability: written and synced before anyone is answered.
+                    journaled = self.journal.append(&fx.journal)?;
+                    fx.checkpoint = !journaled;
+                }
+                if !fx.checkpoint && txn.set_durability(Durability::None).is_err() {
+                    fx.checkpoint = true;
+                }
+                if fx.checkpoint {
+                    let mut meta = txn.open_table(META)?;
+                    let next = self.journal.epoch().wrapping_add(1);
+                    meta.insert(KEY_JOURNAL_EPOCH, next.to_le_bytes().as_slice())?;
                 }
                 txn.commit()?;
                 Ok(())
@@ -321,7 +343,8 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.counts = counts;
-                if fx.durable {
+                if fx.checkpoint {
+                    self.journal.restart(self.journal.epoch().wrapping_add(1));
                     self.unsynced_since = None;
                 } else if fx.changed && self.unsynced_since.is_none() {
                     self.unsynced_since = Some(Instant::now());
@@ -375,6 +398,11 @@ impl Writer {
                 }
             }
             Err(e) => {
+                if journaled {
+                    // The journal holds the batch's records under their ids: a later append must
+                    // not reuse them (a replay would mix the two).
+                    self.counts.next_id = counts.next_id;
+                }
                 tracing::error!(
                     path = %self.shared.path.display(),
                     error = %e,
@@ -424,7 +452,6 @@ impl Writer {
         for cmd in batch {
             match cmd {
                 Cmd::Append { rec, reply } => {
-                    fx.durable = true;
                     let command = rec.command.clone();
                     let result = self.append(&mut pending, rec, c, fx);
                     fx.replies.push(Reply::Append(reply, result?, command));
@@ -480,13 +507,13 @@ impl Writer {
                     fx.changed = true;
                 }
                 Cmd::Chunk { op, reply } => {
-                    fx.durable = true;
+                    fx.checkpoint = true;
                     fx.changed = true;
                     let result = chunk(&mut pending, &mut dead, &op, c, fx)?;
                     fx.replies.push(Reply::Chunk(reply, Ok(result)));
                 }
                 Cmd::Close { reply } => {
-                    fx.durable = true;
+                    fx.checkpoint = true;
                     fx.close = true;
                     if let Some(reply) = reply {
                         fx.replies.push(Reply::Close(reply));
@@ -564,6 +591,7 @@ impl Writer {
         c.pending += 1;
         c.bytes = c.bytes.saturating_add(entry_bytes(bytes.len()));
         fx.changed = true;
+        fx.journal.push((id, bytes));
         let stored = StoredEventRef {
             id,
             delivery_id: rec.delivery_id.clone(),
