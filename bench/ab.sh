@@ -13,7 +13,9 @@
 # MODE=before (default): callbackBeforeCreateGroupCommand, delivery to the upstream; REPLY=modify
 # makes the upstream answer it with the sample reply (three override fields) instead of an empty one.
 # MODE=spool: callbackAfterQuitGroupCommand with delivery: spool (SPOOL_DIR, default a temporary
-# directory; /dev/shm leaves the disk's sync latency out), CPU per event including its delivery.
+# directory; /dev/shm leaves the disk's sync latency out), CPU per event including its delivery:
+# after the load the run waits until the upstream has counted every acknowledged event (at most
+# 60 s), and its CPU is read then.
 # Prints one line per run and the medians per binary.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,13 +46,16 @@ body = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write(json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n")
 PY
 up=$(port)
+stats=$(port)
 # Only a modify needs the flag: an upstream built before it keeps working for the default.
 up_flags=()
 [[ $reply == empty ]] || up_flags=(-reply "$reply")
-"$here/.bin/upstream" -addr "127.0.0.1:$up" "${up_flags[@]}" >"$tmp/upstream.log" 2>&1 &
+"$here/.bin/upstream" -addr "127.0.0.1:$up" -stats "127.0.0.1:$stats" "${up_flags[@]}" >"$tmp/upstream.log" 2>&1 &
 pids+=($!)
 gw=$(port)
 url=http://127.0.0.1:$gw/$cmd
+
+delivered() { curl -sf "http://127.0.0.1:$stats/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["after"])'; }
 
 run() { # label binary
   local label=$1 bin=$2 spool=${SPOOL_DIR:-$tmp/spool}
@@ -68,10 +73,21 @@ EOF
   for _ in $(seq 100); do curl -sf -o /dev/null -X POST --data-binary "@$tmp/body.json" "$url" && break; sleep 0.1; done
   wrk -t1 -c"$conc" -d1s -s "$here/wrk/post.lua" "$url" -- "$tmp/body.json" >/dev/null
   sleep 0.3
+  if [[ $mode == spool ]]; then # the warm-up's backlog first: until the count stays for 0.5 s
+    local last=-1 now
+    for _ in $(seq 300); do now=$(delivered); ((now == last)) && break; last=$now; sleep 0.5; done
+  fi
   local t0 t1 out
   t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  local before_after
+  [[ $mode == spool ]] && before_after=$(delivered)
   out=$(wrk -t"$((conc < 2 ? 1 : 2))" -c"$conc" -d"${secs}s" -s "$here/wrk/post.lua" "$url" -- "$tmp/body.json" | grep WRKJSON)
-  [[ $mode == spool ]] && sleep 0.5 # its deliveries
+  if [[ $mode == spool ]]; then # its deliveries: every acknowledged event (2xx) reached the upstream
+    local acked waited=0
+    acked=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["requests"]-d["status"])' "${out#WRKJSON }")
+    while (($(delivered) - before_after < acked && waited < 600)); do sleep 0.1; waited=$((waited + 1)); done
+    ((waited < 600)) || echo "bench/ab.sh: $label: the upstream got $(($(delivered) - before_after)) of $acked acknowledged events within 60 s" >&2
+  fi
   t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "$label $t0 $t1 $(getconf CLK_TCK) ${out#WRKJSON }" >>"$tmp/results"
