@@ -629,7 +629,7 @@ impl Core {
             // WAIT and WAITAOF cover the connection's last write: this event's, or a later one.
             let mut conn = conn.clone();
             let (id, pending, bytes, dropped): (u64, u64, i64, Vec<Vec<u8>>) =
-                redis::Script::new(scripts::APPEND)
+                scripts::APPEND
                     .arg(&self.prefix)
                     .arg(raw.as_slice())
                     .arg(if rec.order_key.is_some() { "1" } else { "0" })

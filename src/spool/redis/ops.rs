@@ -242,7 +242,7 @@ pub(super) fn replay_chunk(
                 // Replayed as it is: the worker moves it back with the decode error.
                 Err(_) => (d.raw.clone(), None),
             };
-            let done: i64 = redis::Script::new(scripts::REPLAY)
+            let done: i64 = scripts::REPLAY
                 .arg(&core.prefix)
                 .arg(&d.entry)
                 .arg(d.id)
@@ -295,7 +295,7 @@ pub(super) fn purge_chunk(
                     if !raw.is_some_and(|r| matches(command, &r)) {
                         continue;
                     }
-                    let done: i64 = redis::Script::new(scripts::PURGE_PENDING)
+                    let done: i64 = scripts::PURGE_PENDING
                         .arg(&core.prefix)
                         .arg(id)
                         .invoke(conn)
@@ -316,7 +316,7 @@ pub(super) fn purge_chunk(
                     if !matches(command, &d.raw) {
                         continue;
                     }
-                    let done: i64 = redis::Script::new(scripts::PURGE_DEAD)
+                    let done: i64 = scripts::PURGE_DEAD
                         .arg(&core.prefix)
                         .arg(&d.entry)
                         .invoke(conn)

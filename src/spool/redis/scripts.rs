@@ -20,11 +20,18 @@
 //! Finishing starts with `XACK`: only the consumer whose `XACK` removed the token from the
 //! pending entries list moves the state on; a consumer that lost its token (it was reclaimed) changes
 //! nothing.
+//!
+//! Each script is a [`Script`] made once: `Script::new` hashes the text (SHA-1, for `EVALSHA`), and
+//! `APPEND`, `RESOLVE` and `FINISH` run for every event.
+
+use std::sync::LazyLock;
+
+use redis::Script;
 
 /// Appends an event. ARGV: P, record, ordered ("1"/"0"), order key, max_events, max_bytes,
 /// drop_oldest ("1"/"0"). Returns `{id, pending, bytes, dropped}`: id 0 = refused (full);
 /// `dropped` = id, record pairs deleted by `drop_oldest`.
-pub(crate) const APPEND: &str = r"
+const APPEND_LUA: &str = r"
 local P = ARGV[1]
 local rec = ARGV[2]
 local ordered = ARGV[3] == '1'
@@ -73,39 +80,36 @@ end
 return {id, pending + 1, bytes + #rec + 8, dropped}
 ";
 
-/// Resolves a token to its event. ARGV: P, token. Returns `{id, record}`; `{'', false}` when
-/// the key's list is empty; `{id, false}` when the event is gone.
-pub(crate) const RESOLVE: &str = r"
+/// Resolves tokens to their events. ARGV: P, token…. Returns one `{id, record}` per token, in
+/// order: `{'', false}` when the key's list is empty; `{id, false}` when the event is gone.
+const RESOLVE_LUA: &str = r"
 local P = ARGV[1]
-local t = ARGV[2]
-local id
-if string.sub(t, 1, 2) == 'k:' then
-  id = redis.call('LINDEX', P..':k:'..string.sub(t, 3), 0)
-  if not id then return {'', false} end
-else
-  id = string.sub(t, 3)
+local out = {}
+for i = 2, #ARGV do
+  local t = ARGV[i]
+  local id
+  if string.sub(t, 1, 2) == 'k:' then
+    id = redis.call('LINDEX', P..':k:'..string.sub(t, 3), 0)
+  else
+    id = string.sub(t, 3)
+  end
+  if id then
+    out[#out + 1] = {id, redis.call('HGET', P..':ev', id)}
+  else
+    out[#out + 1] = {'', false}
+  end
 end
-return {id, redis.call('HGET', P..':ev', id)}
+return out
 ";
 
-/// Finishes a token. ARGV: P, group, stream entry id, token, event id, outcome (`done`,
-/// `dead`, `retry`, `defer`), new record (dead, retry), due time in ms (retry, defer). Returns
-/// 1, or 0 when this consumer no longer held the token (nothing changed).
-pub(crate) const FINISH: &str = r"
+/// Finishes tokens. ARGV: P, group, then six per token: stream entry id, token, event id,
+/// outcome (`done`, `dead`, `retry`, `defer`), new record (dead, retry), due time in ms (retry,
+/// defer). Returns one number per token, in order: 1, or 0 when this consumer no longer held the
+/// token (nothing changed for it).
+const FINISH_LUA: &str = r"
 local P = ARGV[1]
 local group = ARGV[2]
-local entry = ARGV[3]
-local token = ARGV[4]
-local id = ARGV[5]
-local outcome = ARGV[6]
-local newrec = ARGV[7]
-local due = ARGV[8]
-local acked = redis.call('XACK', P..':q', group, entry)
-redis.call('XDEL', P..':q', entry)
-if acked == 0 then return 0 end
-local key = nil
-if string.sub(token, 1, 2) == 'k:' then key = string.sub(token, 3) end
-local function remove()
+local function remove(id)
   local r = redis.call('HGET', P..':ev', id)
   if not r then return nil end
   redis.call('HDEL', P..':ev', id)
@@ -114,7 +118,7 @@ local function remove()
   redis.call('DECRBY', P..':bytes', #r + 8)
   return r
 end
-local function pass_on()
+local function pass_on(key, token, id)
   if not key then return end
   local list = P..':k:'..key
   if id ~= '' and redis.call('LINDEX', list, 0) == id then redis.call('LPOP', list) end
@@ -124,33 +128,45 @@ local function pass_on()
     redis.call('HDEL', P..':tok', key)
   end
 end
-if outcome == 'done' then
-  remove()
-  pass_on()
-elseif outcome == 'dead' then
-  if remove() then
-    redis.call('XADD', P..':dead', '*', 'i', id, 'r', newrec)
-    redis.call('INCRBY', P..':bytes', #newrec + 8)
-  end
-  pass_on()
-else
-  local old = redis.call('HGET', P..':ev', id)
-  if old then
-    if outcome == 'retry' then
-      redis.call('HSET', P..':ev', id, newrec)
-      redis.call('INCRBY', P..':bytes', #newrec - #old)
+local function finish(entry, token, id, outcome, newrec, due)
+  local acked = redis.call('XACK', P..':q', group, entry)
+  redis.call('XDEL', P..':q', entry)
+  if acked == 0 then return 0 end
+  local key = nil
+  if string.sub(token, 1, 2) == 'k:' then key = string.sub(token, 3) end
+  if outcome == 'done' then
+    remove(id)
+    pass_on(key, token, id)
+  elseif outcome == 'dead' then
+    if remove(id) then
+      redis.call('XADD', P..':dead', '*', 'i', id, 'r', newrec)
+      redis.call('INCRBY', P..':bytes', #newrec + 8)
     end
-    redis.call('ZADD', P..':due', due, token)
+    pass_on(key, token, id)
   else
-    pass_on()
+    local old = redis.call('HGET', P..':ev', id)
+    if old then
+      if outcome == 'retry' then
+        redis.call('HSET', P..':ev', id, newrec)
+        redis.call('INCRBY', P..':bytes', #newrec - #old)
+      end
+      redis.call('ZADD', P..':due', due, token)
+    else
+      pass_on(key, token, id)
+    end
   end
+  return 1
 end
-return 1
+local out = {}
+for i = 3, #ARGV, 6 do
+  out[#out + 1] = finish(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+end
+return out
 ";
 
 /// Moves tokens whose retry is due back to the stream. ARGV: P, now (ms), most to move.
 /// Returns `{moved, next due (ms) or false}`.
-pub(crate) const DUE: &str = r"
+const DUE_LUA: &str = r"
 local P = ARGV[1]
 local due = redis.call('ZRANGEBYSCORE', P..':due', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, t in ipairs(due) do
@@ -163,7 +179,7 @@ return {#due, nxt[2] or false}
 
 /// Replays one dead letter. ARGV: P, dead stream entry id, event id, new record, ordered
 /// ("1"/"0"), order key. Returns 1, or 0 when the dead letter was gone.
-pub(crate) const REPLAY: &str = r"
+const REPLAY_LUA: &str = r"
 local P = ARGV[1]
 local entry = ARGV[2]
 local id = ARGV[3]
@@ -191,7 +207,7 @@ return 1
 
 /// Deletes one pending event (its token, if any, is skipped when it comes up). ARGV: P, id.
 /// Returns 1, or 0 when it was gone.
-pub(crate) const PURGE_PENDING: &str = r"
+const PURGE_PENDING_LUA: &str = r"
 local P = ARGV[1]
 local id = ARGV[2]
 local r = redis.call('HGET', P..':ev', id)
@@ -208,7 +224,7 @@ return 1
 ";
 
 /// Deletes one dead letter. ARGV: P, dead stream entry id. Returns 1, or 0 when it was gone.
-pub(crate) const PURGE_DEAD: &str = r"
+const PURGE_DEAD_LUA: &str = r"
 local P = ARGV[1]
 local entry = ARGV[2]
 local old = redis.call('XRANGE', P..':dead', entry, entry)[1]
@@ -225,7 +241,7 @@ return 1
 /// pending entries are checked and the consumer deleted in one step, so no token is ever lost (a
 /// live consumer that was forgotten is made again by its next read). ARGV: P, group, idle ms.
 /// Returns how many were forgotten.
-pub(crate) const FORGET_CONSUMERS: &str = r"
+const FORGET_CONSUMERS_LUA: &str = r"
 local P = ARGV[1]
 local n = 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', P..':q', ARGV[2])) do
@@ -242,3 +258,12 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', P..':q', ARGV[2])) do
 end
 return n
 ";
+
+pub(crate) static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LUA));
+pub(crate) static RESOLVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESOLVE_LUA));
+pub(crate) static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(FINISH_LUA));
+pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| Script::new(DUE_LUA));
+pub(crate) static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
+pub(crate) static PURGE_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_PENDING_LUA));
+pub(crate) static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_DEAD_LUA));
+pub(crate) static FORGET_CONSUMERS: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_CONSUMERS_LUA));

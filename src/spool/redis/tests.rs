@@ -235,6 +235,52 @@ async fn appends_are_in_redis_when_acknowledged_and_two_spools_deliver_each_once
     ));
 }
 
+/// `calls` of `EVALSHA` and `EVAL` so far, from `INFO commandstats`.
+fn script_runs(redis: &RedisServer) -> u64 {
+    let info = redis.command(&["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_read_together_are_resolved_and_finished_with_one_script_run_each() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.url(), "tb", "a");
+    s.workers = 64;
+    let a = Spool::open(&s).unwrap();
+    for n in 0..64 {
+        a.append(event("cmd", n, None)).await.unwrap();
+    }
+    let before = script_runs(&redis);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    a.start(Arc::new(Fake::new(
+        "a",
+        &seen,
+        Box::new(|_, _| DeliveryResult::Delivered),
+    )));
+    wait_for("64 deliveries", Duration::from_secs(20), || {
+        delivered(&seen).len() >= 64
+    })
+    .await;
+    wait_for("nothing pending", Duration::from_secs(5), || {
+        redis.int(&["ZCARD", "{tb}:idx"]) == 0
+    })
+    .await;
+    let runs = script_runs(&redis) - before;
+    // One read takes all 64 tokens: one RESOLVE, then one FINISH per group of attempts that
+    // ended together (the fake answers at once, so few groups). One script run per event each
+    // way would be 128.
+    assert!(
+        runs <= 32,
+        "{runs} script runs delivered 64 events read together"
+    );
+    assert_eq!(redis.int(&["XLEN", "{tb}:q"]), 0, "every token finished");
+    assert_eq!(redis.int(&["HLEN", "{tb}:ev"]), 0);
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_consumers_event_is_reclaimed_with_its_attempts_and_delivery_id() {
     let redis = RedisServer::start();

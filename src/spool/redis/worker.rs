@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use prost::Message;
 use redis::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -196,10 +199,8 @@ async fn read_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
         {
             from.clone_from(&last.entry);
         }
-        for t in got {
-            let Some(slot) = slots.pop() else { break };
-            spawn_attempt(&core, &deliverer, t, slot);
-        }
+        let batch: Vec<_> = got.into_iter().zip(slots.drain(..)).collect();
+        spawn_batch(&core, &deliverer, batch);
     }
 }
 
@@ -216,7 +217,7 @@ pub(crate) async fn forget_consumers(
     idle: Duration,
 ) -> Result<u64, redis::RedisError> {
     let mut conn = core.work().await?;
-    redis::Script::new(scripts::FORGET_CONSUMERS)
+    scripts::FORGET_CONSUMERS
         .arg(&core.prefix)
         .arg(&core.settings.redis.group)
         .arg(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
@@ -286,8 +287,7 @@ async fn claim_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
             };
             let next = reply.first().and_then(text).unwrap_or_else(|| "0-0".into());
             let got = reply.get(1).map(entries).unwrap_or_default();
-            for t in got {
-                let Some(slot) = slots.pop() else { break };
+            for t in got.iter().take(slots.len()) {
                 metrics::counter!("gateway_spool_reclaimed_total").increment(1);
                 tracing::warn!(
                     entry = t.entry,
@@ -295,8 +295,9 @@ async fn claim_loop(core: Arc<Core>, deliverer: Arc<dyn Deliver>) {
                     consumer = %core.consumer,
                     "spool: took over an event whose consumer stopped (idle past claim_idle)"
                 );
-                spawn_attempt(&core, &deliverer, t, slot);
             }
+            let batch: Vec<_> = got.into_iter().zip(slots.drain(..)).collect();
+            spawn_batch(&core, &deliverer, batch);
             cursor = next;
             if cursor == "0-0" {
                 break;
@@ -309,7 +310,7 @@ async fn poll_loop(core: Arc<Core>) {
     loop {
         let answer = async {
             let mut conn = core.work().await?;
-            redis::Script::new(scripts::DUE)
+            scripts::DUE
                 .arg(&core.prefix)
                 .arg(now_ms())
                 .arg(POLL_BATCH)
@@ -387,19 +388,30 @@ async fn health_loop(core: Arc<Core>) {
     }
 }
 
-fn spawn_attempt(
+/// Starts the attempts of tokens taken together, as one task: one `RESOLVE` for all of them,
+/// and one `FINISH` for the attempts that end together (a round trip to Redis each, not one per
+/// event).
+fn spawn_batch(
     core: &Arc<Core>,
     deliverer: &Arc<dyn Deliver>,
-    t: Token,
-    slot: OwnedSemaphorePermit,
+    batch: Vec<(Token, OwnedSemaphorePermit)>,
 ) {
-    core.owned
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(t.entry.clone());
-    core.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(core.clone(), t.entry.clone());
-    tokio::spawn(attempt(core.clone(), deliverer.clone(), t, (slot, guard)));
+    if batch.is_empty() {
+        return;
+    }
+    let batch: Vec<(Token, Slot)> = batch
+        .into_iter()
+        .map(|(t, permit)| {
+            core.owned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(t.entry.clone());
+            core.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(core.clone(), t.entry.clone());
+            (t, (permit, guard))
+        })
+        .collect();
+    tokio::spawn(run_batch(core.clone(), deliverer.clone(), batch));
 }
 
 /// Forgets the entry and decrements `in_flight` however the attempt ends.
@@ -416,6 +428,9 @@ impl Drop for InFlight {
     }
 }
 
+/// A token's worker slot, released with its `FINISH` (or when the attempt ends without one).
+type Slot = (OwnedSemaphorePermit, InFlight);
+
 /// How an attempt ends, for the `FINISH` script.
 enum Outcome {
     Done,
@@ -424,51 +439,87 @@ enum Outcome {
     Defer(u64),
 }
 
-async fn attempt(
-    core: Arc<Core>,
-    deliverer: Arc<dyn Deliver>,
-    t: Token,
-    _slot: (OwnedSemaphorePermit, InFlight),
-) {
+/// A token whose attempt ended: its event id (text) and how.
+type Ended = (Token, String, Outcome, Slot);
+
+async fn run_batch(core: Arc<Core>, deliverer: Arc<dyn Deliver>, batch: Vec<(Token, Slot)>) {
     let resolved = async {
         let mut conn = core.work().await?;
-        redis::Script::new(scripts::RESOLVE)
-            .arg(&core.prefix)
-            .arg(&t.token)
-            .invoke_async::<(String, Option<Vec<u8>>)>(&mut conn)
+        let mut call = scripts::RESOLVE.prepare_invoke();
+        call.arg(&core.prefix);
+        for (t, _) in &batch {
+            call.arg(&t.token);
+        }
+        call.invoke_async::<Vec<(String, Option<Vec<u8>>)>>(&mut conn)
             .await
     }
     .await;
-    let (id_text, raw) = match resolved {
-        Ok(v) => v,
+    let resolved = match resolved {
+        Ok(r) if r.len() == batch.len() => r,
+        Ok(r) => {
+            tracing::warn!(
+                tokens = batch.len(),
+                answers = r.len(),
+                "spool: redis answered RESOLVE with the wrong number of events; they are tried again after claim_idle"
+            );
+            return;
+        }
         Err(e) => {
-            // The token stays pending with this consumer; it is reclaimed after claim_idle.
+            // The tokens stay pending with this consumer; they are reclaimed after claim_idle.
             metrics::counter!("gateway_spool_backend_errors_total", "op" => "read").increment(1);
-            tracing::warn!(error = %describe(&e), token = t.token, "spool: reading an event from redis failed; it is tried again after claim_idle");
+            tracing::warn!(
+                error = %describe(&e),
+                tokens = batch.len(),
+                "spool: reading events from redis failed; they are tried again after claim_idle"
+            );
             return;
         }
     };
-    let Some(raw) = raw else {
-        // Delivered, purged or dropped meanwhile: the token moves on.
-        finish(&core, &t, &id_text, Outcome::Done).await;
-        return;
-    };
+    let mut ended: Vec<Ended> = Vec::new();
+    let mut running = FuturesUnordered::new();
+    for ((t, slot), (id_text, raw)) in batch.into_iter().zip(resolved) {
+        let Some(raw) = raw else {
+            // Delivered, purged or dropped meanwhile: the token moves on.
+            ended.push((t, id_text, Outcome::Done, slot));
+            continue;
+        };
+        match Record::decode(raw.as_slice()) {
+            Ok(rec) => running.push(attempt(&core, &deliverer, t, id_text, rec, slot)),
+            Err(e) => {
+                tracing::error!(id = id_text, error = %e, "pending spool record does not decode; moving it to the dead letters");
+                metrics::counter!("gateway_spool_dead_total", "command" => "<undecodable>", "reason" => "undecodable")
+                    .increment(1);
+                ended.push((t, id_text, Outcome::Dead(raw), slot));
+            }
+        }
+    }
+    if !ended.is_empty() {
+        finish(&core, std::mem::take(&mut ended)).await;
+    }
+    while let Some(done) = running.next().await {
+        ended.push(done);
+        // Whatever else has ended meanwhile shares the script run.
+        while let Some(Some(done)) = running.next().now_or_never() {
+            ended.push(done);
+        }
+        finish(&core, std::mem::take(&mut ended)).await;
+    }
+}
+
+async fn attempt(
+    core: &Core,
+    deliverer: &Arc<dyn Deliver>,
+    t: Token,
+    id_text: String,
+    rec: Record,
+    slot: Slot,
+) -> Ended {
     let id = id_text.parse::<u64>().unwrap_or(0);
-    let rec = match Record::decode(raw.as_slice()) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(id, error = %e, "pending spool record does not decode; moving it to the dead letters");
-            metrics::counter!("gateway_spool_dead_total", "command" => "<undecodable>", "reason" => "undecodable")
-                .increment(1);
-            finish(&core, &t, &id_text, Outcome::Dead(raw)).await;
-            return;
-        }
-    };
     let number = rec.attempts.saturating_add(1);
     let since_ms = rec.since_ms;
     let ev = core.event_of(id, rec.clone());
     let verdict = attempt_and_judge(
-        &deliverer,
+        deliverer,
         &core.settings,
         Role::Spool,
         ev,
@@ -494,54 +545,62 @@ async fn attempt(
             Outcome::Retry(r.encode_to_vec(), due_in(wait))
         }
     };
-    finish(&core, &t, &id_text, outcome).await;
+    (t, id_text, outcome, slot)
 }
 
 fn due_in(wait: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Records an attempt's end with the `FINISH` script. A failure leaves the token pending with
-/// this consumer: it is taken over after `claim_idle` and the event delivered again.
-async fn finish(core: &Core, t: &Token, id: &str, outcome: Outcome) {
-    let (name, rec, due): (&str, Vec<u8>, u64) = match outcome {
-        Outcome::Done => ("done", Vec::new(), 0),
-        Outcome::Dead(r) => ("dead", r, 0),
-        Outcome::Retry(r, due) => ("retry", r, due),
-        Outcome::Defer(due) => ("defer", Vec::new(), due),
-    };
-    let result = async {
-        let mut conn = core.work().await?;
-        redis::Script::new(scripts::FINISH)
-            .arg(&core.prefix)
-            .arg(&core.settings.redis.group)
-            .arg(&t.entry)
+/// Records the ends of attempts with one `FINISH` script run, then releases their slots. A
+/// failure leaves the tokens pending with this consumer: they are taken over after `claim_idle`
+/// and their events delivered again.
+async fn finish(core: &Core, ended: Vec<Ended>) {
+    let mut call = scripts::FINISH.prepare_invoke();
+    call.arg(&core.prefix).arg(&core.settings.redis.group);
+    let mut retries = false;
+    for (t, id, outcome, _) in &ended {
+        let (name, rec, due): (&str, &[u8], u64) = match outcome {
+            Outcome::Done => ("done", &[], 0),
+            Outcome::Dead(r) => ("dead", r, 0),
+            Outcome::Retry(r, due) => ("retry", r, *due),
+            Outcome::Defer(due) => ("defer", &[], *due),
+        };
+        retries |= due > 0;
+        call.arg(&t.entry)
             .arg(&t.token)
             .arg(id)
             .arg(name)
-            .arg(rec.as_slice())
-            .arg(due)
-            .invoke_async::<i64>(&mut conn)
-            .await
+            .arg(rec)
+            .arg(due);
+    }
+    let result = async {
+        let mut conn = core.work().await?;
+        call.invoke_async::<Vec<i64>>(&mut conn).await
     }
     .await;
     match result {
-        Ok(1) => {
-            if due > 0 {
+        Ok(held) => {
+            for ((t, ..), held) in ended.iter().zip(held) {
+                if held != 1 {
+                    tracing::info!(
+                        entry = t.entry,
+                        token = t.token,
+                        "spool: this replica's token was taken over meanwhile; its result is not recorded (the other replica's is)"
+                    );
+                }
+            }
+            if retries {
                 core.due_changed.notify_one();
             }
         }
-        Ok(_) => tracing::info!(
-            entry = t.entry,
-            token = t.token,
-            "spool: this replica's token was taken over meanwhile; its result is not recorded (the other replica's is)"
-        ),
         Err(e) => {
             metrics::counter!("gateway_spool_backend_errors_total", "op" => "finish").increment(1);
             tracing::warn!(
                 error = %describe(&e),
-                entry = t.entry,
-                "spool: recording a delivery result in redis failed; the event is delivered again after claim_idle"
+                tokens = ended.len(),
+                entry = ended.first().map_or("", |(t, ..)| t.entry.as_str()),
+                "spool: recording delivery results in redis failed; the events are delivered again after claim_idle"
             );
         }
     }
