@@ -303,14 +303,58 @@ impl Drop for InFlight {
 /// An attempt's slot: released however the attempt ends.
 type Slot = (OwnedSemaphorePermit, InFlight);
 
-/// Runs the attempts of a batch at once. The events delivered by the time the task looks again
+/// Runs the attempts of a batch at once. The records not carried from the writer are read
+/// together first (one blocking hand-off and one read transaction for the batch, not one per
+/// event: a backlog's events are all read). The events delivered by the time the task looks again
 /// are handed to the writer together (`Shared::delivered`, a wake-up only when the writer
 /// sleeps), before their keys move on ([`Sched::finish`]), so that a key's deletes reach the
 /// writer in the key's order.
 async fn run_batch(inner: Arc<SpoolCore>, deliverer: Arc<dyn Deliver>, batch: Vec<(Ticket, Slot)>) {
-    let mut running: FuturesUnordered<_> = batch
+    let sched = &inner.shared.sched;
+    let mut batch: Vec<(Ticket, Slot, Option<Record>)> = batch
         .into_iter()
-        .map(|(entry, slot)| attempt(&inner, &deliverer, entry, slot))
+        .map(|(mut entry, slot)| {
+            let carried = entry.carried.0.take().and_then(|(rec, generation)| {
+                sched.carried.fetch_sub(1, Ordering::Relaxed);
+                (sched.removals.load(Ordering::SeqCst) == generation)
+                    .then(|| Arc::try_unwrap(rec).unwrap_or_else(|rec| (*rec).clone()))
+            });
+            (entry, slot, carried)
+        })
+        .collect();
+    let ids: Vec<u64> = batch
+        .iter()
+        .filter(|(_, _, rec)| rec.is_none())
+        .map(|(entry, _, _)| entry.id)
+        .collect();
+    let mut read = if ids.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let db = inner.db.clone();
+        match tokio::task::spawn_blocking(move || store::load_many(&db, &ids)).await {
+            Ok(Ok(loaded)) => Ok(loaded.into_iter()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map(Iterator::collect::<Vec<_>>)
+    };
+    if let Ok(loaded) = &mut read {
+        // In batch order, for `pop` below.
+        loaded.reverse();
+    }
+    let mut running: FuturesUnordered<_> = batch
+        .drain(..)
+        .filter_map(|(entry, slot, carried)| {
+            let loaded = match (carried, &mut read) {
+                (Some(rec), _) => Loaded::Found(Box::new(rec)),
+                (None, Ok(loaded)) => loaded.pop().unwrap_or(Loaded::Missing),
+                (None, Err(e)) => {
+                    read_failed(&inner, entry, e);
+                    return None;
+                }
+            };
+            Some(attempt(&inner, &deliverer, entry, slot, loaded))
+        })
         .collect();
     let mut delivered = Vec::new();
     while let Some(done) = running.next().await {
@@ -336,37 +380,23 @@ async fn run_batch(inner: Arc<SpoolCore>, deliverer: Arc<dyn Deliver>, batch: Ve
     }
 }
 
-/// One attempt; a delivered event is handed back (with its slot) for the batch's delete, every
-/// other outcome is recorded here.
+/// One attempt of a loaded event; a delivered event is handed back (with its slot) for the
+/// batch's delete, every other outcome is recorded here.
 async fn attempt(
     inner: &SpoolCore,
     deliverer: &Arc<dyn Deliver>,
     entry: Ticket,
     slot: Slot,
+    loaded: Loaded,
 ) -> Option<(Ticket, Slot)> {
     let id = entry.id;
-    let mut entry = entry;
-    let carried = entry.carried.0.take().and_then(|(rec, generation)| {
-        let sched = &inner.shared.sched;
-        sched.carried.fetch_sub(1, Ordering::Relaxed);
-        (sched.removals.load(Ordering::SeqCst) == generation).then_some(rec)
-    });
-    let loaded = match carried {
-        Some(rec) => Ok(Ok(Loaded::Found(Box::new(
-            Arc::try_unwrap(rec).unwrap_or_else(|rec| (*rec).clone()),
-        )))),
-        None => {
-            let db = inner.db.clone();
-            tokio::task::spawn_blocking(move || store::load(&db, id)).await
-        }
-    };
     let rec = match loaded {
-        Ok(Ok(Loaded::Found(rec))) => rec,
-        Ok(Ok(Loaded::Missing)) => {
+        Loaded::Found(rec) => rec,
+        Loaded::Missing => {
             inner.shared.sched.finish(&entry);
             return None;
         }
-        Ok(Ok(Loaded::Undecodable(error))) => {
+        Loaded::Undecodable(error) => {
             tracing::error!(
                 id,
                 error,
@@ -376,14 +406,6 @@ async fn attempt(
                 .increment(1);
             send(inner, Cmd::Quarantine { id, error });
             inner.shared.sched.finish(&entry);
-            return None;
-        }
-        Ok(Err(e)) => {
-            read_failed(inner, entry, &e);
-            return None;
-        }
-        Err(e) => {
-            read_failed(inner, entry, &e);
             return None;
         }
     };
@@ -437,7 +459,7 @@ async fn attempt(
     None
 }
 
-fn read_failed(inner: &SpoolCore, entry: Ticket, e: &dyn std::fmt::Display) {
+fn read_failed(inner: &SpoolCore, entry: Ticket, e: &str) {
     tracing::error!(id = entry.id, error = %e, "reading a spooled event failed; trying again later");
     let due = Instant::now() + inner.settings.backoff_max;
     inner.shared.sched.retry(entry, due);

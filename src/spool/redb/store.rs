@@ -319,19 +319,24 @@ pub(crate) enum Loaded {
     Found(Box<Record>),
 }
 
-pub(crate) fn load(db: &Database, id: u64) -> Result<Loaded, redb::Error> {
+/// The pending records of `ids`, in order, read in one transaction.
+pub(crate) fn load_many(db: &Database, ids: &[u64]) -> Result<Vec<Loaded>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(PENDING)?;
-    let Some(v) = table.get(id)? else {
-        return Ok(Loaded::Missing);
-    };
-    Ok(match Record::decode(v.value()) {
-        Ok(r) => Loaded::Found(Box::new(r)),
-        Err(e) => Loaded::Undecodable(format!(
-            "record of {} bytes does not decode: {e}",
-            v.value().len()
-        )),
-    })
+    ids.iter()
+        .map(|&id| {
+            let Some(v) = table.get(id)? else {
+                return Ok(Loaded::Missing);
+            };
+            Ok(match Record::decode(v.value()) {
+                Ok(r) => Loaded::Found(Box::new(r)),
+                Err(e) => Loaded::Undecodable(format!(
+                    "record of {} bytes does not decode: {e}",
+                    v.value().len()
+                )),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn list(
