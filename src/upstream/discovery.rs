@@ -16,7 +16,7 @@
 
 use super::fast::FastMember;
 use super::member::{Connector, Health, Key, Target};
-use super::transport::{Balanced, Direct, DirectMember, Member};
+use super::transport::{Balanced, Direct, DirectMember, Member, Pick};
 use super::{UpstreamError, error_chain, resolve::Resolve, tls::TlsFiles};
 use crate::config::{UpstreamConfig, UpstreamTlsConfig};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,8 +80,8 @@ pub(crate) struct Discovery {
     members: BTreeSet<Key>,
     /// The members' channels with their labels, for [`Direct`] and the health checks.
     channels: BTreeMap<Key, (Arc<str>, Channel)>,
-    /// Each member's way past the balancer, used while it is the only one ([`Direct`]).
-    directs: BTreeMap<Key, DirectMember>,
+    /// Each member's way past the balancer ([`Direct`]).
+    directs: BTreeMap<Key, Arc<Pick>>,
     direct: Direct,
     failing: HashMap<usize, Failing>,
 }
@@ -197,20 +197,16 @@ impl Discovery {
             Some(fast) => DirectMember::Fast(fast),
             None => DirectMember::Channel(channel.clone()),
         };
-        self.directs.insert(key, direct);
+        self.directs.insert(key, Arc::new(Pick::new(key, direct)));
         self.channels.insert(key, (label, channel.clone()));
         Member::balanced(key, channel, self.health.clone())
     }
 
-    /// Tells the health state the members, and lets calls skip the balancer while there is
-    /// exactly one.
+    /// Tells the health state the members, then lets calls skip the balancer to them.
     fn publish_members(&self) {
         self.health.set_members(self.channels.clone());
-        let only = match (self.directs.len(), self.directs.values().next()) {
-            (1, Some(member)) => Some(Arc::new(member.clone())),
-            _ => None,
-        };
-        self.direct.store(only);
+        self.direct
+            .store(Arc::new(self.directs.values().cloned().collect()));
     }
 
     /// The members' health state, shared with the upstream's client.

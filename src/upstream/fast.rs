@@ -1,4 +1,4 @@
-//! The fast path of a lone plaintext member: its calls written straight into one HTTP/2
+//! The fast path of a plaintext member: its calls written straight into one HTTP/2
 //! connection ([`h2`]) from the caller's own task.
 //!
 //! A tonic `Channel` is a `tower::buffer::Buffer` in front of hyper's client: every call is handed

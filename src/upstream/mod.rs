@@ -10,8 +10,9 @@
 //! - `resilience.rs`: [`Resilient`], the concurrency limit, circuit breaker and retries around it.
 //! - `member.rs`: a member's identity, the connector that dials it, and the per-member health
 //!   that takes a refusing or NOT_SERVING member out of the rotation.
-//! - `transport.rs`: [`Transport`], the balancer over one tonic channel per resolved address.
-//! - `fast.rs`: the fast path of a lone plaintext member, its calls written into its HTTP/2
+//! - `transport.rs`: [`Transport`]: each call straight to a member it picks (power of two
+//!   choices), or the balancer over one tonic channel per resolved address while there is none.
+//! - `fast.rs`: the fast path of a plaintext member, its calls written into its HTTP/2
 //!   connection from the caller's task (no buffer task, no hyper dispatch per call).
 //! - `discovery.rs`: the task per upstream that re-resolves the endpoints, probes refusing
 //!   addresses and re-reads the TLS files.

@@ -12,12 +12,15 @@
 //! Each member is still a tonic [`Channel`], so TLS, `:authority`, HTTP/2 keep-alive and
 //! reconnects are tonic's.
 //!
-//! While an upstream has exactly one member (the usual case in a mesh: one service name, one
-//! ClusterIP or sidecar), calls go straight to its channel ([`Direct`]): the balancer has nothing
-//! to choose, and a lone member is always admitted ([`Health`]), so skipping its buffer hop (a
-//! task hand-off per call) changes nothing but the cost. A lone plaintext member goes further:
-//! its calls are written into its HTTP/2 connection from the caller's task (`fast.rs`), past
-//! tonic's channel and hyper's dispatch as well.
+//! While an upstream has members, calls go straight to one of them ([`Direct`]), past the
+//! balancer's buffer (a task hand-off per call, to the shared runtime: a serving worker's call
+//! would cross threads twice). A lone member (the usual case in a mesh: one service name, one
+//! ClusterIP or sidecar) is always admitted ([`Health`]), so it is simply called. Of several, the
+//! caller picks as the balancer would: two at random among those [`Health`] admits, the one with
+//! fewer calls in flight (power of two choices), and waits for a change when none is admitted. A
+//! plaintext member's calls are written into the caller's worker's own HTTP/2 connection
+//! (`fast.rs`), past tonic's channel and hyper's dispatch as well. The balancer itself serves the
+//! calls made while an upstream has no member yet (they wait for the first).
 
 use super::member::{CheckResult, Health, Key, MemberChannel, MemberView, Request, Response};
 use futures_util::TryFutureExt as _;
@@ -41,9 +44,69 @@ pub(crate) const BUFFER: usize = 1024;
 /// A member as the balancer holds it.
 pub(crate) type Balanced = PendingRequests<Member, CompleteOnResponse>;
 
-/// The way to an upstream's only member while it has exactly one, else `None`; set by the
+/// The ways to an upstream's members past the balancer (empty while it has none); set by the
 /// discovery task with every change of the members.
-pub(crate) type Direct = Arc<arc_swap::ArcSwapOption<DirectMember>>;
+pub(crate) type Direct = Arc<arc_swap::ArcSwap<Vec<Arc<Pick>>>>;
+
+/// One member as a direct call picks it: its key (for [`Health`]), the way to call it, and its
+/// calls in flight (the balancer's load, kept while the member stays).
+pub(crate) struct Pick {
+    pub(crate) key: Key,
+    pub(crate) member: DirectMember,
+    load: std::sync::atomic::AtomicUsize,
+}
+
+impl Pick {
+    pub(crate) fn new(key: Key, member: DirectMember) -> Self {
+        Self {
+            key,
+            member,
+            load: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn load(&self) -> usize {
+        self.load.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Counts a call in flight on its member until the response (or the error) arrives, as
+/// [`CompleteOnResponse`] does for the balancer.
+struct InFlight(Arc<Pick>);
+
+impl InFlight {
+    fn start(pick: Arc<Pick>) -> Self {
+        pick.load.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(pick)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .load
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Of several members, the one to call: the less loaded of two random ones [`Health`] admits,
+/// else any it admits; `None` (with `waker` registered for a change) when it admits none.
+fn pick(members: &[Arc<Pick>], health: &Health, waker: &std::task::Waker) -> Option<Arc<Pick>> {
+    let n = members.len();
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (pa, pb) = (&members[a], &members[b]);
+    let chosen = match (health.admit(&pa.key, waker), health.admit(&pb.key, waker)) {
+        (true, true) if pb.load() < pa.load() => pb,
+        (true, _) => pa,
+        (false, true) => pb,
+        (false, false) => members.iter().find(|m| health.admit(&m.key, waker))?,
+    };
+    Some(chosen.clone())
+}
 
 /// An upstream's only member, called past the balancer.
 #[derive(Clone)]
@@ -62,8 +125,9 @@ pub struct Transport {
     direct: Direct,
     /// The members and their health, shared with the discovery task.
     members: Arc<Health>,
-    /// The direct member `poll_ready` made ready, for the next `call`.
-    ready: Option<DirectMember>,
+    /// The direct member `poll_ready` made ready, for the next `call`; with its in-flight count
+    /// when it was picked among several.
+    ready: Option<(DirectMember, Option<Arc<Pick>>)>,
 }
 
 impl Clone for Transport {
@@ -135,24 +199,46 @@ impl Service<Request> for Transport {
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ready.is_none()
-            && let Some(member) = self.direct.load().as_deref()
-        {
-            self.ready = Some(member.clone());
+        if self.ready.is_none() {
+            let members = self.direct.load();
+            match members.as_slice() {
+                [] => {}
+                [only] => self.ready = Some((only.member.clone(), None)),
+                many => match pick(many, &self.members, cx.waker()) {
+                    Some(p) => self.ready = Some((p.member.clone(), Some(p))),
+                    None => return Poll::Pending,
+                },
+            }
         }
         match self.ready.as_mut() {
-            Some(DirectMember::Channel(channel)) => channel.poll_ready(cx).map_err(Into::into),
-            Some(DirectMember::Fast(fast)) => fast.poll_ready(cx),
+            Some((DirectMember::Channel(channel), _)) => channel.poll_ready(cx).map_err(Into::into),
+            Some((DirectMember::Fast(fast), _)) => fast.poll_ready(cx),
             None => self.inner.poll_ready(cx),
         }
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
         match self.ready.take() {
-            Some(DirectMember::Channel(mut channel)) => Either::Left(Either::Left(
+            Some((DirectMember::Channel(mut channel), None)) => Either::Left(Either::Left(
                 channel.call(req).map_err(Into::into as fn(_) -> _),
             )),
-            Some(DirectMember::Fast(mut fast)) => Either::Left(Either::Right(fast.call(req))),
+            Some((DirectMember::Fast(mut fast), None)) => {
+                Either::Left(Either::Right(fast.call(req)))
+            }
+            Some((member, Some(pick))) => {
+                let in_flight = InFlight::start(pick);
+                let call: FastFuture = match member {
+                    DirectMember::Channel(mut channel) => {
+                        Box::pin(channel.call(req).map_err(Into::into))
+                    }
+                    DirectMember::Fast(mut fast) => fast.call(req),
+                };
+                Either::Left(Either::Right(Box::pin(async move {
+                    let response = call.await;
+                    drop(in_flight);
+                    response
+                })))
+            }
             None => Either::Right(self.inner.call(req)),
         }
     }

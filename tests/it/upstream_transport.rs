@@ -689,3 +689,63 @@ async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
         .expect("the gateway task")
         .expect("a clean stop");
 }
+
+/// With several members, each serving worker picks one per call (power of two choices, past the
+/// balancer's task) and calls it on its own HTTP/2 connection: two workers and two members make
+/// four upstream connections, and both members get calls.
+#[tokio::test]
+async fn serving_workers_pick_among_several_members_each_on_its_own_connections() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let cfg = Config::from_yaml(&format!(
+        "upstreams: {{default: {{endpoints: ['{}', '{}'], connect_timeout: 500ms}}}}\n\
+         defaults: {{delivery: sync, timeout: 2s}}\nworkers: 2\nshutdown_delay: 0s\n",
+        a.uri(),
+        b.uri()
+    ))
+    .expect("test config is valid");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(openim_callback_gateway::run(cfg, listener, async {
+        let _ = stopped.await;
+    }));
+    let body = payload(CREATE);
+    let answers = tokio::task::spawn_blocking(move || {
+        // Four connections, two per worker, then eight callbacks on each, in turn: sixteen per
+        // worker, so that each worker picks each member (a miss has odds of 2^-16).
+        let mut conns: Vec<_> = (0..4).map(|_| process::connect(&addr)).collect();
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            for conn in &mut conns {
+                answers.push(process::post(
+                    conn,
+                    &format!("/callbackExample/{CREATE}"),
+                    &body,
+                ));
+            }
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 32);
+    for (status, json) in &answers {
+        assert_eq!((*status, json), (200, &allow()));
+    }
+    let (ca, cb) = (a.calls(), b.calls());
+    assert_eq!(ca.len() + cb.len(), 32, "every callback reached a member");
+    let peers = |calls: &[Call]| -> std::collections::BTreeSet<SocketAddr> {
+        calls.iter().map(|c| c.peer.expect("a TCP peer")).collect()
+    };
+    let (pa, pb) = (peers(&ca), peers(&cb));
+    assert_eq!(
+        (pa.len(), pb.len()),
+        (2, 2),
+        "each member is called on one connection per serving worker: {pa:?} / {pb:?}"
+    );
+    let _ = stop.send(());
+    gateway
+        .await
+        .expect("the gateway task")
+        .expect("a clean stop");
+}

@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW);
         drop(j);
         let (j, found) = Journal::open(&path, 1).unwrap();
-        assert_eq!(found, recs(&[1, 2, 3]).into_iter().collect::<BTreeMap<_, _>>());
+        assert_eq!(
+            found,
+            recs(&[1, 2, 3]).into_iter().collect::<BTreeMap<_, _>>()
+        );
         assert_eq!(j.epoch(), 2);
         // Another epoch's frames are not replayed: a checkpoint made them durable in the store.
         let (_, found) = Journal::open(&path, 2).unwrap();

@@ -116,7 +116,9 @@ fn replay_journal(db: &Database, path: &Path) -> Result<Journal, SpoolError> {
         source,
     };
     let epoch = {
-        let txn = db.begin_read().map_err(|e| storage_or_corrupt(path, e.into()))?;
+        let txn = db
+            .begin_read()
+            .map_err(|e| storage_or_corrupt(path, e.into()))?;
         let meta = txn
             .open_table(META)
             .map_err(|e| storage_or_corrupt(path, e.into()))?;

@@ -628,21 +628,20 @@ impl Core {
             };
             // WAIT and WAITAOF cover the connection's last write: this event's, or a later one.
             let mut conn = conn.clone();
-            let (id, pending, bytes, dropped): (u64, u64, i64, Vec<Vec<u8>>) =
-                scripts::APPEND
-                    .arg(&self.prefix)
-                    .arg(raw.as_slice())
-                    .arg(if rec.order_key.is_some() { "1" } else { "0" })
-                    .arg(rec.order_key.as_deref().unwrap_or(""))
-                    .arg(s.max_events)
-                    .arg(s.max_bytes)
-                    .arg(if s.when_full == FullPolicy::DropOldest {
-                        "1"
-                    } else {
-                        "0"
-                    })
-                    .invoke_async(&mut conn)
-                    .await?;
+            let (id, pending, bytes, dropped): (u64, u64, i64, Vec<Vec<u8>>) = scripts::APPEND
+                .arg(&self.prefix)
+                .arg(raw.as_slice())
+                .arg(if rec.order_key.is_some() { "1" } else { "0" })
+                .arg(rec.order_key.as_deref().unwrap_or(""))
+                .arg(s.max_events)
+                .arg(s.max_bytes)
+                .arg(if s.when_full == FullPolicy::DropOldest {
+                    "1"
+                } else {
+                    "0"
+                })
+                .invoke_async(&mut conn)
+                .await?;
             if id != 0 {
                 match rc.durability {
                     Durability::Ack => {}

@@ -264,6 +264,8 @@ pub(crate) static RESOLVE: LazyLock<Script> = LazyLock::new(|| Script::new(RESOL
 pub(crate) static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(FINISH_LUA));
 pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| Script::new(DUE_LUA));
 pub(crate) static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(REPLAY_LUA));
-pub(crate) static PURGE_PENDING: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_PENDING_LUA));
+pub(crate) static PURGE_PENDING: LazyLock<Script> =
+    LazyLock::new(|| Script::new(PURGE_PENDING_LUA));
 pub(crate) static PURGE_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_DEAD_LUA));
-pub(crate) static FORGET_CONSUMERS: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_CONSUMERS_LUA));
+pub(crate) static FORGET_CONSUMERS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(FORGET_CONSUMERS_LUA));

@@ -518,15 +518,8 @@ async fn attempt(
     let number = rec.attempts.saturating_add(1);
     let since_ms = rec.since_ms;
     let ev = core.event_of(id, rec.clone());
-    let verdict = attempt_and_judge(
-        deliverer,
-        &core.settings,
-        Role::Spool,
-        ev,
-        number,
-        since_ms,
-    )
-    .await;
+    let verdict =
+        attempt_and_judge(deliverer, &core.settings, Role::Spool, ev, number, since_ms).await;
     let outcome = match verdict {
         Verdict::Delivered => Outcome::Done,
         Verdict::Defer(wait) => Outcome::Defer(due_in(wait)),
