@@ -639,13 +639,10 @@ async fn the_discovery_task_ends_with_the_last_client() {
     .await;
 }
 
-/// The callback port's serving workers (`workers`, `http/serve.rs`) share out OpenIM's
-/// keep-alive connections (each new one goes to the worker with the fewest), and each worker
-/// calls a plaintext member on an HTTP/2 connection of its own (`upstream/fast.rs`).
-#[tokio::test]
-async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
-    let up = Upstream::start().await;
-    let cfg = config(&up.uri(), "workers: 2\nshutdown_delay: 0s\n");
+/// Runs a gateway on `cfg`, opens `conns` keep-alive connections to it together, posts `rounds`
+/// BeforeCreateGroup callbacks on each in turn, checks that every one was allowed, and stops the
+/// gateway cleanly.
+async fn serve_and_post(cfg: Config, conns: usize, rounds: usize) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -654,10 +651,9 @@ async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
     }));
     let body = payload(CREATE);
     let answers = tokio::task::spawn_blocking(move || {
-        // Four connections open together, then two callbacks on each, in turn.
-        let mut conns: Vec<_> = (0..4).map(|_| process::connect(&addr)).collect();
+        let mut conns: Vec<_> = (0..conns).map(|_| process::connect(&addr)).collect();
         let mut answers = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..rounds {
             for conn in &mut conns {
                 answers.push(process::post(
                     conn,
@@ -670,24 +666,38 @@ async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
     })
     .await
     .unwrap();
-    assert_eq!(answers.len(), 8);
+    assert_eq!(answers.len(), conns * rounds);
     for (status, json) in &answers {
         assert_eq!((*status, json), (200, &allow()));
     }
-    let calls = up.calls();
-    assert_eq!(calls.len(), 8, "every callback reached the upstream");
-    let peers: std::collections::BTreeSet<SocketAddr> =
-        calls.iter().map(|c| c.peer.expect("a TCP peer")).collect();
-    assert_eq!(
-        peers.len(),
-        2,
-        "one upstream connection per serving worker, both workers serving: {peers:?}"
-    );
     let _ = stop.send(());
     gateway
         .await
         .expect("the gateway task")
         .expect("a clean stop");
+}
+
+/// The distinct TCP peers (upstream connections) `calls` came on.
+fn peers(calls: &[Call]) -> std::collections::BTreeSet<SocketAddr> {
+    calls.iter().map(|c| c.peer.expect("a TCP peer")).collect()
+}
+
+/// The callback port's serving workers (`workers`, `http/serve.rs`) share out OpenIM's
+/// keep-alive connections (each new one goes to the worker with the fewest), and each worker
+/// calls a plaintext member on an HTTP/2 connection of its own (`upstream/fast.rs`).
+#[tokio::test]
+async fn serving_workers_share_the_connections_and_each_calls_on_its_own() {
+    let up = Upstream::start().await;
+    // Four connections open together, then two callbacks on each, in turn.
+    serve_and_post(config(&up.uri(), "workers: 2\nshutdown_delay: 0s\n"), 4, 2).await;
+    let calls = up.calls();
+    assert_eq!(calls.len(), 8, "every callback reached the upstream");
+    let peers = peers(&calls);
+    assert_eq!(
+        peers.len(),
+        2,
+        "one upstream connection per serving worker, both workers serving: {peers:?}"
+    );
 }
 
 /// With several members, each serving worker picks one per call (power of two choices, past the
@@ -703,49 +713,15 @@ async fn serving_workers_pick_among_several_members_each_on_its_own_connections(
         b.uri()
     ))
     .expect("test config is valid");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(openim_callback_gateway::run(cfg, listener, async {
-        let _ = stopped.await;
-    }));
-    let body = payload(CREATE);
-    let answers = tokio::task::spawn_blocking(move || {
-        // Four connections, two per worker, then eight callbacks on each, in turn: sixteen per
-        // worker, so that each worker picks each member (a miss has odds of 2^-16).
-        let mut conns: Vec<_> = (0..4).map(|_| process::connect(&addr)).collect();
-        let mut answers = Vec::new();
-        for _ in 0..8 {
-            for conn in &mut conns {
-                answers.push(process::post(
-                    conn,
-                    &format!("/callbackExample/{CREATE}"),
-                    &body,
-                ));
-            }
-        }
-        answers
-    })
-    .await
-    .unwrap();
-    assert_eq!(answers.len(), 32);
-    for (status, json) in &answers {
-        assert_eq!((*status, json), (200, &allow()));
-    }
+    // Four connections, two per worker, then eight callbacks on each, in turn: sixteen per
+    // worker, so that each worker picks each member (a miss has odds of 2^-16).
+    serve_and_post(cfg, 4, 8).await;
     let (ca, cb) = (a.calls(), b.calls());
     assert_eq!(ca.len() + cb.len(), 32, "every callback reached a member");
-    let peers = |calls: &[Call]| -> std::collections::BTreeSet<SocketAddr> {
-        calls.iter().map(|c| c.peer.expect("a TCP peer")).collect()
-    };
     let (pa, pb) = (peers(&ca), peers(&cb));
     assert_eq!(
         (pa.len(), pb.len()),
         (2, 2),
         "each member is called on one connection per serving worker: {pa:?} / {pb:?}"
     );
-    let _ = stop.send(());
-    gateway
-        .await
-        .expect("the gateway task")
-        .expect("a clean stop");
 }
