@@ -46,7 +46,8 @@ pub struct SpoolConfig {
     pub backend: BackendKind,
     /// The Redis backend's settings (`spool.redis`), used with `backend: redis`.
     pub redis: RedisConfig,
-    /// Directory holding the spool file `spool.redb` (redb backend); created when missing.
+    /// Directory holding the spool files `spool.redb` and its append journal `spool.journal` (redb
+    /// backend); created when missing.
     pub dir: PathBuf,
     /// The spool is full when this many events are pending (not counting dead letters).
     pub max_events: u64,
